@@ -1,0 +1,442 @@
+"""The typed, validated configuration: frozen dataclasses built from the INI through the schema.
+
+All validation happens here, before any model or data is read, so a bad config fails in
+milliseconds with a message that names the file, line, section, key, value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptq_core.config.ini import RawConfig, RawEntry, parse_ini
+from ptq_core.config.schema import PASSTHROUGH_SECTIONS, SECTION_BY_NAME, SECTIONS, KeySpec
+from ptq_core.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class CommonQuantParam:
+    quant_type: str | None = None
+    bit_num: int = 8
+    enable_encode: bool = True
+    min_quant_weight_size: int = 0
+    min_quant_weight_channel: int = 16
+    skip_quant_node: tuple[str, ...] = ()
+    debug_info_save_path: str = ""
+    workspace: str = ""
+
+
+@dataclass(frozen=True)
+class MixedBitWeightQuantParam:
+    init_scale: float = 0.02
+    auto_tune: bool = False
+    use_cv_data: bool = False
+    max_iterations: int = 40
+
+
+@dataclass(frozen=True)
+class WeightQuantParam:
+    per_channel: bool = True
+    bias_correction: bool = True
+    dequant_strategy: str = "DEFAULT"
+    quant_strategy: str = "MAX_MIN"
+    max_segments: int = 1
+    update_mindir: bool = True
+
+
+@dataclass(frozen=True)
+class FullQuantParam:
+    activation_quant_method: str = "MAX_MIN"
+    bias_correction: bool = True
+    per_channel: bool = True
+    target_device: str = "CPU"
+    smooth_alpha: float = 0.5
+    enable_smooth_shift: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationInput:
+    """One ``name:dir`` item of calibrate_path."""
+
+    input_name: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class DataPreprocessParam:
+    calibrate_path: tuple[CalibrationInput, ...] = ()
+    calibrate_size: int = 0
+    input_type: str | None = None
+    image_to_format: str | None = None
+    normalize_mean: tuple[float, ...] = ()
+    normalize_std: tuple[float, ...] = ()
+    resize_width: int = -1
+    resize_height: int = -1
+    resize_method: str | None = None
+    center_crop_width: int = -1
+    center_crop_height: int = -1
+
+    @property
+    def has_calibration(self) -> bool:
+        """converter_lite collects files only when both calibrate_path and calibrate_size are set."""
+        return bool(self.calibrate_path) and self.calibrate_size > 0
+
+
+@dataclass(frozen=True)
+class DynamicQuantParam:
+    quant_strategy: str = "ALWC"
+
+
+@dataclass(frozen=True)
+class TransformQuantParam:
+    export_precision_mode: str = "QUANT"
+
+
+@dataclass(frozen=True)
+class AscendContext:
+    input_shape: str = ""
+    dynamic_dims: str = ""
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything the quantizer needs from the config file, typed and checked."""
+
+    source: str = "<defaults>"
+    common_quant_param: CommonQuantParam = field(default_factory=CommonQuantParam)
+    mixed_bit_weight_quant_param: MixedBitWeightQuantParam = field(default_factory=MixedBitWeightQuantParam)
+    weight_quant_param: WeightQuantParam = field(default_factory=WeightQuantParam)
+    full_quant_param: FullQuantParam = field(default_factory=FullQuantParam)
+    data_preprocess_param: DataPreprocessParam = field(default_factory=DataPreprocessParam)
+    dynamic_quant_param: DynamicQuantParam = field(default_factory=DynamicQuantParam)
+    transform_quant_param: TransformQuantParam = field(default_factory=TransformQuantParam)
+    ascend_context: AscendContext = field(default_factory=AscendContext)
+    notices: tuple[str, ...] = ()
+
+    @property
+    def common(self) -> CommonQuantParam:
+        return self.common_quant_param
+
+    @property
+    def mixed(self) -> MixedBitWeightQuantParam:
+        return self.mixed_bit_weight_quant_param
+
+    @property
+    def weight(self) -> WeightQuantParam:
+        return self.weight_quant_param
+
+    @property
+    def full(self) -> FullQuantParam:
+        return self.full_quant_param
+
+    @property
+    def data(self) -> DataPreprocessParam:
+        return self.data_preprocess_param
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form; notices and the source path are left out so they do not change hashes."""
+        d = asdict(self)
+        d.pop("notices")
+        d.pop("source")
+        return d
+
+    def fingerprint(self) -> str:
+        """Content hash of the resolved settings (used in cache keys)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def replace(self, **section_updates: dict[str, Any]) -> "QuantConfig":
+        """A copy with some keys changed, e.g. ``cfg.replace(mixed_bit_weight_quant_param={"init_scale": 0.05})``.
+
+        The result is validated like a parsed file, so sweeps cannot build an invalid config.
+        """
+        from dataclasses import replace as dc_replace
+
+        kwargs = {}
+        for section, updates in section_updates.items():
+            if section not in SECTION_BY_NAME:
+                raise ConfigError(f"unknown section [{section}]{did_you_mean(section, SECTION_BY_NAME)}")
+            current = getattr(self, section)
+            for key, value in updates.items():
+                spec = SECTION_BY_NAME[section].key(key)
+                if spec is None or not hasattr(current, key):
+                    raise ConfigError(
+                        f"[{section}] {key} is not a key of this section{did_you_mean(key, SECTION_BY_NAME[section].key_names)}"
+                    )
+                if spec.kind in ("int", "float"):
+                    _check_range(f"[{section}] {key}={value}", spec, value)
+                if spec.kind == "enum" and value not in spec.choices:
+                    raise ConfigError(f"[{section}] {key}={value}: must be {spec.allowed_text()}")
+            kwargs[section] = dc_replace(current, **updates)
+        new = QuantConfig(**{**{f: getattr(self, f) for f in self.__dataclass_fields__}, **kwargs})
+        validate(new)
+        return new
+
+
+# ---------------------------------------------------------------------------------------------
+# value conversion
+
+_LIST_RE = re.compile(r"^\[(.*)\]$")
+
+
+def _where(raw: RawConfig, section: str, key: str, entry: RawEntry) -> str:
+    return f"{raw.source}:{entry.line}: [{section}] {key}={entry.value}"
+
+
+def _convert(raw: RawConfig, section: str, spec: KeySpec, entry: RawEntry) -> Any:
+    """Turn one raw string into its typed value with converter_lite's converters."""
+    value = entry.value
+    where = _where(raw, section, spec.name, entry)
+    if spec.kind == "bool":
+        low = value.lower()
+        if low not in ("true", "false"):
+            raise ConfigError(f"{where}: must be true or false (converter_lite accepts no 1/0/yes/no)")
+        return low == "true"
+    if spec.kind == "int":
+        if not re.fullmatch(r"[+-]?\d+", value):
+            raise ConfigError(f"{where}: must be {spec.allowed_text()}")
+        number = int(value)
+        _check_range(where, spec, number)
+        return number
+    if spec.kind == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: must be {spec.allowed_text()}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: must be a finite number")
+        _check_range(where, spec, number)
+        return number
+    if spec.kind == "enum":
+        if value in spec.aliases:
+            return spec.aliases[value]
+        if value not in spec.choices:
+            hint = did_you_mean(value, spec.choices)
+            raise ConfigError(f"{where}: must be {spec.allowed_text()} (case-sensitive){hint}")
+        return value
+    if spec.kind == "list":
+        match = _LIST_RE.match(value)
+        if not match:
+            raise ConfigError(f"{where}: must be {spec.allowed_text()} (with the brackets)")
+        items = [p.strip(" ") for p in match.group(1).split(",")]
+        try:
+            numbers = tuple(float(p) for p in items if p != "" or len(items) > 1)
+        except ValueError:
+            raise ConfigError(f"{where}: every item must be a number, as in {spec.allowed_text()}") from None
+        if any(not math.isfinite(n) for n in numbers):
+            raise ConfigError(f"{where}: every item must be a finite number")
+        return numbers
+    if spec.kind == "path_list":
+        result = []
+        for item in value.split(","):
+            if ":" not in item:
+                raise ConfigError(f"{where}: item {item!r} has no ':'; write {spec.allowed_text()}")
+            name, directory = item.rsplit(":", 1)
+            if not name or not directory:
+                raise ConfigError(f"{where}: item {item!r} needs both an input name and a folder: {spec.allowed_text()}")
+            result.append(CalibrationInput(name, directory))
+        return tuple(result)
+    return value
+
+
+def _check_range(where: str, spec: KeySpec, number: float) -> None:
+    if spec.lo is None:
+        return
+    if spec.open_interval:
+        ok = spec.lo < number < spec.hi
+    else:
+        ok = spec.lo <= number <= spec.hi
+    if not ok:
+        raise ConfigError(f"{where}: must be {spec.allowed_text()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# building and validating
+
+
+_DATACLASS_BY_SECTION = {
+    "common_quant_param": CommonQuantParam,
+    "mixed_bit_weight_quant_param": MixedBitWeightQuantParam,
+    "weight_quant_param": WeightQuantParam,
+    "full_quant_param": FullQuantParam,
+    "data_preprocess_param": DataPreprocessParam,
+    "dynamic_quant_param": DynamicQuantParam,
+    "transform_quant_param": TransformQuantParam,
+    "ascend_context": AscendContext,
+}
+
+
+def build_config(raw: RawConfig) -> QuantConfig:
+    """Type every known key, reject unknown keys in strict sections, then apply cross-key rules."""
+    notices: list[str] = []
+    sections: dict[str, Any] = {}
+    lines: dict[tuple[str, str], int] = {}
+    known_names = [s.name for s in SECTIONS]
+    for section, entries in raw.sections.items():
+        spec = SECTION_BY_NAME.get(section)
+        if spec is None:
+            if section not in PASSTHROUGH_SECTIONS and entries:
+                notices.append(
+                    f"{raw.source}:{raw.section_lines.get(section, 0)}: section [{section}] is not used by "
+                    f"quantization and was ignored{did_you_mean(section, known_names)}"
+                )
+            continue
+        values: dict[str, Any] = {}
+        for key, entry in entries.items():
+            key_spec = spec.key(key)
+            if key_spec is None:
+                if not spec.strict:
+                    continue
+                raise ConfigError(
+                    f"{raw.source}:{entry.line}: [{section}] {key} is not a key of this section"
+                    f"{did_you_mean(key, spec.key_names)}; allowed: {', '.join(spec.key_names)}"
+                )
+            values[key] = _convert(raw, section, key_spec, entry)
+            lines[(section, key)] = entry.line
+        if section == "common_quant_param" and "skip_quant_node" in values:
+            values["skip_quant_node"] = tuple(n for n in values["skip_quant_node"].split(",") if n != "")
+        sections[section] = _DATACLASS_BY_SECTION[section](**values)
+    for section, key, line in raw.duplicates:
+        notices.append(f"{raw.source}:{line}: [{section}] {key} is set more than once; the last value wins")
+    data = sections.get("data_preprocess_param")
+    if data is not None and data.calibrate_path and data.calibrate_size <= 0 and \
+            sections.get("common_quant_param", CommonQuantParam()).quant_type != "FULL_QUANT":
+        notices.append(
+            f"{raw.source}: [data_preprocess_param] calibrate_size is not set, so calibrate_path is ignored "
+            "(converter_lite needs both)"
+        )
+    config = QuantConfig(source=raw.source, notices=tuple(notices), **sections)
+    validate(config, raw.source, lines)
+    return config
+
+
+def validate(config: QuantConfig, source: str | None = None, lines: dict | None = None) -> None:
+    """converter_lite's cross-key rules, in its order: preprocess, common, full, weight, mixed, dynamic."""
+    source = source or config.source
+    lines = lines or {}
+
+    def at(section: str, key: str) -> str:
+        line = lines.get((section, key))
+        return f"{source}:{line}: " if line else f"{source}: "
+
+    common = config.common
+    data = config.data
+    qt = common.quant_type
+
+    # data_preprocess_param
+    if data.has_calibration:
+        names = [c.input_name for c in data.calibrate_path]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(
+                f"{at('data_preprocess_param', 'calibrate_path')}[data_preprocess_param] calibrate_path names input "
+                f"{dupes[0]!r} more than once; give one folder per model input"
+            )
+        if data.input_type is None:
+            raise ConfigError(
+                f"{source}: [data_preprocess_param] input_type is not set; it must be IMAGE or BIN when calibrate_path "
+                "and calibrate_size are given"
+            )
+        if data.input_type == "IMAGE":
+            for key in ("normalize_mean", "normalize_std"):
+                vals = getattr(data, key)
+                if vals and len(vals) not in (1, 3):
+                    raise ConfigError(
+                        f"{at('data_preprocess_param', key)}[data_preprocess_param] {key} has {len(vals)} values; "
+                        "give one per channel (1 for GRAY, 3 for RGB/BGR)"
+                    )
+            if data.normalize_mean and data.normalize_std and len(data.normalize_mean) != len(data.normalize_std):
+                raise ConfigError(
+                    f"{at('data_preprocess_param', 'normalize_std')}[data_preprocess_param] normalize_mean has "
+                    f"{len(data.normalize_mean)} values but normalize_std has {len(data.normalize_std)}; they must match"
+                )
+            if any(s == 0 for s in data.normalize_std):
+                raise ConfigError(
+                    f"{at('data_preprocess_param', 'normalize_std')}[data_preprocess_param] normalize_std contains 0; "
+                    "every std must be non-zero"
+                )
+            if data.resize_method is not None and (data.resize_width <= 0 or data.resize_height <= 0):
+                raise ConfigError(
+                    f"{at('data_preprocess_param', 'resize_method')}[data_preprocess_param] resize_method="
+                    f"{data.resize_method} needs resize_width and resize_height (each in [1, 65535])"
+                )
+            if (data.center_crop_width > 0) != (data.center_crop_height > 0):
+                raise ConfigError(
+                    f"{source}: [data_preprocess_param] center crop needs both center_crop_width and "
+                    "center_crop_height"
+                )
+
+    # common_quant_param
+    if qt == "WEIGHT_QUANT":
+        if not 0 <= common.bit_num <= 16:
+            raise ConfigError(
+                f"{at('common_quant_param', 'bit_num')}[common_quant_param] bit_num={common.bit_num}: "
+                "WEIGHT_QUANT takes 0 (mixed bit) to 16"
+            )
+        if not common.enable_encode and common.bit_num not in (8, 16):
+            raise ConfigError(
+                f"{at('common_quant_param', 'enable_encode')}[common_quant_param] enable_encode=false: only allowed "
+                f"with bit_num 8 or 16 (bit_num is {common.bit_num}); other widths must be encoded to save space"
+            )
+    elif qt in ("FULL_QUANT", "DYNAMIC_QUANT"):
+        if common.bit_num != 8:
+            raise ConfigError(
+                f"{at('common_quant_param', 'bit_num')}[common_quant_param] bit_num={common.bit_num}: "
+                f"{qt} supports only 8"
+            )
+
+
+
+def check_runnable(config: QuantConfig) -> None:
+    """Requirements of a run (not of the file's syntax), checked before any model or data is read.
+
+    The seed's own snippets are fragments (a FULL_QUANT block without data, say), so they must
+    parse; they fail here, at run time, as they do in converter_lite.
+    """
+    source = config.source
+    qt = config.common.quant_type
+    data = config.data
+    if qt is None:
+        raise ConfigError(
+            f"{source}: [common_quant_param] quant_type is not set; set it to WEIGHT_QUANT, FULL_QUANT or "
+            "DYNAMIC_QUANT"
+        )
+    if qt == "FULL_QUANT" and not data.calibrate_path:
+        raise ConfigError(
+            f"{source}: [data_preprocess_param] calibrate_path is missing: FULL_QUANT needs calibration data "
+            "(calibrate_path=input_name:dir, calibrate_size=N, input_type=IMAGE|BIN)"
+        )
+    if qt == "FULL_QUANT" and data.calibrate_size <= 0:
+        raise ConfigError(
+            f"{source}: [data_preprocess_param] calibrate_size is missing: FULL_QUANT needs it in [1, 65535]"
+        )
+
+
+def load_config(path: str | Path) -> QuantConfig:
+    """Read and validate a converter_lite config file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} is invalid)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: contains NUL bytes; a config file is plain text")
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> QuantConfig:
+    return build_config(parse_ini(text, source))
