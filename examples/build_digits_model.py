@@ -18,7 +18,7 @@ Split: the first 1437 samples train, the last 360 samples are the test split.
 
 Needs torch (CPU), numpy, scikit-learn, onnx, onnxruntime, pillow.  Usage:
 
-    python examples/build_digits_model.py [--out examples/digits] [--epochs 12]
+    python examples/build_digits_model.py [--out examples/digits] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -80,32 +80,34 @@ def make_model():
             self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
             self.pool = nn.MaxPool2d(2)
             self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
-            self.fc1 = nn.Linear(64, 128)
+            self.fc1 = nn.Linear(64 * 2 * 2, 128)
             self.fc2 = nn.Linear(128, 10)
             self.act = nn.ReLU()
 
         def forward(self, x):
-            x = self.act(self.conv1(x))
-            x = self.act(self.conv2(x))
-            x = self.pool(x)
-            x = self.act(self.conv3(x))
-            x = x.mean(dim=(2, 3))  # GlobalAveragePool + Flatten
+            x = self.act(self.conv1(x))  # 32x8x8
+            x = self.act(self.conv2(x))  # 64x8x8
+            x = self.pool(x)  # 64x4x4
+            x = self.act(self.conv3(x))  # 64x4x4
+            x = self.pool(x).flatten(1)  # 64x2x2 -> 256
             x = self.act(self.fc1(x))
             return self.fc2(x)
 
     return DigitsCNN()
 
 
-def train(model, x_train, y_train, epochs: int, batch_size: int = 32, lr: float = 2e-3):
+def train(model, x_train, y_train, epochs: int, batch_size: int = 32, lr: float = 3e-3):
     import torch
     import torch.nn.functional as F
 
     xt = torch.from_numpy(x_train)
     yt = torch.from_numpy(y_train)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    g = torch.Generator().manual_seed(SEED)
     n = len(yt)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(SEED)
+    background = float(normalize(np.zeros((), np.uint8)))
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
@@ -113,19 +115,20 @@ def train(model, x_train, y_train, epochs: int, batch_size: int = 32, lr: float 
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             xb, yb = xt[idx], yt[idx]
-            # light augmentation: random shift by up to 1 pixel (pad with background)
-            shifts = torch.randint(-1, 2, (2,), generator=g).tolist()
-            if shifts != [0, 0]:
-                xb = torch.roll(xb, shifts=shifts, dims=(2, 3))
+            # augmentation: shift each image by -1..1 pixel in x and y (background padded)
+            padded = F.pad(xb, (1, 1, 1, 1), value=background)
+            ox = torch.randint(0, 3, (len(yb),), generator=g).tolist()
+            oy = torch.randint(0, 3, (len(yb),), generator=g).tolist()
+            xb = torch.stack([padded[k, :, oy[k] : oy[k] + 8, ox[k] : ox[k] + 8] for k in range(len(yb))])
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             total += len(yb)
-        sched.step()
         print(f"epoch {epoch + 1:2d}/{epochs}: loss {loss_sum / total:.4f} train-acc {correct / total:.4f}")
     model.eval()
     return model
@@ -154,8 +157,9 @@ def export_onnx(model, path: Path) -> None:
                          kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0]),
         conv("conv3", "pool1_out", "conv3_out"),
         helper.make_node("Relu", ["conv3_out"], ["relu3_out"], name="relu3"),
-        helper.make_node("GlobalAveragePool", ["relu3_out"], ["gap_out"], name="gap"),
-        helper.make_node("Flatten", ["gap_out"], ["flatten_out"], name="flatten", axis=1),
+        helper.make_node("MaxPool", ["relu3_out"], ["pool2_out"], name="pool2",
+                         kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0]),
+        helper.make_node("Flatten", ["pool2_out"], ["flatten_out"], name="flatten", axis=1),
         helper.make_node("Gemm", ["flatten_out", "fc1.weight", "fc1.bias"], ["fc1_out"], name="fc1",
                          alpha=1.0, beta=1.0, transA=0, transB=1),
         helper.make_node("Relu", ["fc1_out"], ["relu4_out"], name="relu4"),
@@ -212,7 +216,7 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=here / "digits")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20)
     args = ap.parse_args()
 
     seed_everything(SEED)
