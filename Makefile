@@ -1,0 +1,33 @@
+# Every target creates .venv and installs from pyproject.toml first, so a fresh checkout needs nothing else.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
+		--outputFile=out/digits_fixed8 --configFile=examples/configs/weight_fixed_bit.cfg
+	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
+		--outputFile=out/digits_mixed --configFile=examples/configs/weight_mixed_bit.cfg
+	$(BIN)/python examples/evaluate_digits.py out/digits_fixed8.onnx out/digits_mixed.onnx
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench:
+	bash benchmarks/setup_bench.sh
+	.venv-bench/bin/python benchmarks/bench_weight_quant.py
+
+clean:
+	rm -rf $(VENV) .ptqflow out

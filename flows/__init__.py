@@ -1,0 +1,1 @@
+"""Prefect flows wiring the cached tasks together."""

@@ -1,0 +1,156 @@
+"""Weight-only emitter: packed integer weights plus a constant decode chain ORT folds at load time.
+
+Every quantized weight becomes stored bytes (``ptq_core.encoding``) and a chain of standard ONNX
+ops with only constant inputs (decode -> Cast -> Sub zero point -> Mul scale [-> Add mean
+correction]). onnxruntime's constant folding turns the chain back into one float tensor when the
+session is created, so the file is small, nothing of ours is needed to run it, and inference
+runs the original float kernels at the original speed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ptq_core.errors import PtqError
+from ptq_core.graph import default_opset
+from ptq_core.onnx_decode import decode_nodes
+from ptq_core.quant import broadcast_shape
+from ptq_core.weight_quant import QuantizedWeight, WeightPlan
+
+PRODUCER = "ptqflow"
+MIN_OPSET = 13
+TWO_GB = 2**31 - 1
+
+
+def _channel_tensor(name: str, values: np.ndarray, rank: int, axis: int | None) -> onnx.TensorProto:
+    shape = broadcast_shape(rank, axis, len(values))
+    array = values.astype(np.float32).reshape(shape) if shape else np.asarray(values[0], np.float32)
+    return numpy_helper.from_array(array, name)
+
+
+def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
+    nodes, inits, codes = decode_nodes(qw.encoded, prefix + "_code", opset)
+    rank = len(qw.shape)
+    as_float = f"{prefix}_float"
+    nodes.append(helper.make_node("Cast", [codes], [as_float], name=f"{prefix}_cast", to=onnx.TensorProto.FLOAT))
+    current = as_float
+    if np.any(qw.zero_point != 0):
+        inits.append(_channel_tensor(f"{prefix}_zero_point", qw.zero_point, rank, qw.axis))
+        nodes.append(helper.make_node("Sub", [current, f"{prefix}_zero_point"], [f"{prefix}_centered"], name=f"{prefix}_sub"))
+        current = f"{prefix}_centered"
+    inits.append(_channel_tensor(f"{prefix}_scale", qw.scale, rank, qw.axis))
+    scaled = output if qw.mean_corr is None else f"{prefix}_scaled"
+    nodes.append(helper.make_node("Mul", [current, f"{prefix}_scale"], [scaled], name=f"{prefix}_mul"))
+    if qw.mean_corr is not None:
+        inits.append(_channel_tensor(f"{prefix}_mean_corr", qw.mean_corr, rank, qw.axis))
+        nodes.append(helper.make_node("Add", [scaled, f"{prefix}_mean_corr"], [output], name=f"{prefix}_add"))
+    return nodes, inits
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose planned weights are stored packed and decoded by constant ops."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = default_opset(out)
+    if opset < MIN_OPSET:
+        try:
+            out = onnx.version_converter.convert_version(out, MIN_OPSET)
+        except Exception as exc:
+            raise PtqError(
+                f"model opset {opset} is below {MIN_OPSET} and could not be upgraded ({exc}); "
+                f"re-export the model with opset >= {MIN_OPSET}"
+            ) from None
+        opset = MIN_OPSET
+    graph = out.graph
+    taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        taken.update(node.output)
+    node_by_name = {n.name: n for n in graph.node}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    replaced: set[str] = set()
+    for qw in plan.weights:
+        prefix = _unique(f"{qw.tensor}_ptq", taken)
+        output = _unique(f"{qw.tensor}_dequant", taken)
+        nodes, inits = _dequant_chain(qw, prefix, output, opset)
+        new_nodes.extend(nodes)
+        new_inits.extend(inits)
+        for node_name in qw.nodes:
+            node = node_by_name[node_name]
+            for i, name in enumerate(node.input):
+                if name == qw.tensor:
+                    node.input[i] = output
+        replaced.add(qw.tensor)
+    still_used = {name for n in graph.node for name in n.input}
+    still_used |= {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name not in replaced or t.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    graph.initializer.extend(new_inits)
+    original = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + original)
+    dropped = replaced - {t.name for t in keep}
+    inputs = [i for i in graph.input if i.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    out.producer_name = PRODUCER
+    out.producer_version = __import__("ptq_core").__version__
+    return out
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write to a temporary name in the target folder, then rename: a crash never leaves half a model."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PtqError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise PtqError(f"{folder}: the output folder is not writable")
+    size = model.ByteSize()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = None
+    try:
+        if size > TWO_GB:
+            data_name = path.name + ".data"
+            tmp_data = folder / f".{data_name}.tmp"
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            os.replace(tmp_data, folder / data_name)
+            _relocate_external(tmp, tmp_data.name, data_name)
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(model.SerializeToString(deterministic=True))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _relocate_external(model_path: str, old: str, new: str) -> None:
+    model = onnx.load(model_path, load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    with open(model_path, "wb") as fh:
+        fh.write(model.SerializeToString(deterministic=True))

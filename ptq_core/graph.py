@@ -1,0 +1,354 @@
+"""The ONNX graph layer: loading, stable node names, and the table of weights a quantizer may touch.
+
+Everything outside this module sees a model as a list of ``WeightSite`` records (which node,
+which input, which initializer, which channel axis); only the emitters edit ONNX protos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ptq_core.errors import ModelError, did_you_mean
+
+
+# Which inputs of which op hold weights, and how to find their channel axis (mslite-semantics §5.3,
+# translated to ONNX layouts). A function gets (node attributes, weight rank) and returns the axis.
+def _conv_axis(attrs: dict, rank: int) -> int:
+    return 0
+
+
+def _conv_transpose_axis(attrs: dict, rank: int, shape: tuple[int, ...] = ()) -> int:
+    # ONNX ConvTranspose weight is (Cin, Cout/group, kH, kW); depthwise (Cout/group == 1) uses axis 0.
+    if shape and len(shape) > 1 and shape[1] == 1 and attrs.get("group", 1) == shape[0]:
+        return 0
+    return 1
+
+
+def _matmul_b_axis(attrs: dict, rank: int) -> int:
+    return rank - 1  # N axis of (.., K, N)
+
+
+def _matmul_a_axis(attrs: dict, rank: int) -> int:
+    return rank - 2  # M axis of (.., M, K)
+
+
+def _gemm_b_axis(attrs: dict, rank: int) -> int:
+    return 0 if attrs.get("transB", 0) else 1
+
+
+def _gemm_a_axis(attrs: dict, rank: int) -> int:
+    return 1 if attrs.get("transA", 0) else 0
+
+
+def _gather_axis(attrs: dict, rank: int) -> int:
+    axis = attrs.get("axis", 0)
+    return axis + rank if axis < 0 else axis
+
+
+def _first_axis(attrs: dict, rank: int) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class WeightRole:
+    """One weight input of an op type: its input index and how its channel axis is found."""
+
+    input_index: int
+    axis_fn: object
+    conv_like: bool = False  # min_quant_weight_channel applies
+    matmul_like: bool = False  # a weight shared by several nodes goes per-layer
+
+
+WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
+    "Conv": (WeightRole(1, _conv_axis, conv_like=True),),
+    "ConvTranspose": (WeightRole(1, _conv_transpose_axis, conv_like=True),),
+    "MatMul": (WeightRole(0, _matmul_a_axis, matmul_like=True), WeightRole(1, _matmul_b_axis, matmul_like=True)),
+    "Gemm": (WeightRole(0, _gemm_a_axis, matmul_like=True), WeightRole(1, _gemm_b_axis, matmul_like=True)),
+    "Gather": (WeightRole(0, _gather_axis),),
+    "LSTM": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+    "GRU": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+    "RNN": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+}
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """A constant float tensor feeding a quantizable op input."""
+
+    node: str
+    op_type: str
+    input_index: int
+    tensor: str
+    shape: tuple[int, ...]
+    axis: int
+    conv_like: bool
+    users: int  # how many node inputs read this tensor
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axis] if self.shape else 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What analysis learned about a model; small and picklable, so tasks can cache it."""
+
+    path: str
+    sha256: str
+    opset: int
+    node_names: tuple[str, ...]
+    node_types: tuple[str, ...]
+    sites: tuple[WeightSite, ...]
+    inputs: tuple[tuple[str, int, tuple], ...]  # (name, onnx elem type, dims with str for symbolic)
+    outputs: tuple[str, ...]
+    float_bytes: int  # bytes of all float32 initializers
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of the model file plus any external data files beside it that it references."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX model with its external data, turning every failure into a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not an ONNX model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'parse failed'})") from None
+    base = path.parent.resolve()
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            location = info.get("location", "")
+            target = (base / location).resolve()
+            if base not in target.parents and target != base:
+                raise ModelError(
+                    f"{path}: initializer {tensor.name!r} points to external data {location!r} outside the model's folder"
+                )
+            if not target.exists():
+                raise ModelError(f"{path}: initializer {tensor.name!r} needs external data file {location!r}, which is missing")
+    try:
+        onnx.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read external data ({exc})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: the model's graph has no nodes")
+    return model
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("the model imports no default ONNX opset")
+
+
+def assign_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a stable name ``<OpType>_<k>`` (k counts that op type in graph order).
+
+    Names must be stable so that ``skip_quant_node`` and the reports can refer to them across runs;
+    a generated name that collides with an existing one gets a ``_<n>`` suffix.
+    """
+    taken = {n.name for n in model.graph.node if n.name}
+    counters: Counter = Counter()
+    for node in model.graph.node:
+        if node.name:
+            continue
+        while True:
+            candidate = f"{node.op_type}_{counters[node.op_type]}"
+            counters[node.op_type] += 1
+            if candidate not in taken:
+                break
+        node.name = candidate
+        taken.add(candidate)
+    seen: Counter = Counter(n.name for n in model.graph.node)
+    dupes = [name for name, count in seen.items() if count > 1]
+    if dupes:
+        # Duplicate names make skip_quant_node ambiguous; make them unique, deterministically.
+        used = set(seen)
+        index: Counter = Counter()
+        for node in model.graph.node:
+            if seen[node.name] > 1:
+                index[node.name] += 1
+                if index[node.name] > 1:
+                    k = index[node.name] - 1
+                    while f"{node.name}_{k}" in used:
+                        k += 1
+                    new = f"{node.name}_{k}"
+                    used.add(new)
+                    node.name = new
+    return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn ``Constant`` nodes with a tensor value into initializers, so weights look the same however exported."""
+    keep = []
+    moved = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            moved.append(tensor)
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.initializer.extend(moved)
+    return model
+
+
+def prepare_model(path: str | Path) -> onnx.ModelProto:
+    """Load and normalize a model the same way for analysis and emission."""
+    model = load_model(path)
+    default_opset(model)
+    constants_to_initializers(model)
+    assign_node_names(model)
+    return model
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def find_weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
+    """Every float initializer with ≥ 2 dims at a weight input of a known op, in node order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    users: Counter = Counter()
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                users[name] += 1
+    sites = []
+    for node in model.graph.node:
+        roles = WEIGHT_OPS.get(node.op_type)
+        if not roles:
+            continue
+        attrs = _attrs(node)
+        for role in roles:
+            if role.input_index >= len(node.input):
+                continue
+            name = node.input[role.input_index]
+            tensor = inits.get(name)
+            if tensor is None:
+                continue
+            if name in graph_inputs:
+                continue  # an initializer overridable as an input is not a constant
+            if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+                continue
+            shape = tuple(int(d) for d in tensor.dims)
+            if len(shape) < 2:
+                continue
+            if role.axis_fn is _conv_transpose_axis:
+                axis = _conv_transpose_axis(attrs, len(shape), shape)
+            else:
+                axis = role.axis_fn(attrs, len(shape))
+            sites.append(
+                WeightSite(
+                    node=node.name,
+                    op_type=node.op_type,
+                    input_index=role.input_index,
+                    tensor=name,
+                    shape=shape,
+                    axis=axis,
+                    conv_like=role.conv_like,
+                    users=users[name],
+                )
+            )
+    return sites
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return tuple(dims)
+
+
+def analyse_model(path: str | Path) -> ModelInfo:
+    """Load a model and describe it: names, quantizable weights, inputs and outputs."""
+    model = prepare_model(path)
+    inits = {t.name for t in model.graph.initializer}
+    float_bytes = sum(
+        int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
+    inputs = tuple(
+        (i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits
+    )
+    return ModelInfo(
+        path=str(path),
+        sha256=file_sha256(path),
+        opset=default_opset(model),
+        node_names=tuple(n.name for n in model.graph.node),
+        node_types=tuple(n.op_type for n in model.graph.node),
+        sites=tuple(find_weight_sites(model)),
+        inputs=inputs,
+        outputs=tuple(o.name for o in model.graph.output),
+        float_bytes=float_bytes,
+    )
+
+
+def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> None:
+    """An unknown name in skip_quant_node is an error listing the closest node names."""
+    names = set(info.node_names)
+    for name in skip:
+        if name not in names:
+            raise ModelError(
+                f"{source}: [common_quant_param] skip_quant_node names {name!r}, which is not a node of "
+                f"{Path(info.path).name}{did_you_mean(name, info.node_names)}"
+            )
+
+
+def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            array = numpy_helper.to_array(tensor)
+            return array.astype(np.float32) if array.dtype == np.float16 else array
+    raise ModelError(f"initializer {name!r} not found")
+
+
+def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """tensor name -> [(node, input index)]"""
+    result: dict[str, list] = defaultdict(list)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name:
+                result[name].append((node, i))
+    return result

@@ -1,0 +1,213 @@
+"""The steps of a conversion as plain functions; the Prefect flow wraps each one in a cached task.
+
+Keeping the steps here (not in the flow) means the CLI, notebooks (``use_flow=False``) and the
+flow all run the same code, and every step is testable without a Prefect server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ptq_core.config import QuantConfig, check_runnable, load_config
+from ptq_core.emit_weight import emit_weight_only, save_model_atomic
+from ptq_core.errors import ConfigError
+from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes, prepare_model
+from ptq_core.mixed_bit import TuneResult, auto_tune
+from ptq_core.runtime import input_specs, make_session, output_cosine, random_feeds, run
+from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
+
+SUPPORTED_NOW = ("WEIGHT_QUANT",)
+Progress = Callable[[int, int, str], None]
+
+
+def resolve_config(config_path: str | Path) -> QuantConfig:
+    """Read, validate and check that the config can run here, before any model or data is touched."""
+    cfg = load_config(config_path)
+    check_runnable(cfg)
+    qt = cfg.common.quant_type
+    if qt not in SUPPORTED_NOW:
+        raise ConfigError(f"{cfg.source}: [common_quant_param] quant_type={qt} is not yet supported by ptqflow; "
+                          f"supported now: {', '.join(SUPPORTED_NOW)}")
+    if qt == "WEIGHT_QUANT":
+        if cfg.weight.quant_strategy != "MAX_MIN":
+            raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy={cfg.weight.quant_strategy} is not yet "
+                              "supported by ptqflow; use MAX_MIN")
+        if cfg.weight.dequant_strategy == "ON_THE_FLY":
+            raise ConfigError(f"{cfg.source}: [weight_quant_param] dequant_strategy=ON_THE_FLY targets Ascend's runtime "
+                              "and has no ONNX equivalent; remove the key")
+    return cfg
+
+
+def output_file(output: str | Path) -> Path:
+    """converter_lite's --outputFile names the model without extension; ours gets ``.onnx``."""
+    path = Path(output)
+    return path if path.suffix == ".onnx" else path.with_name(path.name + ".onnx")
+
+
+@dataclass(frozen=True)
+class ReferenceInputs:
+    feeds: dict
+    source: str  # "calibration sample 0" or "generated"
+
+
+def reference_inputs(cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None) -> ReferenceInputs:
+    """One input set for measuring output cosine: calibration sample 0 when configured, else generated."""
+    specs = input_specs(info.inputs, shapes)
+    if cfg.data.has_calibration:
+        from ptq_core.calibration import load_sample
+
+        feeds = load_sample(cfg, specs, 0)
+        return ReferenceInputs(feeds, "calibration sample 0")
+    return ReferenceInputs(random_feeds(specs), "generated (uniform [0.1, 1) floats, ones for integers)")
+
+
+def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None,
+                     progress: Progress | None = None) -> tuple[WeightPlan, TuneResult | None, str | None]:
+    """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
+    check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
+    model = prepare_model(model_path)
+    if cfg.common.bit_num == 0 and cfg.mixed.auto_tune:
+        ref = reference_inputs(cfg, info, shapes)
+        fp32_out = run(make_session(model), ref.feeds)
+
+        def evaluate(t: float) -> tuple[float, float]:
+            plan = plan_weight_quant(model, cfg, init_scale=t)
+            quant = emit_weight_only(model, plan)
+            cos = output_cosine(fp32_out, run(make_session(quant), ref.feeds))
+            return cos, model.ByteSize() / max(1, quant.ByteSize())
+
+        tuned = auto_tune(evaluate, budget=max(4, cfg.mixed.max_iterations // 4))
+        plan = plan_weight_quant(model, cfg, init_scale=tuned.init_scale, progress=progress)
+        return plan, tuned, ref.source
+    return plan_weight_quant(model, cfg, progress=progress), None, None
+
+
+def emit_model(model_path: str | Path, plan: WeightPlan, output: str | Path) -> Path:
+    model = prepare_model(model_path)
+    return save_model_atomic(emit_weight_only(model, plan), output_file(output))
+
+
+@dataclass
+class Summary:
+    """What the CLI prints at the end and Prefect stores as an artifact."""
+
+    model: str
+    output: str
+    quant_type: str
+    bits: int
+    layers: list[LayerDecision]
+    size_before: int
+    size_after: int
+    output_cosine: float
+    cosine_inputs: str
+    wall_time_s: float = 0.0
+    init_scale: float | None = None
+    auto_tune: dict | None = None
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output)
+
+    @property
+    def ratio(self) -> float:
+        return self.size_before / max(1, self.size_after)
+
+    def rows(self) -> list[dict]:
+        """One JSON-safe dict per layer, for tables and artifacts."""
+        rows = []
+        for d in self.layers:
+            rows.append({
+                "node": d.node,
+                "op": d.op_type,
+                "tensor": d.tensor,
+                "shape": "x".join(map(str, d.shape)),
+                "status": "quantized" if d.quantized else "skipped",
+                "detail": d.reason,
+                "bits": d.bits if d.quantized else 32,
+                "encoding": d.encoding,
+                "effective_bits": round(float(d.effective_bits), 3),
+                "step": None if d.step is None else float(d.step),
+                "weight_cosine": None if d.weight_cosine is None else round(float(d.weight_cosine), 6),
+                "bytes_fp32": int(d.bytes_fp32),
+                "bytes_stored": int(d.bytes_stored),
+            })
+        return rows
+
+    def totals(self) -> dict:
+        return {
+            "model": self.model,
+            "output": self.output,
+            "quant_type": self.quant_type,
+            "bit_num": self.bits,
+            "layers_quantized": sum(1 for d in self.layers if d.quantized),
+            "layers_skipped": sum(1 for d in self.layers if not d.quantized),
+            "size_before_bytes": self.size_before,
+            "size_after_bytes": self.size_after,
+            "compression_ratio": round(self.ratio, 3),
+            "output_cosine": round(self.output_cosine, 6),
+            "cosine_inputs": self.cosine_inputs,
+            "wall_time_s": round(self.wall_time_s, 2),
+            "init_scale": self.init_scale,
+        }
+
+
+def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig, info: ModelInfo, plan: WeightPlan,
+              tuned: TuneResult | None = None, shapes: dict | None = None) -> Summary:
+    """Sizes on disk and the output cosine of the written model against FP32 on a sample input."""
+    ref = reference_inputs(cfg, info, shapes)
+    before = run(make_session(str(model_path)), ref.feeds)
+    after = run(make_session(str(output_path)), ref.feeds)
+    return Summary(
+        model=str(model_path),
+        output=str(output_path),
+        quant_type=cfg.common.quant_type or "",
+        bits=cfg.common.bit_num,
+        layers=list(plan.decisions),
+        size_before=_disk_size(model_path),
+        size_after=_disk_size(output_path),
+        output_cosine=output_cosine(before, after),
+        cosine_inputs=ref.source,
+        init_scale=plan.init_scale,
+        auto_tune=None if tuned is None else {
+            "init_scale": tuned.init_scale,
+            "cosine": tuned.cosine,
+            "steps": [{"init_scale": s.init_scale, "cosine": s.cosine, "ratio": s.ratio} for s in tuned.steps],
+        },
+        notices=list(cfg.notices),
+    )
+
+
+def _disk_size(path: str | Path) -> int:
+    """Model file plus external data files it references."""
+    path = Path(path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    seen = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                data = path.parent / entry.value
+                if data.exists():
+                    total += data.stat().st_size
+    return total
+
+
+def convert_direct(model: str | Path, config: str | Path, output: str | Path, shapes: dict | None = None,
+                   progress: Progress | None = None) -> Summary:
+    """The whole conversion without Prefect: the same steps the flow runs."""
+    start = time.perf_counter()
+    cfg = resolve_config(config)
+    info = analyse_model(model)
+    plan, tuned, _ = quantize_weights(model, cfg, info, shapes, progress)
+    out = emit_model(model, plan, output)
+    summary = summarize(model, out, cfg, info, plan, tuned, shapes)
+    summary.wall_time_s = time.perf_counter() - start
+    return summary

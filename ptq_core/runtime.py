@@ -1,0 +1,122 @@
+"""Running models in onnxruntime: sample inputs, sessions, output comparison.
+
+Used to measure what quantization did (output cosine vs FP32) and by auto_tune's search.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ptq_core.errors import ConfigError, ModelError
+from ptq_core.quant import cosine
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+DEFAULT_DYNAMIC_DIM = 16
+
+
+def parse_input_shape(text: str) -> dict[str, tuple[int, ...]]:
+    """converter_lite's ``--inputShape="name:1,3,48,320;name2:1,128"``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if not text:
+        return shapes
+    for item in text.split(";"):
+        if not item:
+            continue
+        if ":" not in item:
+            raise ConfigError(f"--inputShape item {item!r} has no ':'; write name:d0,d1,...[;name2:...]")
+        name, dims = item.rsplit(":", 1)
+        if not re.fullmatch(r"\d+(,\d+)*", dims):
+            raise ConfigError(f"--inputShape {name}:{dims}: dims must be positive integers separated by ','")
+        values = tuple(int(d) for d in dims.split(","))
+        if any(v <= 0 for v in values):
+            raise ConfigError(f"--inputShape {name}:{dims}: every dim must be > 0")
+        shapes[name] = values
+    return shapes
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: type
+    shape: tuple[int, ...]
+
+
+def input_specs(inputs, shapes: dict[str, tuple[int, ...]] | None = None) -> list[InputSpec]:
+    """Concrete shapes for the model inputs: --inputShape where given, else 1 for the batch and 16 elsewhere."""
+    shapes = shapes or {}
+    names = [name for name, _, _ in inputs]
+    for name in shapes:
+        if name not in names:
+            from ptq_core.errors import did_you_mean
+
+            raise ConfigError(f"--inputShape names {name!r}, which is not a model input{did_you_mean(name, names)}")
+    specs = []
+    for name, elem, dims in inputs:
+        if elem not in _NP_TYPES:
+            raise ModelError(f"model input {name!r} has element type {onnx.TensorProto.DataType.Name(elem)}, which ptqflow cannot feed")
+        if name in shapes:
+            shape = shapes[name]
+            if len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
+                raise ConfigError(f"--inputShape {name}:{','.join(map(str, shape))} does not fit the model's shape {list(dims)}")
+        else:
+            shape = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else DEFAULT_DYNAMIC_DIM) for i, d in enumerate(dims))
+        specs.append(InputSpec(name, _NP_TYPES[elem], shape))
+    return specs
+
+
+def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """converter_lite's stand-in data: floats uniform in [0.1, 1.0); integer inputs are all ones.
+
+    (converter_lite draws integers from {0, 1}; ones keep token-id and mask inputs valid.)
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = rng.uniform(0.1, 1.0, size=spec.shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = np.ones(spec.shape, dtype=spec.dtype)
+    return feeds
+
+
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def run(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime failed to run the model: {first}") from None
+
+
+def output_cosine(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """Mean over model outputs of the cosine similarity (auto_tune's objective)."""
+    values = [cosine(a, b) for a, b in zip(reference, candidate) if np.issubdtype(np.asarray(a).dtype, np.floating)]
+    return float(np.mean(values)) if values else 1.0

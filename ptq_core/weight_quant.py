@@ -1,0 +1,207 @@
+"""WEIGHT_QUANT planning: which weights to quantize, how, and what it costs.
+
+The plan (``LayerDecision`` rows plus the encoded tensors) is separate from editing ONNX, so the
+summary, reports and sweeps can reason about it without touching a graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ptq_core.config import QuantConfig
+from ptq_core.encoding import EncodedTensor, encode_fixed, encode_split, effective_bits
+from ptq_core.graph import WeightSite, find_weight_sites, initializer_array
+from ptq_core.mixed_bit import MixedBitResult, mixed_codes, search_step
+from ptq_core.quant import (
+    AffineParams,
+    correction,
+    dequantize,
+    passes_gain_check,
+    quantize,
+    weight_params,
+)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """One row of the summary: what happened to one weight and why."""
+
+    node: str
+    op_type: str
+    tensor: str
+    shape: tuple[int, ...]
+    quantized: bool
+    reason: str  # why it was skipped, or how it was quantized
+    bits: int = 0  # 1..16 fixed, 0 mixed
+    granularity: str = ""  # "per-channel" | "per-layer"
+    encoding: str = ""
+    bytes_fp32: int = 0
+    bytes_stored: int = 0
+    effective_bits: float = 32.0
+    step: float | None = None  # mixed bit: the step found
+    weight_cosine: float | None = None
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """What the emitter needs to rebuild one float weight from its stored codes.
+
+    w = ((codes - zero_point) * scale) [+ mean_corr], broadcast along ``axis``.
+    """
+
+    tensor: str
+    shape: tuple[int, ...]
+    axis: int | None
+    encoded: EncodedTensor
+    zero_point: np.ndarray  # float32, per channel (or one value)
+    scale: np.ndarray  # float32, already multiplied by varCorr where the runtime applies it
+    mean_corr: np.ndarray | None  # float32 or None when the runtime ignores it
+    nodes: tuple[str, ...]  # consumer nodes that read the quantized weight
+
+
+@dataclass
+class WeightPlan:
+    decisions: list[LayerDecision] = field(default_factory=list)
+    weights: list[QuantizedWeight] = field(default_factory=list)
+    init_scale: float | None = None
+
+    @property
+    def quantized(self) -> list[LayerDecision]:
+        return [d for d in self.decisions if d.quantized]
+
+    @property
+    def skipped(self) -> list[LayerDecision]:
+        return [d for d in self.decisions if not d.quantized]
+
+
+def _skip(site: WeightSite, reason: str) -> LayerDecision:
+    return LayerDecision(site.node, site.op_type, site.tensor, site.shape, False, reason, bytes_fp32=site.size * 4,
+                         bytes_stored=site.size * 4)
+
+
+def _filter_reason(site: WeightSite, cfg: QuantConfig) -> str | None:
+    common = cfg.common
+    if site.node in common.skip_quant_node:
+        return "skip_quant_node"
+    if site.size <= common.min_quant_weight_size:
+        return f"{site.size} elements <= min_quant_weight_size {common.min_quant_weight_size}"
+    if site.conv_like and site.channels <= common.min_quant_weight_channel:
+        return f"{site.channels} channels <= min_quant_weight_channel {common.min_quant_weight_channel}"
+    return None
+
+
+def _weight_cosine(w: np.ndarray, d: np.ndarray) -> float:
+    from ptq_core.quant import cosine
+
+    return cosine(w, d)
+
+
+def _fixed(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: QuantConfig, mixed_fallback: bool):
+    params = weight_params(w, bits, axis)
+    q = quantize(w, params)
+    d = dequantize(q, params)
+    corr_applied = False
+    vc = np.ones_like(params.scale)
+    mc = np.zeros_like(params.scale)
+    if cfg.weight.bias_correction:
+        vc, mc = correction(w, d, axis)
+        # the runtime applies the correction to per-channel tensors only, and clamps varCorr to [0, 10]
+        if axis is not None:
+            vc = np.where((vc >= 0) & (vc <= 10), vc, 1.0)
+            corr_applied = True
+    zp_full = params.zero_point
+    if cfg.common.enable_encode:
+        enc = encode_fixed(q, bits, zp_full, enable_encode=True)
+    else:
+        enc = encode_fixed(q, bits, zp_full, enable_encode=False)
+    scale = (params.scale * (vc if corr_applied else 1.0)).astype(np.float32)
+    mean = mc.astype(np.float32) if corr_applied and np.any(mc != 0) else None
+    rebuilt = dequantize(q, params, vc, mc) if corr_applied else d
+    return enc, params.zero_point.astype(np.float32), scale, mean, rebuilt
+
+
+def _mixed(w: np.ndarray, result: MixedBitResult):
+    codes = mixed_codes(w, result)
+    enc = encode_split(codes)
+    scale = np.array([result.scale * result.var_corr], np.float32)
+    mean = np.array([result.mean_corr], np.float32) if result.mean_corr != 0 else None
+    rebuilt = codes.astype(np.float64) * result.scale * result.var_corr + result.mean_corr
+    return enc, np.zeros(1, np.float32), scale, mean, rebuilt
+
+
+def plan_weight_quant(
+    model: onnx.ModelProto,
+    cfg: QuantConfig,
+    init_scale: float | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> WeightPlan:
+    """Decide and quantize every weight site of ``model`` under ``cfg`` (WEIGHT_QUANT)."""
+    bits = cfg.common.bit_num
+    target = init_scale if init_scale is not None else cfg.mixed.init_scale
+    plan = WeightPlan(init_scale=target if bits == 0 else None)
+    sites = find_weight_sites(model)
+    by_tensor: dict[str, list[WeightSite]] = {}
+    for site in sites:
+        by_tensor.setdefault(site.tensor, []).append(site)
+    done: dict[str, QuantizedWeight] = {}
+    for index, site in enumerate(sites):
+        if progress:
+            progress(index, len(sites), site.node)
+        reason = _filter_reason(site, cfg)
+        if reason:
+            plan.decisions.append(_skip(site, reason))
+            continue
+        if site.tensor in done:
+            shared = done[site.tensor]
+            done[site.tensor] = QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
+            first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized)
+            plan.decisions.append(
+                LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, f"shares weight with {first.node}",
+                              first.bits, first.granularity, first.encoding, 0, 0, first.effective_bits, first.step,
+                              first.weight_cosine)
+            )
+            continue
+        w = initializer_array(model, site.tensor).astype(np.float32)
+        shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
+        per_channel = cfg.weight.per_channel and not shared_matmul
+        axis = site.axis if per_channel else None
+        granularity = "per-channel" if per_channel else "per-layer"
+        step = None
+        if bits == 0:
+            result = search_step(w, target)
+            if result is not None:
+                enc, zp, scale, mean, rebuilt = _mixed(w, result)
+                granularity, step, used_bits, how = "per-layer", result.scale, 0, "mixed bit"
+            else:
+                fixed_axis = axis
+                enc, zp, scale, mean, rebuilt = _fixed(w, site, 8, fixed_axis, cfg, True)
+                used_bits, how = 0, "mixed-bit search failed; 8-bit fallback"
+            axis_used = None if step is not None else axis
+        else:
+            if per_channel and cfg.weight.bias_correction:
+                per_ch = site.size // max(1, site.channels)
+                if not passes_gain_check(bits, per_ch):
+                    plan.decisions.append(
+                        _skip(site, f"per-channel gain check: {per_ch} elements per channel <= {256 // (32 - bits)}")
+                    )
+                    continue
+            enc, zp, scale, mean, rebuilt = _fixed(w, site, bits, axis, cfg, False)
+            used_bits, how, axis_used = bits, f"{bits}-bit {granularity}", axis
+        qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,))
+        done[site.tensor] = qw
+        plan.decisions.append(
+            LayerDecision(
+                site.node, site.op_type, site.tensor, site.shape, True, how, used_bits, granularity, enc.kind,
+                site.size * 4, enc.nbytes + zp.nbytes * (1 if np.any(zp) else 0) + scale.nbytes
+                + (mean.nbytes if mean is not None else 0),
+                effective_bits(enc), step, _weight_cosine(w, rebuilt),
+            )
+        )
+    if progress:
+        progress(len(sites), len(sites), "")
+    plan.weights = list(done.values())
+    return plan

@@ -1,0 +1,22 @@
+"""The Python entry point for notebooks and scripts: the same job as ``ptq convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ptq_core.pipeline import Summary, convert_direct
+from ptq_core.runtime import parse_input_shape
+
+
+def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",
+            use_flow: bool = True, progress=None) -> Summary:
+    """Quantize ``model`` with the converter_lite ``config``; writes ``output`` + ``.onnx``.
+
+    ``use_flow=True`` runs the cached Prefect ``quantize`` flow (a temporary local Prefect server
+    starts on first use); ``use_flow=False`` runs the same steps directly, without Prefect.
+    """
+    if use_flow:
+        from ptqflow.flows.quantize import quantize
+
+        return quantize(str(model), str(config), str(output), input_shape)
+    return convert_direct(model, config, output, parse_input_shape(input_shape), progress)

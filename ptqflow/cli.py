@@ -1,0 +1,124 @@
+"""``ptq``: the command line, with converter_lite's own flag names.
+
+Bad input ends in one line on stderr and exit code 2; the full traceback of an unexpected
+failure is shown only with PTQ_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import ptqflow  # noqa: F401  (applies the offline Prefect settings before anything imports Prefect)
+from ptq_core.errors import PtqError
+
+SUPPORTED_FMK = ("ONNX",)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        raise PtqError(f"{message} (see 'ptq {self.prog.split()[-1]} --help')" if " " in self.prog else message)
+
+
+def _flag(parser: argparse.ArgumentParser, camel: str, kebab: str, **kw) -> None:
+    parser.add_argument(f"--{camel}", f"--{kebab}", **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ptq", description="Post-training quantization of ONNX models with converter_lite configs.",
+                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    conv = sub.add_parser("convert", help="quantize a model (converter_lite flags)", allow_abbrev=False)
+    _flag(conv, "fmk", "fmk", default="ONNX", help="source framework; only ONNX")
+    _flag(conv, "modelFile", "model-file", dest="model_file", required=True, help="input .onnx model")
+    _flag(conv, "outputFile", "output-file", dest="output_file", required=True,
+          help="output path; .onnx is added when missing")
+    _flag(conv, "configFile", "config-file", dest="config_file", required=True, help="converter_lite INI config")
+    _flag(conv, "inputShape", "input-shape", dest="input_shape", default="",
+          help='shapes for dynamic inputs, e.g. "input:1,3,48,320;mask:1,128"')
+    _flag(conv, "inputDataFormat", "input-data-format", dest="input_data_format", default="NCHW",
+          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files")
+    conv.add_argument("--no-flow", action="store_true", help="run the steps directly, without Prefect")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _validate_paths(args) -> None:
+    if args.fmk not in SUPPORTED_FMK:
+        raise PtqError(f"--fmk={args.fmk}: ptqflow converts ONNX models only; use --fmk=ONNX")
+    model = Path(args.model_file)
+    if not model.exists():
+        raise PtqError(f"--modelFile={args.model_file}: file not found")
+    if model.is_dir():
+        raise PtqError(f"--modelFile={args.model_file}: is a folder, not an .onnx file")
+
+
+def _convert(args) -> int:
+    from ptq_core.graph import check_skip_nodes, analyse_model  # noqa: F401
+    from ptq_core.pipeline import output_file, resolve_config
+    from ptq_core.runtime import parse_input_shape
+    from ptqflow import report
+
+    cfg = resolve_config(args.config_file)  # validated in full before the model is read
+    shapes = parse_input_shape(args.input_shape)
+    _validate_paths(args)
+    _precheck_model(args.model_file, cfg)
+    for notice in cfg.notices:
+        report.notice(notice)
+    start = time.perf_counter()
+    with report.layer_progress() as progress:
+        if args.no_flow:
+            from ptq_core.pipeline import convert_direct
+
+            summary = convert_direct(args.model_file, args.config_file, args.output_file, shapes, progress)
+        else:
+            from ptqflow._progress import terminal
+            from ptqflow.flows.quantize import quantize
+
+            with terminal(progress):
+                summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
+                                   args.input_shape)
+    summary.wall_time_s = time.perf_counter() - start
+    report.print_summary(summary)
+    print(f"wrote {output_file(args.output_file)}")
+    return 0
+
+
+def _precheck_model(model_file: str, cfg) -> None:
+    """Read the model once, cheaply, so that bad models and unknown skip names fail before the flow starts."""
+    from ptq_core.graph import analyse_model, check_skip_nodes
+
+    info = analyse_model(model_file)
+    check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "version":
+            print(f"ptqflow {ptqflow.__version__}")
+            return 0
+        if args.command != "convert":
+            parser.print_help()
+            return 2
+        return _convert(args)
+    except PtqError as exc:
+        print(f"ptq: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ptq: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: one line unless asked for more
+        if os.environ.get("PTQ_DEBUG"):
+            raise
+        print(f"ptq: internal error: {type(exc).__name__}: {exc} (rerun with PTQ_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Terminal output: notices, the layer progress bar and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ptq_core.pipeline import Summary
+
+console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, highlight=False)
+
+
+def notice(text: str) -> None:
+    err_console.print(f"ptq: notice: {text}", markup=False)
+
+
+@contextmanager
+def layer_progress() -> Iterator:
+    """A progress bar over weight tensors, shown only on a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[node]}"), console=err_console, transient=True) as bar:
+        task = bar.add_task("quantizing weights", total=None, node="")
+
+        def update(done: int, total: int, node: str) -> None:
+            bar.update(task, completed=done, total=total, node=node)
+
+        yield update
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+def print_summary(summary: Summary) -> None:
+    table = Table(title=f"{summary.quant_type} bit_num={summary.bits}: per-layer decisions", show_lines=False)
+    for col, justify in (("node", "left"), ("op", "left"), ("shape", "left"), ("bits", "right"),
+                         ("encoding", "left"), ("eff. bits", "right"), ("step", "right"), ("weight cos", "right"),
+                         ("KiB fp32", "right"), ("KiB stored", "right"), ("detail", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for row in summary.rows():
+        quant = row["status"] == "quantized"
+        table.add_row(
+            row["node"], row["op"], row["shape"],
+            (str(row["bits"]) if row["bits"] else "mixed") if quant else "[yellow]fp32[/]",
+            row["encoding"] or "-",
+            f"{row['effective_bits']:.2f}" if quant else "-",
+            f"{row['step']:.3g}" if row["step"] is not None else "-",
+            f"{row['weight_cosine']:.5f}" if row["weight_cosine"] is not None else "-",
+            _kb(row["bytes_fp32"]), _kb(row["bytes_stored"]),
+            row["detail"] if quant else f"[yellow]skipped:[/] {row['detail']}",
+        )
+    console.print(table)
+    t = summary.totals()
+    totals = Table(show_header=False, box=None)
+    totals.add_column(style="bold")
+    totals.add_column()
+    totals.add_row("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped")
+    totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
+                           f"({t['compression_ratio']:.2f}x smaller)")
+    totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}")
+    if summary.init_scale is not None:
+        totals.add_row("init_scale", f"{summary.init_scale:g}")
+    if summary.auto_tune:
+        steps = ", ".join(f"{s['init_scale']:.4g}->{s['cosine']:.4f}" for s in summary.auto_tune["steps"])
+        totals.add_row("auto_tune", f"picked {summary.auto_tune['init_scale']:.4g} (cosine "
+                                    f"{summary.auto_tune['cosine']:.4f}); tried {steps}")
+    totals.add_row("wall time", f"{t['wall_time_s']:.2f} s")
+    console.print(totals)

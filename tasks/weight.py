@@ -1,0 +1,81 @@
+"""Tasks of the weight-quantization path; each wraps one ptq_core.pipeline step."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from ptq_core import pipeline
+from ptq_core.config import QuantConfig
+from ptq_core.graph import ModelInfo, analyse_model
+from ptqflow._env import cache_dir
+from ptqflow._progress import report as terminal_report
+from ptqflow.tasks.caching import content_key, file_digest
+
+
+def _config_key(ctx, params) -> str:
+    return content_key("resolve_config", file_digest(params["config_path"]))
+
+
+def _model_key(ctx, params) -> str:
+    return content_key("analyse_model", file_digest(params["model_path"]))
+
+
+def _quant_key(ctx, params) -> str:
+    return content_key("quantize_weights", params["info"].sha256, params["cfg"].fingerprint(),
+                       sorted((params.get("shapes") or {}).items()))
+
+
+@task(name="resolve_config", cache_key_fn=_config_key, persist_result=True)
+def resolve_config(config_path: str) -> QuantConfig:
+    return pipeline.resolve_config(config_path)
+
+
+@task(name="analyse_model", cache_key_fn=_model_key, persist_result=True)
+def analyse(model_path: str) -> ModelInfo:
+    return analyse_model(model_path)
+
+
+@task(name="quantize_weights", cache_key_fn=_quant_key, persist_result=True)
+def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None) -> dict:
+    """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
+    artifact = create_progress_artifact(progress=0.0, description="weight quantization: layers done")
+    last = [0.0]
+
+    def progress(done: int, total: int, node: str) -> None:
+        terminal_report(done, total, node)
+        now = time.monotonic()
+        if total and (done == total or now - last[0] > 0.5):
+            last[0] = now
+            update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
+
+    plan, tuned, source = pipeline.quantize_weights(model_path, cfg, info, shapes, progress)
+    key = content_key("plan", info.sha256, cfg.fingerprint(), sorted((shapes or {}).items()))
+    path = cache_dir("plans") / f"{key}.pkl"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump((plan, tuned), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return {"plan_path": str(path), "reference": source}
+
+
+def load_plan(plan_path: str):
+    with open(plan_path, "rb") as fh:
+        return pickle.load(fh)
+
+
+@task(name="emit_model")
+def emit_model(model_path: str, plan_path: str, output: str) -> str:
+    plan, _ = load_plan(plan_path)
+    return str(pipeline.emit_model(model_path, plan, output))
+
+
+@task(name="summarize")
+def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, plan_path: str,
+              shapes: dict | None = None) -> pipeline.Summary:
+    plan, tuned = load_plan(plan_path)
+    return pipeline.summarize(model_path, output_path, cfg, info, plan, tuned, shapes)
