@@ -41,7 +41,13 @@ def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
     nodes.append(helper.make_node("Cast", [codes], [as_float], name=f"{prefix}_cast", to=onnx.TensorProto.FLOAT))
     current = as_float
     if np.any(qw.zero_point != 0):
-        inits.append(_channel_tensor(f"{prefix}_zero_point", qw.zero_point, rank, qw.axis))
+        # integer zero points stored at their own width and cast once (folded): 1-2 bytes a channel, not 4
+        zp = qw.zero_point
+        small = zp.astype(np.int8) if np.all((zp >= -128) & (zp <= 127)) else zp.astype(np.int16)
+        shape = broadcast_shape(rank, qw.axis, len(zp))
+        inits.append(numpy_helper.from_array(small.reshape(shape) if shape else small[0], f"{prefix}_zero_point_int"))
+        nodes.append(helper.make_node("Cast", [f"{prefix}_zero_point_int"], [f"{prefix}_zero_point"],
+                                      name=f"{prefix}_zp_cast", to=onnx.TensorProto.FLOAT))
         nodes.append(helper.make_node("Sub", [current, f"{prefix}_zero_point"], [f"{prefix}_centered"], name=f"{prefix}_sub"))
         current = f"{prefix}_centered"
     inits.append(_channel_tensor(f"{prefix}_scale", qw.scale, rank, qw.axis))

@@ -196,7 +196,8 @@ def plan_weight_quant(
         plan.decisions.append(
             LayerDecision(
                 site.node, site.op_type, site.tensor, site.shape, True, how, used_bits, granularity, enc.kind,
-                site.size * 4, enc.nbytes + zp.nbytes * (1 if np.any(zp) else 0) + scale.nbytes
+                site.size * 4, enc.nbytes + (zp.size * (1 if used_bits and used_bits <= 8 else 2) if np.any(zp) else 0)
+                + scale.nbytes
                 + (mean.nbytes if mean is not None else 0),
                 effective_bits(enc), step, _weight_cosine(w, rebuilt),
             )

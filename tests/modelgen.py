@@ -1,0 +1,89 @@
+"""Small ONNX models built in code, so tests never download anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+def mixed_ops_model(seed: int = 0, unnamed: bool = False) -> onnx.ModelProto:
+    """Conv -> ConvTranspose -> Flatten -> MatMul -> Gemm, plus a Gather embedding branch.
+
+    Channel counts are chosen around the default filters: conv_small has 16 out-channels (skipped by
+    min_quant_weight_channel=16), the rest are larger.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("conv_w", rng.normal(0, 0.2, (32, 3, 3, 3)).astype(np.float32)),
+        _init("conv_b", rng.normal(0, 0.1, (32,)).astype(np.float32)),
+        _init("small_w", rng.normal(0, 0.2, (16, 32, 1, 1)).astype(np.float32)),
+        _init("deconv_w", rng.normal(0, 0.2, (16, 24, 2, 2)).astype(np.float32)),
+        _init("mm_w", rng.normal(0, 0.05, (24 * 16 * 16, 40)).astype(np.float32)),
+        _init("gemm_w", rng.normal(0, 0.2, (10, 40)).astype(np.float32)),
+        _init("gemm_b", rng.normal(0, 0.1, (10,)).astype(np.float32)),
+        _init("emb", rng.normal(0, 1.0, (50, 10)).astype(np.float32)),
+        _init("shape2d", np.array([1, -1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c1"], name="conv_big", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "small_w"], ["c2"], name="conv_small"),
+        helper.make_node("ConvTranspose", ["c2", "deconv_w"], ["d1"], name="deconv", strides=[2, 2]),
+        helper.make_node("Reshape", ["d1", "shape2d"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "mm_w"], ["m1"], name="matmul"),
+        helper.make_node("Gemm", ["m1", "gemm_w", "gemm_b"], ["g1"], name="gemm", transB=1),
+        helper.make_node("Gather", ["emb", "ids"], ["e1"], name="embed", axis=0),
+        helper.make_node("ReduceMean", ["e1"], ["e2"], name="pool_emb", axes=[1], keepdims=0),
+        helper.make_node("Add", ["g1", "e2"], ["y"], name="add_out"),
+    ]
+    if unnamed:
+        for n in nodes:
+            n.name = ""
+    graph = helper.make_graph(
+        nodes, "mixed_ops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp_model(hidden: int = 256, seed: int = 1, dynamic_batch: bool = False, inp: int = 64) -> onnx.ModelProto:
+    """x[N,inp] -> MatMul(inp,hidden) -> Relu -> MatMul(hidden,32)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("w1", rng.normal(0, 0.1, (inp, hidden)).astype(np.float32)),
+        _init("w2", rng.normal(0, 0.1, (hidden, 32)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="act"),
+        helper.make_node("MatMul", ["hr", "w2"], ["y"], name="fc2"),
+    ]
+    batch = "N" if dynamic_batch else 1
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, inp])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
