@@ -1,0 +1,85 @@
+"""The ``quantize`` flow under Prefect's test harness: same result as the core, cached by content."""
+
+from pathlib import Path
+
+import pytest
+
+from modelgen import mlp_model, save, write_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _task_states(flow_state) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def _config(path: Path, init_scale: float) -> Path:
+    return write_config(path, "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
+                              f"[mixed_bit_weight_quant_param]\ninit_scale={init_scale}\n")
+
+
+def test_flow_end_to_end_then_served_from_cache(tmp_path):
+    from prefect.artifacts import Artifact
+
+    from ptqflow.flows.quantize import quantize
+
+    model = save(mlp_model(hidden=128, inp=96), tmp_path / "m.onnx")
+    cfg = _config(tmp_path / "w.cfg", 0.02)
+    first = quantize(str(model), str(cfg), str(tmp_path / "out1"), return_state=True)
+    summary = first.result()
+    assert Path(summary.output).read_bytes()
+    assert summary.output_cosine > 0.99
+    states = _task_states(first)
+    assert states["quantize_weights"] == "Completed"
+
+    second = quantize(str(model), str(cfg), str(tmp_path / "out2"), return_state=True)
+    states = _task_states(second)
+    assert states["resolve_config"] == "Cached"
+    assert states["analyse_model"] == "Cached"
+    assert states["quantize_weights"] == "Cached"
+    assert (tmp_path / "out1.onnx").read_bytes() == (tmp_path / "out2.onnx").read_bytes()
+
+    table = Artifact.get("quantize-layers")
+    assert table is not None and "fc1" in str(table.data)
+
+
+def test_changed_init_scale_reruns_only_what_depends_on_it(tmp_path):
+    from ptqflow.flows.quantize import quantize
+
+    model = save(mlp_model(hidden=128, inp=80), tmp_path / "m.onnx")
+    quantize(str(model), str(_config(tmp_path / "a.cfg", 0.02)), str(tmp_path / "a"))
+    state = quantize(str(model), str(_config(tmp_path / "b.cfg", 0.05)), str(tmp_path / "b"), return_state=True)
+    states = _task_states(state)
+    assert states["analyse_model"] == "Cached"
+    assert states["quantize_weights"] == "Completed"
+    assert (tmp_path / "b.onnx").stat().st_size < (tmp_path / "a.onnx").stat().st_size
+
+
+def test_flow_and_direct_call_write_the_same_model(tmp_path):
+    from ptqflow.api import convert
+
+    model = save(mlp_model(hidden=64, inp=48), tmp_path / "m.onnx")
+    cfg = _config(tmp_path / "w.cfg", 0.01)
+    via_flow = convert(model, cfg, tmp_path / "f", use_flow=True)
+    direct = convert(model, cfg, tmp_path / "d", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+
+
+def test_deleted_plan_file_is_recomputed(tmp_path):
+    import shutil
+
+    from ptqflow._env import cache_dir
+    from ptqflow.flows.quantize import quantize
+
+    model = save(mlp_model(hidden=64, inp=40), tmp_path / "m.onnx")
+    cfg = _config(tmp_path / "w.cfg", 0.02)
+    quantize(str(model), str(cfg), str(tmp_path / "a"))
+    shutil.rmtree(cache_dir("plans"))
+    summary = quantize(str(model), str(cfg), str(tmp_path / "b"))
+    assert (tmp_path / "a.onnx").read_bytes() == Path(summary.output).read_bytes()
