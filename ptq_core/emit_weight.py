@@ -90,8 +90,9 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     replaced: set[str] = set()
-    for qw in plan.weights:
-        prefix = _unique(f"{qw.tensor}_ptq", taken)
+    for index, qw in enumerate(plan.weights):
+        # short prefixes: the decode chain repeats its prefix in every name it creates
+        prefix = _unique(f"ptq{index}", taken)
         output = _unique(f"{qw.tensor}_dequant", taken)
         nodes, inits = _dequant_chain(qw, prefix, output, opset)
         new_nodes.extend(nodes)
