@@ -9,23 +9,23 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ptq_core.pipeline import Summary
-from ptq_core.runtime import parse_input_shape
+from ptq_core.runtime import InputOptions
 from ptqflow.tasks import weight
 
 
 @flow(name="quantize", persist_result=True)
-def quantize(model: str, config: str, output: str, input_shape: str = "") -> Summary:
+def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str = "NCHW") -> Summary:
     """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing)."""
     start = time.perf_counter()
-    shapes = parse_input_shape(input_shape)
+    inputs = InputOptions.from_flags(input_shape, input_data_format)
     model = str(Path(model).resolve())
     cfg = weight.resolve_config(str(Path(config).resolve()))
     info = weight.analyse(model)
-    record = weight.quantize_weights(model, cfg, info, shapes)
+    record = weight.quantize_weights(model, cfg, info, inputs)
     if not Path(record["plan_path"]).exists():  # a cache entry can outlive the file it points to
-        record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, shapes)
+        record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, inputs)
     out = weight.emit_model(model, record["plan_path"], output)
-    summary: Summary = weight.summarize(model, out, cfg, info, record["plan_path"], shapes)
+    summary: Summary = weight.summarize(model, out, cfg, info, record["plan_path"], inputs)
     summary.wall_time_s = time.perf_counter() - start
     publish(summary)
     return summary

@@ -19,7 +19,7 @@ from ptq_core.emit_weight import emit_weight_only, save_model_atomic
 from ptq_core.errors import ConfigError
 from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes, prepare_model
 from ptq_core.mixed_bit import TuneResult, auto_tune
-from ptq_core.runtime import input_specs, make_session, output_cosine, random_feeds, run
+from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
 from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
 
 SUPPORTED_NOW = ("WEIGHT_QUANT",)
@@ -56,24 +56,25 @@ class ReferenceInputs:
     source: str  # "calibration sample 0" or "generated"
 
 
-def reference_inputs(cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None) -> ReferenceInputs:
+def reference_inputs(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None) -> ReferenceInputs:
     """One input set for measuring output cosine: calibration sample 0 when configured, else generated."""
-    specs = input_specs(info.inputs, shapes)
+    inputs = inputs or InputOptions()
+    specs = input_specs(info.inputs, inputs.shape_map)
     if cfg.data.has_calibration:
         from ptq_core.calibration import load_sample
 
-        feeds = load_sample(cfg, specs, 0)
+        feeds = load_sample(cfg, specs, 0, inputs.data_format)
         return ReferenceInputs(feeds, "calibration sample 0")
     return ReferenceInputs(random_feeds(specs), "generated (uniform [0.1, 1) floats, ones for integers)")
 
 
-def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None,
+def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None,
                      progress: Progress | None = None) -> tuple[WeightPlan, TuneResult | None, str | None]:
     """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
     model = prepare_model(model_path)
     if cfg.common.bit_num == 0 and cfg.mixed.auto_tune:
-        ref = reference_inputs(cfg, info, shapes)
+        ref = reference_inputs(cfg, info, inputs)
         fp32_out = run(make_session(model), ref.feeds)
 
         def evaluate(t: float) -> tuple[float, float]:
@@ -159,9 +160,9 @@ class Summary:
 
 
 def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig, info: ModelInfo, plan: WeightPlan,
-              tuned: TuneResult | None = None, shapes: dict | None = None) -> Summary:
+              tuned: TuneResult | None = None, inputs: InputOptions | None = None) -> Summary:
     """Sizes on disk and the output cosine of the written model against FP32 on a sample input."""
-    ref = reference_inputs(cfg, info, shapes)
+    ref = reference_inputs(cfg, info, inputs)
     before = run(make_session(str(model_path)), ref.feeds)
     after = run(make_session(str(output_path)), ref.feeds)
     return Summary(
@@ -200,14 +201,14 @@ def _disk_size(path: str | Path) -> int:
     return total
 
 
-def convert_direct(model: str | Path, config: str | Path, output: str | Path, shapes: dict | None = None,
+def convert_direct(model: str | Path, config: str | Path, output: str | Path, inputs: InputOptions | None = None,
                    progress: Progress | None = None) -> Summary:
     """The whole conversion without Prefect: the same steps the flow runs."""
     start = time.perf_counter()
     cfg = resolve_config(config)
     info = analyse_model(model)
-    plan, tuned, _ = quantize_weights(model, cfg, info, shapes, progress)
+    plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
     out = emit_model(model, plan, output)
-    summary = summarize(model, out, cfg, info, plan, tuned, shapes)
+    summary = summarize(model, out, cfg, info, plan, tuned, inputs)
     summary.wall_time_s = time.perf_counter() - start
     return summary

@@ -49,6 +49,24 @@ def parse_input_shape(text: str) -> dict[str, tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
+class InputOptions:
+    """How to feed the model when the tool runs it: converter_lite's --inputShape and --inputDataFormat."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    data_format: str = "NCHW"
+
+    @classmethod
+    def from_flags(cls, input_shape: str = "", data_format: str = "NCHW") -> "InputOptions":
+        if data_format not in ("NCHW", "NHWC"):
+            raise ConfigError(f"--inputDataFormat={data_format}: must be NCHW or NHWC")
+        return cls(tuple(sorted(parse_input_shape(input_shape).items())), data_format)
+
+    @property
+    def shape_map(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.shapes)
+
+
+@dataclass(frozen=True)
 class InputSpec:
     name: str
     dtype: type

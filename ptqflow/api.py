@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptq_core.pipeline import Summary, convert_direct
-from ptq_core.runtime import parse_input_shape
+from ptq_core.runtime import InputOptions
 
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",
-            use_flow: bool = True, progress=None) -> Summary:
+            input_data_format: str = "NCHW", use_flow: bool = True, progress=None) -> Summary:
     """Quantize ``model`` with the converter_lite ``config``; writes ``output`` + ``.onnx``.
 
     ``use_flow=True`` runs the cached Prefect ``quantize`` flow (a temporary local Prefect server
@@ -18,5 +18,5 @@ def convert(model: str | Path, config: str | Path, output: str | Path, *, input_
     if use_flow:
         from ptqflow.flows.quantize import quantize
 
-        return quantize(str(model), str(config), str(output), input_shape)
-    return convert_direct(model, config, output, parse_input_shape(input_shape), progress)
+        return quantize(str(model), str(config), str(output), input_shape, input_data_format)
+    return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress)

@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import ptqflow  # noqa: F401  (applies the offline Prefect settings before anything imports Prefect)
-from ptq_core.errors import PtqError
+# The terminal shows our summary; Prefect's per-run INFO lines still reach the API and the UI.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+import ptqflow  # noqa: E402,F401  (applies the offline Prefect settings before anything imports Prefect)
+from ptq_core.errors import PtqError  # noqa: E402
 
 SUPPORTED_FMK = ("ONNX",)
 
@@ -57,13 +60,12 @@ def _validate_paths(args) -> None:
 
 
 def _convert(args) -> int:
-    from ptq_core.graph import check_skip_nodes, analyse_model  # noqa: F401
     from ptq_core.pipeline import output_file, resolve_config
-    from ptq_core.runtime import parse_input_shape
+    from ptq_core.runtime import InputOptions
     from ptqflow import report
 
     cfg = resolve_config(args.config_file)  # validated in full before the model is read
-    shapes = parse_input_shape(args.input_shape)
+    inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
     _precheck_model(args.model_file, cfg)
     for notice in cfg.notices:
@@ -73,14 +75,14 @@ def _convert(args) -> int:
         if args.no_flow:
             from ptq_core.pipeline import convert_direct
 
-            summary = convert_direct(args.model_file, args.config_file, args.output_file, shapes, progress)
+            summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress)
         else:
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
 
             with terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
-                                   args.input_shape)
+                                   args.input_shape, args.input_data_format)
     summary.wall_time_s = time.perf_counter() - start
     report.print_summary(summary)
     print(f"wrote {output_file(args.output_file)}")

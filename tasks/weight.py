@@ -12,6 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from ptq_core import pipeline
 from ptq_core.config import QuantConfig
 from ptq_core.graph import ModelInfo, analyse_model
+from ptq_core.runtime import InputOptions, input_specs
 from ptqflow._env import cache_dir
 from ptqflow._progress import report as terminal_report
 from ptqflow.tasks.caching import content_key, file_digest
@@ -26,8 +27,18 @@ def _model_key(ctx, params) -> str:
 
 
 def _quant_key(ctx, params) -> str:
-    return content_key("quantize_weights", params["info"].sha256, params["cfg"].fingerprint(),
-                       sorted((params.get("shapes") or {}).items()))
+    return content_key("quantize_weights", params["info"].sha256, params["cfg"].fingerprint(), params.get("inputs"),
+                       _data_digest(params["cfg"], params["info"], params.get("inputs")))
+
+
+def _data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None) -> str | None:
+    """auto_tune reads calibration sample 0, so the calibration files' bytes are part of the key."""
+    if not (cfg.common.bit_num == 0 and cfg.mixed.auto_tune and cfg.data.has_calibration):
+        return None
+    from ptq_core.calibration import sample_digest
+
+    inputs = inputs or InputOptions()
+    return sample_digest(cfg, input_specs(info.inputs, inputs.shape_map), inputs.data_format)
 
 
 @task(name="resolve_config", cache_key_fn=_config_key, persist_result=True)
@@ -41,7 +52,7 @@ def analyse(model_path: str) -> ModelInfo:
 
 
 @task(name="quantize_weights", cache_key_fn=_quant_key, persist_result=True)
-def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, shapes: dict | None = None) -> dict:
+def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None) -> dict:
     """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
     artifact = create_progress_artifact(progress=0.0, description="weight quantization: layers done")
     last = [0.0]
@@ -53,8 +64,8 @@ def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, shapes:
             last[0] = now
             update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
 
-    plan, tuned, source = pipeline.quantize_weights(model_path, cfg, info, shapes, progress)
-    key = content_key("plan", info.sha256, cfg.fingerprint(), sorted((shapes or {}).items()))
+    plan, tuned, source = pipeline.quantize_weights(model_path, cfg, info, inputs, progress)
+    key = content_key("plan", info.sha256, cfg.fingerprint(), inputs, _data_digest(cfg, info, inputs))
     path = cache_dir("plans") / f"{key}.pkl"
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
@@ -76,6 +87,6 @@ def emit_model(model_path: str, plan_path: str, output: str) -> str:
 
 @task(name="summarize")
 def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, plan_path: str,
-              shapes: dict | None = None) -> pipeline.Summary:
+              inputs: InputOptions | None = None) -> pipeline.Summary:
     plan, tuned = load_plan(plan_path)
-    return pipeline.summarize(model_path, output_path, cfg, info, plan, tuned, shapes)
+    return pipeline.summarize(model_path, output_path, cfg, info, plan, tuned, inputs)

@@ -9,14 +9,25 @@ from modelgen import mlp_model, save, write_config
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def _task_states(flow_state) -> dict[str, str]:
+def _task_states(flow_state, expected=("resolve_config", "analyse_model", "quantize_weights", "emit_model",
+                                        "summarize")) -> dict[str, str]:
+    """Final state name of each task run; task runs reach the API through events, so poll briefly."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     flow_run_id = flow_state.state_details.flow_run_id
+    states: dict[str, str] = {}
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            states = {r.name.rsplit("-", 1)[0]: r.state.name for r in runs if r.state is not None and r.state.is_final()}
+            if all(name in states for name in expected):
+                break
+            time.sleep(0.2)
+    return states
 
 
 def _config(path: Path, init_scale: float) -> Path:

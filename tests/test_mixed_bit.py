@@ -56,3 +56,18 @@ def test_auto_tune_end_to_end_says_which_inputs(tmp_path):
     assert summary.init_scale == summary.auto_tune["init_scale"]
     assert summary.cosine_inputs.startswith("generated")
     assert summary.output_cosine >= 0.99
+
+
+def test_auto_tune_uses_calibration_sample_when_configured(tmp_path):
+    model = save(mlp_model(hidden=128, inp=64), tmp_path / "m.onnx")
+    data = tmp_path / "bins"
+    data.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        (data / f"s{i}.bin").write_bytes(rng.normal(size=(1, 64)).astype(np.float32).tobytes())
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
+                       "[mixed_bit_weight_quant_param]\nauto_tune=true\n"
+                       f"[data_preprocess_param]\ncalibrate_path=x:{data}\ncalibrate_size=3\ninput_type=BIN\n")
+    summary = convert_direct(model, cfg, tmp_path / "out")
+    assert summary.cosine_inputs == "calibration sample 0"
+    assert summary.auto_tune["cosine"] >= 0.995
