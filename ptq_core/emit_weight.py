@@ -35,27 +35,26 @@ def _channel_tensor(name: str, values: np.ndarray, rank: int, axis: int | None) 
 
 
 def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
-    nodes, inits, codes = decode_nodes(qw.encoded, prefix + "_code", opset)
+    nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
     rank = len(qw.shape)
-    as_float = f"{prefix}_float"
-    nodes.append(helper.make_node("Cast", [codes], [as_float], name=f"{prefix}_cast", to=onnx.TensorProto.FLOAT))
+    as_float = f"{prefix}f"
+    nodes.append(helper.make_node("Cast", [codes], [as_float], to=onnx.TensorProto.FLOAT))
     current = as_float
     if np.any(qw.zero_point != 0):
         # integer zero points stored at their own width and cast once (folded): 1-2 bytes a channel, not 4
         zp = qw.zero_point
         small = zp.astype(np.int8) if np.all((zp >= -128) & (zp <= 127)) else zp.astype(np.int16)
         shape = broadcast_shape(rank, qw.axis, len(zp))
-        inits.append(numpy_helper.from_array(small.reshape(shape) if shape else small[0], f"{prefix}_zero_point_int"))
-        nodes.append(helper.make_node("Cast", [f"{prefix}_zero_point_int"], [f"{prefix}_zero_point"],
-                                      name=f"{prefix}_zp_cast", to=onnx.TensorProto.FLOAT))
-        nodes.append(helper.make_node("Sub", [current, f"{prefix}_zero_point"], [f"{prefix}_centered"], name=f"{prefix}_sub"))
-        current = f"{prefix}_centered"
-    inits.append(_channel_tensor(f"{prefix}_scale", qw.scale, rank, qw.axis))
-    scaled = output if qw.mean_corr is None else f"{prefix}_scaled"
-    nodes.append(helper.make_node("Mul", [current, f"{prefix}_scale"], [scaled], name=f"{prefix}_mul"))
+        inits.append(numpy_helper.from_array(small.reshape(shape) if shape else small[0], f"{prefix}zi"))
+        nodes.append(helper.make_node("Cast", [f"{prefix}zi"], [f"{prefix}z"], to=onnx.TensorProto.FLOAT))
+        nodes.append(helper.make_node("Sub", [current, f"{prefix}z"], [f"{prefix}c"]))
+        current = f"{prefix}c"
+    inits.append(_channel_tensor(f"{prefix}s", qw.scale, rank, qw.axis))
+    scaled = output if qw.mean_corr is None else f"{prefix}m"
+    nodes.append(helper.make_node("Mul", [current, f"{prefix}s"], [scaled]))
     if qw.mean_corr is not None:
-        inits.append(_channel_tensor(f"{prefix}_mean_corr", qw.mean_corr, rank, qw.axis))
-        nodes.append(helper.make_node("Add", [scaled, f"{prefix}_mean_corr"], [output], name=f"{prefix}_add"))
+        inits.append(_channel_tensor(f"{prefix}a", qw.mean_corr, rank, qw.axis))
+        nodes.append(helper.make_node("Add", [scaled, f"{prefix}a"], [output]))
     return nodes, inits
 
 
@@ -87,12 +86,15 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     for node in graph.node:
         taken.update(node.output)
     node_by_name = {n.name: n for n in graph.node}
+    base = "q"
+    while any(name.startswith(base) for name in taken):  # no new name can collide with an old one
+        base += "_"
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     replaced: set[str] = set()
     for index, qw in enumerate(plan.weights):
         # short prefixes: the decode chain repeats its prefix in every name it creates
-        prefix = _unique(f"ptq{index}", taken)
+        prefix = f"{base}{index}_"
         output = _unique(f"{qw.tensor}_dequant", taken)
         nodes, inits = _dequant_chain(qw, prefix, output, opset)
         new_nodes.extend(nodes)
@@ -116,9 +118,33 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     inputs = [i for i in graph.input if i.name not in dropped]
     del graph.input[:]
     graph.input.extend(inputs)
+    _share_small_constants(graph, {t.name for t in new_inits})
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     return out
+
+
+def _share_small_constants(graph: onnx.GraphProto, new: set[str], limit: int = 256) -> None:
+    """Keep one copy of each identical small initializer the decode chains added (they repeat the same tables)."""
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    keep = []
+    for tensor in graph.initializer:
+        if tensor.name in new and tensor.raw_data and len(tensor.raw_data) <= limit:
+            key = (tensor.data_type, tuple(tensor.dims), tensor.raw_data)
+            if key in first:
+                alias[tensor.name] = first[key]
+                continue
+            first[key] = tensor.name
+        keep.append(tensor)
+    if not alias:
+        return
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:

@@ -1,0 +1,150 @@
+"""Calibration statistics: run the FP32 model with chosen intermediate tensors exposed, one round at a time.
+
+Each worker process keeps one onnxruntime session per model (built once, single-threaded so
+workers do not oversubscribe cores) and folds every round into small mergeable observers; no
+activation outlives its round, so memory does not grow with the calibration set. The chunk
+function is plain Python so that a Dask worker, a test or a loop can call it alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from ptq_core.errors import DataError
+from ptq_core.observers import make_observer
+
+_SESSIONS: dict[tuple[str, tuple[str, ...]], object] = {}
+_LOCK = threading.Lock()
+
+
+def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``tensors`` (float activations)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    try:
+        inferred = shape_inference.infer_shapes(out)
+        known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    except Exception:
+        known = {}
+    present = {o.name for o in out.graph.output}
+    for name in tensors:
+        if name in present:
+            continue
+        info = known.get(name)
+        if info is not None and info.type.tensor_type.elem_type:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(info)
+        else:
+            vi = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        out.graph.output.append(vi)
+        present.add(name)
+    return out
+
+
+def exposed_model_path(model: onnx.ModelProto, tensors: Sequence[str], folder: Path, key: str) -> Path:
+    """Write the exposed model once under a content key, so workers load it by path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"exposed-{key}.onnx"
+    if not path.exists():
+        data = expose_tensors(model, tensors).SerializeToString(deterministic=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def _session(model_path: str, outputs: tuple[str, ...]):
+    key = (model_path, outputs)
+    with _LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+            _SESSIONS[key] = session
+        return session
+
+
+@dataclass(frozen=True)
+class Round:
+    """One calibration sample: its index and the .npy shard of each model input."""
+
+    index: int
+    shards: tuple[tuple[str, str], ...]  # (input name, path)
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {name: np.load(path, allow_pickle=False) for name, path in self.shards}
+
+
+def run_round(model_path: str, tensors: tuple[str, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = _session(model_path, tensors)
+    values = session.run(list(tensors), feeds)
+    return dict(zip(tensors, values))
+
+
+def accumulate(model_path: str, tensors: tuple[str, ...], rounds: Iterable[Round], method: str,
+               pass_index: int = 0, start: dict | None = None) -> dict:
+    """Fold ``rounds`` into one observer per tensor; ``start`` carries observers from a previous pass."""
+    observers = {t: (start[t].spawn() if start else make_observer(method)) for t in tensors}
+    for rnd in rounds:
+        values = run_round(model_path, tensors, rnd.feeds())
+        for name in tensors:
+            x = values[name]
+            if not np.all(np.isfinite(x)):
+                raise DataError(
+                    f"calibration sample {rnd.index}: tensor {name!r} has NaN or Inf values; check the input "
+                    f"files of that sample ({', '.join(p for _, p in rnd.shards)})"
+                )
+            observers[name].update(x, pass_index)
+    return observers
+
+
+def merge_all(parts: list[dict]) -> dict:
+    """Pairwise tree merge of per-chunk observer dicts (associative, so order does not matter)."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    while len(parts) > 1:
+        merged = []
+        for i in range(0, len(parts), 2):
+            if i + 1 < len(parts):
+                a, b = parts[i], parts[i + 1]
+                merged.append({k: a[k].merge(b[k]) for k in a})
+            else:
+                merged.append(parts[i])
+        parts = merged
+    return parts[0]
+
+
+def chunks(rounds: list[Round], n: int) -> list[list[Round]]:
+    """Split rounds into at most n contiguous chunks of near-equal size."""
+    n = max(1, min(n, len(rounds)))
+    size, extra = divmod(len(rounds), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(rounds[start:end])
+        start = end
+    return [c for c in out if c]
+
+
+def collect_serial(model_path: str, tensors: tuple[str, ...], rounds: list[Round], method: str,
+                   passes: int | None = None) -> dict:
+    """Reference path without Dask: every pass over all rounds in this process."""
+    observers = accumulate(model_path, tensors, rounds, method, 0)
+    total = passes or next(iter(observers.values())).passes if observers else 1
+    for p in range(1, total):
+        for obs in observers.values():
+            obs.begin_pass(p)
+        observers = accumulate(model_path, tensors, rounds, method, p, observers)
+    return observers

@@ -1,0 +1,74 @@
+"""Calibration statistics across a Dask cluster: map chunks of rounds to workers, tree-merge observers.
+
+One Prefect task owns the whole pass (Dask inside one cached task), so Prefect sees a single
+cacheable unit with a small result and no per-round API traffic. By default a LocalCluster of
+worker processes bound to loopback; ``--dask-address`` or ``PTQFLOW_DASK_ADDRESS`` points the same
+job at an existing scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from ptq_core.collect import Round, accumulate, chunks, merge_all
+
+ADDRESS_ENV = "PTQFLOW_DASK_ADDRESS"
+
+
+@contextmanager
+def dask_client(address: str | None = None, workers: int | None = None) -> Iterator:
+    """A client on the given scheduler, or on a private loopback LocalCluster closed on exit."""
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        client = Client(address, timeout="30s")
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or max(1, min(2, os.cpu_count() or 1))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", silence_logs=40)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def collect_distributed(client, model_path: str, tensors: tuple[str, ...], rounds: list[Round], method: str,
+                        progress: Callable[[int, int], None] | None = None) -> dict:
+    """All passes of ``method`` over ``rounds`` on ``client``'s workers; returns merged observers."""
+    from distributed import as_completed
+
+    n_chunks = max(1, min(len(rounds), 4 * max(1, len(client.scheduler_info().get("workers", {})))))
+    parts = chunks(rounds, n_chunks)
+    total_passes = None
+    observers = None
+    pass_index = 0
+    done = 0
+    while True:
+        futures = [client.submit(accumulate, model_path, tensors, part, method, pass_index, observers,
+                                 pure=False, key=f"ptq-stats-{pass_index}-{i}-{os.getpid()}-{id(part)}")
+                   for i, part in enumerate(parts)]
+        results: dict[int, dict] = {}
+        index_of = {f.key: i for i, f in enumerate(futures)}
+        for future in as_completed(futures):
+            results[index_of[future.key]] = future.result()
+            done += len(parts[index_of[future.key]])
+            if progress:
+                progress(done, len(rounds) * (total_passes or 1))
+        merged = merge_all([results[i] for i in range(len(parts))])
+        if total_passes is None:
+            total_passes = next(iter(merged.values())).passes if merged else 1
+        pass_index += 1
+        if pass_index >= total_passes:
+            return merged
+        for obs in merged.values():
+            obs.begin_pass(pass_index)
+        observers = merged
