@@ -27,7 +27,7 @@ test: $(STAMP)
 
 bench:
 	bash benchmarks/setup_bench.sh
-	.venv-bench/bin/python benchmarks/bench_weight_quant.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 
 clean:
 	rm -rf $(VENV) .ptqflow out

@@ -520,6 +520,7 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
         kept_inputs = [i for i in graph.input if i.name not in dropped]
         del graph.input[:]
         graph.input.extend(kept_inputs)
+    _fence_float_nodes(graph, set(plan.nodes), inits, fresh)
     present = {name for n in graph.node for name in n.output}
     kept_vi = [v for v in graph.value_info if v.name in present]
     if len(kept_vi) != len(graph.value_info):  # tensors of folded clamps, dropped initializers
@@ -528,6 +529,45 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     return out
+
+
+# ops onnxruntime's QDQ propagation moves a DequantizeLinear across (forward) or a Q across (backward)
+_TRANSPARENT = frozenset(("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Relu",
+                          "Clip", "Resize", "Gather", "Split", "Expand"))
+
+
+def _fence_float_nodes(graph: onnx.GraphProto, region: set[str], inits: dict, fresh) -> None:
+    """Keep nodes left out of the int8 region really in FP32.
+
+    onnxruntime's CPU optimizer moves DequantizeLinear forward across data-movement ops and then
+    quantizes the float weight of a Conv/Gemm/MatMul that it finds between a DQ and a Q
+    (WeightBiasQuantization), so a skipped node next to int8 neighbours would silently run in
+    int8. A single-input ``Sum`` (an identity that no optimizer removes or propagates through)
+    in front of such a node stops that; it costs one copy of the tensor.
+    """
+    producer = {name: node for node in graph.node for name in node.output if name}
+
+    def reaches_dq(name: str) -> bool:
+        seen = 0
+        while name in producer and seen < 64:
+            node = producer[name]
+            if node.op_type == "DequantizeLinear":
+                return True
+            if node.op_type not in _TRANSPARENT or not node.input:
+                return False
+            name, seen = node.input[0], seen + 1
+        return False
+
+    ordered = []
+    for node in graph.node:
+        if (node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.name not in region
+                and any(name in inits for name in node.input[1:2]) and node.input and reaches_dq(node.input[0])):
+            fenced = fresh("ptq_fence_" + node.input[0])
+            ordered.append(helper.make_node("Sum", [node.input[0]], [fenced], name=fresh("ptq_fence_" + node.name)))
+            node.input[0] = fenced
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _fold_clamps(nodes: list, acts: dict, inits: dict, pinned: set[str]) -> list:

@@ -291,7 +291,7 @@ def find_weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
 def _dims(value_info: onnx.ValueInfoProto) -> tuple:
     dims = []
     for d in value_info.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or "?")

@@ -22,7 +22,7 @@ from ptq_core.mixed_bit import TuneResult, auto_tune
 from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
 from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
 
-SUPPORTED_NOW = ("WEIGHT_QUANT",)
+SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT")
 Progress = Callable[[int, int, str], None]
 
 
@@ -34,6 +34,10 @@ def resolve_config(config_path: str | Path) -> QuantConfig:
     if qt not in SUPPORTED_NOW:
         raise ConfigError(f"{cfg.source}: [common_quant_param] quant_type={qt} is not yet supported by ptqflow; "
                           f"supported now: {', '.join(SUPPORTED_NOW)}")
+    if qt == "FULL_QUANT":
+        from ptq_core.targets import get_target
+
+        get_target(cfg.full.target_device)  # unsupported targets fail before any model or data is read
     if qt == "WEIGHT_QUANT":
         if cfg.weight.quant_strategy != "MAX_MIN":
             raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy={cfg.weight.quant_strategy} is not yet "
@@ -202,13 +206,41 @@ def _disk_size(path: str | Path) -> int:
 
 
 def convert_direct(model: str | Path, config: str | Path, output: str | Path, inputs: InputOptions | None = None,
-                   progress: Progress | None = None) -> Summary:
+                   progress: Progress | None = None, work_dir: str | Path | None = None) -> Summary:
     """The whole conversion without Prefect: the same steps the flow runs."""
     start = time.perf_counter()
     cfg = resolve_config(config)
     info = analyse_model(model)
-    plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
-    out = emit_model(model, plan, output)
-    summary = summarize(model, out, cfg, info, plan, tuned, inputs)
+    if cfg.common.quant_type == "FULL_QUANT":
+        summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir)
+    else:
+        plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
+        out = emit_model(model, plan, output)
+        summary = summarize(model, out, cfg, info, plan, tuned, inputs)
     summary.wall_time_s = time.perf_counter() - start
     return summary
+
+
+def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: InputOptions, work_dir) -> Summary:
+    import tempfile
+
+    from ptq_core.full_pipeline import full_decisions, quantize_full
+
+    with tempfile.TemporaryDirectory(prefix="ptq-work-") as tmp:
+        result = quantize_full(model, cfg, inputs, Path(work_dir or tmp))
+        out = save_model_atomic(result.quantized, output_file(output))
+    return summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
+
+
+def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,
+                   plan, inputs: InputOptions | None = None) -> Summary:
+    from ptq_core.full_pipeline import full_decisions
+
+    ref = reference_inputs(cfg, info, inputs)
+    before = run(make_session(str(model_path)), ref.feeds)
+    after = run(make_session(str(output_path)), ref.feeds)
+    return Summary(
+        model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
+        layers=full_decisions(prepared, plan), size_before=_disk_size(model_path), size_after=_disk_size(output_path),
+        output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+    )

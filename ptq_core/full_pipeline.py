@@ -1,0 +1,193 @@
+"""FULL_QUANT as plain steps; the flow wraps each in a cached task and runs statistics on Dask.
+
+``collector`` arguments take any function with the signature of ``collect.collect_serial``
+(model path, tensors, rounds, method) so the same steps run serially here, in tests and on a
+Dask cluster (``tasks.dask_stats``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ptq_core import collect
+from ptq_core.calibration import check_inputs, write_shards
+from ptq_core.config import QuantConfig
+from ptq_core.emit_qdq import emit_qdq
+from ptq_core.emit_weight import save_model_atomic
+from ptq_core.errors import ConfigError
+from ptq_core.full_plan import FullQuantPlan
+from ptq_core.full_quant import (
+    ChannelMeanDiff,
+    apply_bias_correction,
+    build_plan,
+    correctable_nodes,
+    observed_tensors,
+    placement,
+    prepare_full_model,
+    shadow_model,
+)
+from ptq_core.runtime import InputOptions, input_specs
+from ptq_core.weight_quant import LayerDecision
+
+Collector = Callable[..., dict]
+
+
+def calibration_shapes(cfg: QuantConfig, inputs: InputOptions) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for calibration: --inputShape, else [ascend_context] input_shape (first dynamic dim)."""
+    shapes = inputs.shape_map
+    asc = cfg.ascend_context
+    if not shapes and asc.input_shape:
+        dims_choice = re.findall(r"\[([^\]]*)\]", asc.dynamic_dims or "")
+        first = None
+        if dims_choice:
+            token = dims_choice[0].split(",")[0].split("~")[0].strip()
+            first = int(token) if token.isdigit() else None
+        for item in asc.input_shape.split(";"):
+            if ":" not in item:
+                raise ConfigError(f"{cfg.source}: [ascend_context] input_shape item {item!r} has no ':'; write name:[d0,d1,...]")
+            name, dims = item.rsplit(":", 1)
+            values = [int(v) for v in re.findall(r"-?\d+", dims)]
+            if any(v == -1 for v in values) and first is None:
+                raise ConfigError(f"{cfg.source}: [ascend_context] input_shape {item!r} has -1 but dynamic_dims gives no size")
+            shapes[name] = tuple(first if v == -1 else v for v in values)
+    return shapes
+
+
+def calibration_rounds(cfg: QuantConfig, model: onnx.ModelProto, inputs: InputOptions, shard_dir: Path) -> list[collect.Round]:
+    """Preprocess the calibration set once into content-addressed .npy shards; a round lists its shards."""
+    from ptq_core.graph import _dims
+
+    inits = {t.name for t in model.graph.initializer}
+    model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
+    specs = input_specs(model_inputs, calibration_shapes(cfg, inputs))
+    check_inputs(cfg, specs)
+    paths = write_shards(cfg, specs, shard_dir, inputs.data_format)
+    k = len(specs)
+    return [collect.Round(i, tuple((specs[j].name, str(paths[i * k + j])) for j in range(k)))
+            for i in range(cfg.data.calibrate_size)]
+
+
+def model_key(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:24]
+
+
+def collect_statistics(model: onnx.ModelProto, tensors: tuple[str, ...], rounds: list[collect.Round], method: str,
+                       work_dir: Path, collector: Collector = collect.collect_serial) -> dict:
+    path = collect.exposed_model_path(model, tensors, work_dir, model_key(model) + "-" +
+                                      hashlib.sha256("\n".join(tensors).encode()).hexdigest()[:12])
+    return collector(str(path), tensors, rounds, method)
+
+
+def accumulate_bias(model_path: str, pairs: dict, rounds: list[collect.Round]) -> dict:
+    """Worker side of the bias-correction pass: per node, per-channel mean of FP32 - shadow."""
+    outputs = tuple(sorted({name for pair in pairs.values() for name in pair}))
+    stats = {node: ChannelMeanDiff() for node in pairs}
+    for rnd in rounds:
+        values = collect.run_round(model_path, outputs, rnd.feeds())
+        for node, (ref, shadow) in pairs.items():
+            stats[node].update(values[ref], values[shadow])
+    return stats
+
+
+def bias_correction_pass(model: onnx.ModelProto, plan: FullQuantPlan, cfg: QuantConfig, rounds: list[collect.Round],
+                         work_dir: Path, runner: Callable | None = None) -> tuple[FullQuantPlan, dict]:
+    """§8.7 over all calibration rounds; ``runner(model_path, pairs, rounds)`` may distribute it."""
+    nodes = correctable_nodes(model, plan, cfg.common.skip_quant_node)
+    if not nodes:
+        return plan, {}
+    shadow, pairs = shadow_model(model, plan, nodes)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"shadow-{model_key(shadow)}.onnx"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(shadow.SerializeToString(deterministic=True))
+        tmp.replace(path)
+    stats = (runner or accumulate_bias)(str(path), pairs, rounds)
+    diffs = {node: s.mean() for node, s in stats.items()}
+    return apply_bias_correction(model, plan, diffs), diffs
+
+
+def add_missing_biases(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
+    """Give Conv/Gemm nodes that bias correction will touch a zero float bias (named ``<node>_added_bias``)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in nodes or len(node.input) >= 3 and node.input[2]:
+            continue
+        w = inits.get(node.input[1])
+        if w is None:
+            continue
+        if node.op_type == "Conv":
+            channels = w.dims[0]
+        else:  # Gemm: N = rows of B when transB else columns
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            channels = w.dims[0] if trans_b else w.dims[1]
+        name = f"{node.name}_added_bias"
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(channels, np.float32), name))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+    return model
+
+
+@dataclass
+class FullResult:
+    model: onnx.ModelProto  # the prepared FP32 model the plan refers to
+    plan: FullQuantPlan
+    quantized: onnx.ModelProto
+    bias_diffs: dict
+
+
+def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
+                  collector: Collector = collect.collect_serial, bias_runner: Callable | None = None,
+                  rounds: list[collect.Round] | None = None) -> FullResult:
+    """Prepare, place, calibrate, plan, bias-correct and emit (no file written)."""
+    model = prepare_full_model(model_path)
+    target, place = placement(model, cfg)
+    do_bias = cfg.full.bias_correction and target.bias_correction
+    if do_bias:
+        convs = [n.name for n in model.graph.node if n.name in place.nodes and n.op_type in ("Conv", "Gemm")]
+        model = add_missing_biases(model, convs)
+    if rounds is None:
+        rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
+    observers = collect_statistics(model, observed_tensors(place), rounds, cfg.full.activation_quant_method,
+                                   work_dir / "models", collector)
+    plan = build_plan(model, cfg, target, place, observers)
+    diffs = {}
+    if do_bias:
+        plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
+    return FullResult(model, plan, emit_qdq(model, plan), diffs)
+
+
+def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDecision]:
+    """Summary rows: every weighted node, int8 or kept FP32 with the reason."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = {(w.node, w.input_index): w for w in plan.weights}
+    rows = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        weight_name = next((n for n in node.input[1:2] if n in inits), node.input[1] if len(node.input) > 1 else "")
+        shape = tuple(inits[weight_name].dims) if weight_name in inits else ()
+        size = int(np.prod(shape)) if shape else 0
+        w = weights.get((node.name, 1))
+        if node.name in plan.nodes and w is not None:
+            gran = "per-channel" if w.axis is not None else "per-layer"
+            rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, True, f"int8 {gran}", 8, gran,
+                                      "int8", size * 4, size, 8.0))
+        else:
+            reason = plan.kept_float.get(node.name, "not in the int8 region")
+            rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, False, reason,
+                                      bytes_fp32=size * 4, bytes_stored=size * 4))
+    return rows

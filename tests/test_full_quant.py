@@ -1,0 +1,155 @@
+"""FULL_QUANT end to end: calibration, observers, plan, bias correction, QDQ that ORT runs in integer kernels."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from modelgen import save, write_config
+from ptq_core import collect
+from ptq_core.config import parse_config
+from ptq_core.emit_qdq import fused_ops
+from ptq_core.full_pipeline import quantize_full
+from ptq_core.pipeline import convert_direct
+from ptq_core.quant import cosine
+from ptq_core.runtime import InputOptions
+
+ROOT = Path(__file__).parent.parent
+
+
+def cnn_model(seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (24, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (32, 24, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (10, 32 * 4 * 4)).astype(np.float32), "wf"),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+    ]
+    c1 = ["x", "w1"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, 24).astype(np.float32), "b1"))
+        c1.append("b1")
+    nodes = [
+        helper.make_node("Conv", c1, ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["p2", "shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def calib_folder(tmp_path, n=12, seed=1):
+    folder = tmp_path / "calib"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        (folder / f"{i:03d}.bin").write_bytes(rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32).tobytes())
+    return folder
+
+
+def full_cfg(folder, method="MAX_MIN", extra="", n=12):
+    return parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                        f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size={n}\ninput_type=BIN\n"
+                        f"[full_quant_param]\nactivation_quant_method={method}\n{extra}")
+
+
+def run(model, x):
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("method", ["MAX_MIN", "KL", "REMOVAL_OUTLIER"])
+def test_every_method_runs_integer_kernels_close_to_fp32(tmp_path, method):
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path)
+    result = quantize_full(model_path, full_cfg(folder, method), InputOptions(), tmp_path / "work")
+    ops = fused_ops(result.quantized.SerializeToString())
+    assert ops["QLinearConv"] == 2 and ops["QGemm"] == 1
+    x = np.random.default_rng(9).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    assert cosine(run(onnx.load(str(model_path)), x), run(result.quantized, x)) > 0.99
+
+
+def test_skip_quant_node_keeps_node_float(tmp_path):
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    cfg = full_cfg(calib_folder(tmp_path), extra="").replace(common_quant_param={"skip_quant_node": ("conv2",)})
+    result = quantize_full(model_path, cfg, InputOptions(), tmp_path / "work")
+    assert "conv2" not in result.plan.nodes
+    ops = fused_ops(result.quantized.SerializeToString())
+    assert ops["QLinearConv"] == 1
+
+
+def test_statistics_do_not_depend_on_how_rounds_are_split(tmp_path):
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path)
+    cfg = full_cfg(folder, "KL")
+
+    def split_collector(model, tensors, rounds, method):
+        parts = [collect.accumulate(model, tensors, chunk, method, 0) for chunk in collect.chunks(rounds, 3)]
+        merged = collect.merge_all(parts)
+        for o in merged.values():
+            o.begin_pass(1)
+        parts = [collect.accumulate(model, tensors, chunk, method, 1, merged) for chunk in collect.chunks(rounds, 5)]
+        return collect.merge_all(parts)
+
+    a = quantize_full(model_path, cfg, InputOptions(), tmp_path / "w1")
+    b = quantize_full(model_path, cfg, InputOptions(), tmp_path / "w2", collector=split_collector)
+    assert a.quantized.SerializeToString(deterministic=True) == b.quantized.SerializeToString(deterministic=True)
+
+
+def test_bias_correction_lowers_output_error(tmp_path):
+    model_path = save(cnn_model(bias=False), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path, n=16)
+    x = np.stack([np.frombuffer((folder / f"{i:03d}.bin").read_bytes(), np.float32).reshape(1, 3, 16, 16)
+                  for i in range(16)])
+    ref = np.concatenate([run(onnx.load(str(model_path)), s) for s in x])
+
+    def error(extra):
+        res = quantize_full(model_path, full_cfg(folder, extra=extra, n=16), InputOptions(), tmp_path / extra[-5:])
+        out = np.concatenate([run(res.quantized, s) for s in x])
+        return float(np.abs((out - ref).mean(axis=0)).mean()), res
+
+    with_bc, res = error("bias_correction=true")
+    without, _ = error("bias_correction=false")
+    assert res.bias_diffs and with_bc < without
+    assert any(b.tensor.endswith("_added_bias") for b in res.plan.biases)  # conv1 had no bias
+
+
+def test_cli_full_quant_on_the_digits_example(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    cfg = (ROOT / "examples/configs/full_quant.cfg").read_text().replace("examples/digits/bin",
+                                                                         str(ROOT / "examples/digits/bin"))
+    cfg_path = write_config(tmp_path / "f.cfg", cfg)
+    rc = main(["convert", f"--modelFile={ROOT / 'examples/digits/digits_cnn.onnx'}", f"--outputFile={tmp_path / 'q'}",
+               f"--configFile={cfg_path}", "--no-flow"])
+    assert rc == 0
+    data = np.load(ROOT / "examples/digits/eval.npz")
+    fp32 = onnx.load(str(ROOT / "examples/digits/digits_cnn.onnx"))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    agree = np.mean([np.argmax(run(fp32, x[None])) == np.argmax(run(q, x[None])) for x in data["inputs"][:100]])
+    assert agree >= 0.98
+
+
+def test_nan_in_calibration_file_is_a_clear_error(tmp_path):
+    from ptq_core.errors import DataError
+
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path, n=3)
+    bad = np.zeros((1, 3, 16, 16), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    (folder / "001.bin").write_bytes(bad.tobytes())
+    with pytest.raises(DataError, match="001.bin"):
+        quantize_full(model_path, full_cfg(folder, n=3), InputOptions(), tmp_path / "w")
