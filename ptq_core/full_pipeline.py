@@ -145,27 +145,95 @@ class FullResult:
     plan: FullQuantPlan
     quantized: onnx.ModelProto
     bias_diffs: dict
+    speed: dict | None = None  # latency guard evidence
+
+
+def speed_table_path() -> str | None:
+    """The per-machine op timing table lives with ptqflow's cache when PTQFLOW_HOME is set."""
+    import os
+
+    home = os.environ.get("PTQFLOW_HOME")
+    if not home:
+        return None
+    folder = Path(home) / "cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / "speed-table.json")
+
+
+def _guard_applies(cfg: QuantConfig, target) -> bool:
+    # int8 speed is measured with onnxruntime's CPU kernels, so it only speaks for the CPU target
+    return cfg.ptqflow.latency_guard and target.name == "CPU"
 
 
 def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
                   collector: Collector = collect.collect_serial, bias_runner: Callable | None = None,
                   rounds: list[collect.Round] | None = None) -> FullResult:
     """Prepare, place, calibrate, plan, bias-correct and emit (no file written)."""
+    from ptq_core.emit_qdq import place_qdq
+    from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, tensor_shapes
+
     model = prepare_full_model(model_path)
     target, place = placement(model, cfg)
+    if rounds is None:
+        rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
+    feeds0 = rounds[0].feeds()
+    speed: dict | None = None
+    skip = tuple(cfg.common.skip_quant_node)
+    if _guard_applies(cfg, target):
+        shapes = tensor_shapes(model, {k: v.shape for k, v in feeds0.items()})
+        losers, timings = int8_losers(model, cfg, target, place.nodes, shapes, SpeedTable(speed_table_path()))
+        speed = {"demoted": dict(losers), "node_us": timings}
+        if losers:
+            skip = skip + tuple(losers)
+            place = _with_reasons(place_qdq(model, target, skip=skip), losers)
     do_bias = cfg.full.bias_correction and target.bias_correction
     if do_bias:
         convs = [n.name for n in model.graph.node if n.name in place.nodes and n.op_type in ("Conv", "Gemm")]
         model = add_missing_biases(model, convs)
-    if rounds is None:
-        rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
     observers = collect_statistics(model, observed_tensors(place), rounds, cfg.full.activation_quant_method,
                                    work_dir / "models", collector)
-    plan = build_plan(model, cfg, target, place, observers)
-    diffs = {}
-    if do_bias:
-        plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
-    return FullResult(model, plan, emit_qdq(model, plan), diffs)
+
+    def finish(place):
+        plan = build_plan(model, cfg, target, place, observers)
+        diffs = {}
+        if do_bias:
+            plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
+        return plan, diffs, emit_qdq(model, plan)
+
+    plan, diffs, quantized = finish(place)
+    if speed is not None:
+        fp32_ms = median_latency_ms(model, feeds0)
+        int8_ms = median_latency_ms(quantized, feeds0)
+        speed.update(fp32_ms=fp32_ms, int8_ms=int8_ms, rounds=[])
+        timings = speed["node_us"]
+        # while the whole int8 model is slower, give back the nodes that gain least, a quarter at a time
+        while int8_ms > fp32_ms and any(n in timings for n in place.nodes):
+            ranked = sorted((timings[n][0] - timings[n][1], n) for n in place.nodes if n in timings)
+            batch = [n for _, n in ranked[: max(1, len(ranked) // 4)]]
+            reasons = {n: f"whole model slower in int8 ({int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms); this node gains "
+                          f"least" for n in batch}
+            speed["demoted"].update(reasons)
+            skip = skip + tuple(batch)
+            place = _with_reasons(place_qdq(model, target, skip=skip), speed["demoted"])
+            missing = [t for t in observed_tensors(place) if t not in observers]
+            if missing:
+                observers.update(collect_statistics(model, tuple(missing), rounds, cfg.full.activation_quant_method,
+                                                    work_dir / "models", collector))
+            plan, diffs, quantized = finish(place)
+            int8_ms = median_latency_ms(quantized, feeds0)
+            speed["rounds"].append({"demoted": len(batch), "int8_ms": int8_ms})
+        speed["int8_ms"] = int8_ms
+    return FullResult(model, plan, quantized, diffs, speed)
+
+
+def _with_reasons(place, reasons: dict[str, str]):
+    from dataclasses import replace
+
+    kept = dict(place.kept_float)
+    for node, why in reasons.items():
+        if node in kept:
+            kept[node] = why
+    return replace(place, kept_float=kept)
 
 
 def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDecision]:

@@ -57,10 +57,12 @@ def calib_folder(tmp_path, n=12, seed=1):
     return folder
 
 
-def full_cfg(folder, method="MAX_MIN", extra="", n=12):
+def full_cfg(folder, method="MAX_MIN", extra="", n=12, guard=False):
+    # the latency guard is off unless a test is about it: these models are too small for int8 to pay
     return parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
                         f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size={n}\ninput_type=BIN\n"
-                        f"[full_quant_param]\nactivation_quant_method={method}\n{extra}")
+                        f"[full_quant_param]\nactivation_quant_method={method}\n{extra}\n"
+                        f"[ptqflow]\nlatency_guard={'true' if guard else 'false'}\n")
 
 
 def run(model, x):
@@ -132,6 +134,7 @@ def test_cli_full_quant_on_the_digits_example(tmp_path, capsys):
 
     cfg = (ROOT / "examples/configs/full_quant.cfg").read_text().replace("examples/digits/bin",
                                                                          str(ROOT / "examples/digits/bin"))
+    cfg += "\n[ptqflow]\nlatency_guard=false\n"
     cfg_path = write_config(tmp_path / "f.cfg", cfg)
     rc = main(["convert", f"--modelFile={ROOT / 'examples/digits/digits_cnn.onnx'}", f"--outputFile={tmp_path / 'q'}",
                f"--configFile={cfg_path}", "--no-flow"])
@@ -153,3 +156,38 @@ def test_nan_in_calibration_file_is_a_clear_error(tmp_path):
     (folder / "001.bin").write_bytes(bad.tobytes())
     with pytest.raises(DataError, match="001.bin"):
         quantize_full(model_path, full_cfg(folder, n=3), InputOptions(), tmp_path / "w")
+
+
+def test_latency_guard_keeps_slow_int8_nodes_in_fp32_and_the_model_not_slower(tmp_path, monkeypatch):
+    from ptq_core import speed
+
+    monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path)
+    result = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "work")
+    ev = result.speed
+    assert ev is not None and set(ev["node_us"]) >= {"conv1", "conv2", "fc"}
+    for node, (fp32_us, int8_us) in ev["node_us"].items():
+        if int8_us * 0.97 >= fp32_us:
+            assert node not in result.plan.nodes and node in result.plan.kept_float
+    x = {"x": np.random.default_rng(2).normal(size=(1, 3, 16, 16)).astype(np.float32)}
+    fp32_ms = speed.median_latency_ms(result.model, x, runs=200)
+    int8_ms = speed.median_latency_ms(result.quantized, x, runs=200)
+    assert int8_ms <= fp32_ms * 1.15  # timing noise on a shared machine; the guard itself aims at <= 1.0
+    table = tmp_path / "home" / "cache" / "speed-table.json"
+    assert table.exists() and "Conv|" in table.read_text()
+
+
+def test_speed_table_is_reused(tmp_path, monkeypatch):
+    from ptq_core import speed
+
+    calls = []
+    real = speed.micro_benchmark
+    monkeypatch.setattr(speed, "micro_benchmark", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path)
+    quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w1")
+    first = len(calls)
+    quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w2")
+    assert first >= 3 and len(calls) == first

@@ -105,6 +105,11 @@ class AscendContext:
 
 
 @dataclass(frozen=True)
+class PtqflowParam:
+    latency_guard: bool = True
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """Everything the quantizer needs from the config file, typed and checked."""
 
@@ -117,6 +122,7 @@ class QuantConfig:
     dynamic_quant_param: DynamicQuantParam = field(default_factory=DynamicQuantParam)
     transform_quant_param: TransformQuantParam = field(default_factory=TransformQuantParam)
     ascend_context: AscendContext = field(default_factory=AscendContext)
+    ptqflow: PtqflowParam = field(default_factory=PtqflowParam)
     notices: tuple[str, ...] = ()
 
     @property
@@ -269,6 +275,7 @@ _DATACLASS_BY_SECTION = {
     "dynamic_quant_param": DynamicQuantParam,
     "transform_quant_param": TransformQuantParam,
     "ascend_context": AscendContext,
+    "ptqflow": PtqflowParam,
 }
 
 

@@ -164,6 +164,18 @@ SECTIONS: tuple[SectionSpec, ...] = (
     ),
 )
 
+SECTIONS = SECTIONS + (
+    SectionSpec(
+        "ptqflow",
+        (
+            KeySpec("latency_guard", "bool", True,
+                    doc="FULL_QUANT on CPU: keep in FP32 every node whose int8 kernel is not faster on this machine, "
+                        "and make sure the whole int8 model is not slower than FP32."),
+        ),
+        doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
+    ),
+)
+
 # Sections converter_lite parses for non-quantization options. Their keys do not matter for an
 # ONNX-to-ONNX quantizer, so they are accepted and ignored rather than rejected.
 PASSTHROUGH_SECTIONS = (
