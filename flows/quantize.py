@@ -10,25 +10,46 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ptq_core.pipeline import Summary
 from ptq_core.runtime import InputOptions
-from ptqflow.tasks import weight
+from ptqflow.tasks import full, weight
 
 
 @flow(name="quantize", persist_result=True)
-def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str = "NCHW") -> Summary:
+def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str = "NCHW",
+             dask_address: str | None = None) -> Summary:
     """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing)."""
     start = time.perf_counter()
     inputs = InputOptions.from_flags(input_shape, input_data_format)
     model = str(Path(model).resolve())
     cfg = weight.resolve_config(str(Path(config).resolve()))
     info = weight.analyse(model)
+    if cfg.common.quant_type == "FULL_QUANT":
+        summary = _full(model, cfg, info, output, inputs, dask_address)
+    else:
+        summary = _weight(model, cfg, info, output, inputs)
+    summary.wall_time_s = time.perf_counter() - start
+    publish(summary)
+    return summary
+
+
+def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary:
     record = weight.quantize_weights(model, cfg, info, inputs)
     if not Path(record["plan_path"]).exists():  # a cache entry can outlive the file it points to
         record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, inputs)
     out = weight.emit_model(model, record["plan_path"], output)
-    summary: Summary = weight.summarize(model, out, cfg, info, record["plan_path"], inputs)
-    summary.wall_time_s = time.perf_counter() - start
-    publish(summary)
-    return summary
+    return weight.summarize(model, out, cfg, info, record["plan_path"], inputs)
+
+
+def _full(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None) -> Summary:
+    digest = full.data_digest(cfg, info, inputs)
+    rounds = full.preprocess_calibration(model, cfg, inputs, digest)
+    if not all(Path(p).exists() for r in rounds for _, p in r.shards):
+        rounds = full.preprocess_calibration.with_options(refresh_cache=True)(model, cfg, inputs, digest)
+    record = full.quantize_full(model, cfg, info, inputs, digest, rounds, dask_address)
+    if not (Path(record["model_path"]).exists() and Path(record["plan_path"]).exists()):
+        record = full.quantize_full.with_options(refresh_cache=True)(model, cfg, info, inputs, digest, rounds,
+                                                                       dask_address)
+    out = full.emit_full(record, output)
+    return full.summarize_full(model, out, cfg, info, record, inputs)
 
 
 def publish(summary: Summary) -> None:

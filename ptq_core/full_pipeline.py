@@ -139,6 +139,22 @@ def add_missing_biases(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelPr
     return model
 
 
+def drop_added_biases(model: onnx.ModelProto, keep: set[str]) -> onnx.ModelProto:
+    """Remove the zero biases ``add_missing_biases`` gave to nodes that ended up in FP32."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    dropped = set()
+    for node in out.graph.node:
+        if node.name not in keep and len(node.input) >= 3 and node.input[2] == f"{node.name}_added_bias":
+            dropped.add(node.input[2])
+            del node.input[2]
+    if dropped:
+        inits = [t for t in out.graph.initializer if t.name not in dropped]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(inits)
+    return out
+
+
 @dataclass
 class FullResult:
     model: onnx.ModelProto  # the prepared FP32 model the plan refers to
@@ -179,9 +195,17 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     feeds0 = rounds[0].feeds()
     speed: dict | None = None
     skip = tuple(cfg.common.skip_quant_node)
+    table = None
+    decision_key = ""
     if _guard_applies(cfg, target):
+        table = SpeedTable(speed_table_path())
+        # decisions are remembered per model and config, so the same inputs give the same model
+        decision_key = f"model|{model_key(model)}|{cfg.fingerprint()}|{sorted(v.shape for v in feeds0.values())}"
+        remembered = table.decisions.get(decision_key)
         shapes = tensor_shapes(model, {k: v.shape for k, v in feeds0.items()})
-        losers, timings = int8_losers(model, cfg, target, place.nodes, shapes, SpeedTable(speed_table_path()))
+        losers, timings = int8_losers(model, cfg, target, place.nodes, shapes, table)
+        if remembered is not None:
+            losers = dict(remembered["demoted"])
         speed = {"demoted": dict(losers), "node_us": timings}
         if losers:
             skip = skip + tuple(losers)
@@ -198,10 +222,12 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         diffs = {}
         if do_bias:
             plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
-        return plan, diffs, emit_qdq(model, plan)
+        return plan, diffs, emit_qdq(drop_added_biases(model, set(place.nodes)), plan)
 
     plan, diffs, quantized = finish(place)
-    if speed is not None:
+    if speed is not None and table.decisions.get(decision_key) is not None:
+        speed.update(table.decisions[decision_key]["latency"])
+    elif speed is not None:
         fp32_ms = median_latency_ms(model, feeds0)
         int8_ms = median_latency_ms(quantized, feeds0)
         speed.update(fp32_ms=fp32_ms, int8_ms=int8_ms, rounds=[])
@@ -223,6 +249,9 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
             int8_ms = median_latency_ms(quantized, feeds0)
             speed["rounds"].append({"demoted": len(batch), "int8_ms": int8_ms})
         speed["int8_ms"] = int8_ms
+        table.decisions[decision_key] = {"demoted": speed["demoted"],
+                                         "latency": {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "rounds": speed["rounds"]}}
+        table.save()
     return FullResult(model, plan, quantized, diffs, speed)
 
 

@@ -114,6 +114,7 @@ class Summary:
     wall_time_s: float = 0.0
     init_scale: float | None = None
     auto_tune: dict | None = None
+    speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -160,6 +161,8 @@ class Summary:
             "cosine_inputs": self.cosine_inputs,
             "wall_time_s": round(self.wall_time_s, 2),
             "init_scale": self.init_scale,
+            "fp32_ms": None if not self.speed else round(self.speed.get("fp32_ms", 0.0), 4),
+            "int8_ms": None if not self.speed else round(self.speed.get("int8_ms", 0.0), 4),
         }
 
 
@@ -229,7 +232,9 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
     with tempfile.TemporaryDirectory(prefix="ptq-work-") as tmp:
         result = quantize_full(model, cfg, inputs, Path(work_dir or tmp))
         out = save_model_atomic(result.quantized, output_file(output))
-    return summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
+    summary = summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
+    summary.speed = result.speed
+    return summary
 
 
 def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,

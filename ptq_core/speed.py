@@ -118,14 +118,16 @@ class SpeedTable:
     def __init__(self, path: str | os.PathLike | None):
         self.path = path
         self.data: dict[str, list[float]] = {}
+        self.decisions: dict[str, dict] = {}  # whole-model outcomes, keyed by model + config
         if path and os.path.exists(path):
             try:
                 with open(path) as fh:
                     loaded = json.load(fh)
                 if loaded.get("machine") == machine_key():
                     self.data = loaded.get("ops", {})
+                    self.decisions = loaded.get("decisions", {})
             except (OSError, ValueError):
-                self.data = {}
+                self.data, self.decisions = {}, {}
 
     def get(self, signature: str):
         value = self.data.get(signature)
@@ -139,7 +141,8 @@ class SpeedTable:
             return
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as fh:
-            json.dump({"machine": machine_key(), "ops": self.data}, fh, sort_keys=True, indent=0)
+            json.dump({"machine": machine_key(), "ops": self.data, "decisions": self.decisions}, fh, sort_keys=True,
+                      indent=0)
         os.replace(tmp, self.path)
 
 

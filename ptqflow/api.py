@@ -9,14 +9,16 @@ from ptq_core.runtime import InputOptions
 
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",
-            input_data_format: str = "NCHW", use_flow: bool = True, progress=None) -> Summary:
+            input_data_format: str = "NCHW", use_flow: bool = True, dask_address: str | None = None,
+            progress=None) -> Summary:
     """Quantize ``model`` with the converter_lite ``config``; writes ``output`` + ``.onnx``.
 
     ``use_flow=True`` runs the cached Prefect ``quantize`` flow (a temporary local Prefect server
-    starts on first use); ``use_flow=False`` runs the same steps directly, without Prefect.
+    starts on first use; FULL_QUANT statistics run on a local Dask cluster, or on ``dask_address``);
+    ``use_flow=False`` runs the same steps directly in this process, without Prefect or Dask.
     """
     if use_flow:
         from ptqflow.flows.quantize import quantize
 
-        return quantize(str(model), str(config), str(output), input_shape, input_data_format)
+        return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address)
     return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress)

@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
           help='shapes for dynamic inputs, e.g. "input:1,3,48,320;mask:1,128"')
     _flag(conv, "inputDataFormat", "input-data-format", dest="input_data_format", default="NCHW",
           choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files")
-    conv.add_argument("--no-flow", action="store_true", help="run the steps directly, without Prefect")
+    conv.add_argument("--dask-address", "--daskAddress", dest="dask_address",
+                      default=os.environ.get("PTQFLOW_DASK_ADDRESS") or None,
+                      help="scheduler of an existing Dask cluster for calibration statistics "
+                           "(default: $PTQFLOW_DASK_ADDRESS, else a local cluster on 127.0.0.1)")
+    conv.add_argument("--no-flow", action="store_true",
+                      help="run the steps directly in this process, without Prefect or Dask")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -82,7 +87,7 @@ def _convert(args) -> int:
 
             with terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
-                                   args.input_shape, args.input_data_format)
+                                   args.input_shape, args.input_data_format, args.dask_address)
     summary.wall_time_s = time.perf_counter() - start
     report.print_summary(summary)
     print(f"wrote {output_file(args.output_file)}")

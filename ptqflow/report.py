@@ -73,5 +73,10 @@ def print_summary(summary: Summary) -> None:
         steps = ", ".join(f"{s['init_scale']:.4g}->{s['cosine']:.4f}" for s in summary.auto_tune["steps"])
         totals.add_row("auto_tune", f"picked {summary.auto_tune['init_scale']:.4g} (cosine "
                                     f"{summary.auto_tune['cosine']:.4f}); tried {steps}")
+    if summary.speed:
+        demoted = summary.speed.get("demoted", {})
+        totals.add_row("latency guard", f"{len(demoted)} node(s) kept FP32 where int8 is not faster here; "
+                                        f"batch-1 latency FP32 {summary.speed.get('fp32_ms', 0):.3f} ms, "
+                                        f"int8 {summary.speed.get('int8_ms', 0):.3f} ms")
     totals.add_row("wall time", f"{t['wall_time_s']:.2f} s")
     console.print(totals)

@@ -94,3 +94,20 @@ def test_deleted_plan_file_is_recomputed(tmp_path):
     shutil.rmtree(cache_dir("plans"))
     summary = quantize(str(model), str(cfg), str(tmp_path / "b"))
     assert (tmp_path / "a.onnx").read_bytes() == Path(summary.output).read_bytes()
+
+
+def test_full_quant_flow_on_dask_equals_the_serial_direct_path(tmp_path):
+    import numpy as np
+
+    from ptqflow.api import convert
+    from test_full_quant import calib_folder, cnn_model
+
+    model = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path, n=8)
+    cfg = write_config(tmp_path / "f.cfg", "[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                       f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
+                       "[full_quant_param]\nactivation_quant_method=KL\n[ptqflow]\nlatency_guard=false\n")
+    via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
+    direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+    assert via_flow.output_cosine > 0.99 and via_flow.quant_type == "FULL_QUANT"

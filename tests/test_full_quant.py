@@ -191,3 +191,12 @@ def test_speed_table_is_reused(tmp_path, monkeypatch):
     first = len(calls)
     quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w2")
     assert first >= 3 and len(calls) == first
+
+
+def test_latency_guard_decisions_are_remembered_so_reruns_are_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path)
+    a = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w1")
+    b = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w2")
+    assert a.quantized.SerializeToString(deterministic=True) == b.quantized.SerializeToString(deterministic=True)

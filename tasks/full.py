@@ -1,0 +1,100 @@
+"""Tasks of the full-quantization path: calibration shards, then one Dask-backed quantization task."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from ptq_core import collect, full_pipeline
+from ptq_core.calibration import sample_digest
+from ptq_core.config import QuantConfig
+from ptq_core.emit_weight import save_model_atomic
+from ptq_core.full_pipeline import accumulate_bias, calibration_shapes
+from ptq_core.graph import ModelInfo
+from ptq_core.runtime import InputOptions, input_specs
+from ptqflow._env import cache_dir
+from ptqflow._progress import report as terminal_report
+from ptqflow.tasks.caching import content_key
+from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+
+
+def data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions) -> str:
+    specs = input_specs(info.inputs, calibration_shapes(cfg, inputs))
+    return sample_digest(cfg, specs, inputs.data_format)
+
+
+def _shards_key(ctx, params) -> str:
+    return content_key("calibration_shards", params["digest"])
+
+
+@task(name="preprocess_calibration", cache_key_fn=_shards_key, persist_result=True)
+def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptions, digest: str) -> list[collect.Round]:
+    """Decode and preprocess the calibration set once into content-addressed .npy shards."""
+    model = full_pipeline.prepare_full_model(model_path)
+    return full_pipeline.calibration_rounds(cfg, model, inputs, cache_dir("shards"))
+
+
+def _full_key(ctx, params) -> str:
+    return content_key("quantize_full", params["info"].sha256, params["cfg"].fingerprint(), params["inputs"],
+                       params["digest"])
+
+
+@task(name="quantize_full", cache_key_fn=_full_key, persist_result=True)
+def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions, digest: str,
+                  rounds: list[collect.Round], dask_address: str | None = None) -> dict:
+    """Statistics and bias correction run on Dask; the quantized model goes to a content-addressed file."""
+    artifact = create_progress_artifact(progress=0.0, description="calibration rounds processed")
+
+    def progress(done: int, total: int) -> None:
+        terminal_report(done, total, "calibration")
+        update_progress_artifact(artifact_id=artifact, progress=100.0 * done / max(1, total))
+
+    with dask_client(dask_address) as client:
+        def collector(model, tensors, rnds, method):
+            return collect_distributed(client, model, tensors, rnds, method, progress)
+
+        def bias_runner(model, pairs, rnds):
+            parts = collect.chunks(rnds, max(1, len(client.scheduler_info().get("workers", {}))) * 2)
+            futures = [client.submit(accumulate_bias, model, pairs, part, pure=False) for part in parts]
+            results = client.gather(futures)
+            merged = results[0]
+            for other in results[1:]:
+                merged = {k: merged[k].merge(other[k]) for k in merged}
+            return merged
+
+        result = full_pipeline.quantize_full(model_path, cfg, inputs, cache_dir("work"), collector, bias_runner, rounds)
+    key = content_key("full-result", info.sha256, cfg.fingerprint(), inputs, digest)
+    model_file = cache_dir("models") / f"{key}.onnx"
+    save_model_atomic(result.quantized, model_file)
+    meta = cache_dir("plans") / f"{key}.pkl"
+    tmp = meta.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump((result.model, result.plan, result.speed), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(meta)
+    return {"model_path": str(model_file), "plan_path": str(meta)}
+
+
+@task(name="emit_model")
+def emit_full(record: dict, output: str) -> str:
+    from ptq_core.pipeline import output_file
+
+    import onnx
+
+    return str(save_model_atomic(onnx.load(record["model_path"]), output_file(output)))
+
+
+@task(name="summarize")
+def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: dict,
+                   inputs: InputOptions):
+    from ptq_core.pipeline import summarize_full as core_summarize
+
+    with open(record["plan_path"], "rb") as fh:
+        prepared, plan, speed = pickle.load(fh)
+    summary = core_summarize(model_path, output_path, cfg, info, prepared, plan, inputs)
+    summary.auto_tune = None
+    summary.speed = speed
+    return summary
