@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ptq_core.config.reference import END, START, markdown_reference
 from ptq_core.config.schema import SECTIONS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -16,3 +17,8 @@ def test_config_reference_lists_every_section_and_key():
         assert f"[{section.name}]" in README
         for key in section.keys:
             assert f"`{key.name}`" in README, key.name
+
+
+def test_config_reference_is_the_generated_one():
+    block = README.split(START, 1)[1].split(END, 1)[0]
+    assert block.strip() == markdown_reference().strip(), "run: python -m ptq_core.config.reference"
