@@ -200,3 +200,28 @@ def test_latency_guard_decisions_are_remembered_so_reruns_are_identical(tmp_path
     a = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w1")
     b = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "w2")
     assert a.quantized.SerializeToString(deterministic=True) == b.quantized.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("target", ["NVGPU", "DSP", "ASCEND"])
+def test_target_outputs_obey_their_rules_and_stay_close_on_cpu(tmp_path, target):
+    from ptq_core.emit_qdq import check_target_rules
+    from ptq_core.targets import get_target
+
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    cfg = full_cfg(calib_folder(tmp_path), extra=f"target_device={target}")
+    result = quantize_full(model_path, cfg, InputOptions(), tmp_path / "work")
+    assert result.plan.nodes, "something was quantized"
+    assert check_target_rules(result.quantized, get_target(target)) == []
+    x = np.random.default_rng(4).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    assert cosine(run(onnx.load(str(model_path)), x), run(result.quantized, x)) > 0.99
+
+
+def test_kirin_target_is_refused_before_reading_the_model(tmp_path):
+    from ptq_core.errors import PtqError
+    from ptq_core.pipeline import resolve_config
+
+    cfg = write_config(tmp_path / "k.cfg", "[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                       "[data_preprocess_param]\ncalibrate_path=x:/nowhere\ncalibrate_size=1\ninput_type=BIN\n"
+                       "[full_quant_param]\ntarget_device=KIRIN\n")
+    with pytest.raises(PtqError, match="KIRIN"):
+        resolve_config(cfg)
