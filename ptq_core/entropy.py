@@ -48,7 +48,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core import encoding as _enc
 from ptq_core import onnx_decode as _od
@@ -69,10 +69,9 @@ __all__ = [
 MAX_CODE_LEN = 17  # r + L <= 24: a codeword at any bit phase lies in one 3-byte window
 _WINDOW = 24
 _LEN_BITS = 5  # field width of a stored code length (1..17)
-_PAD = 4  # zero bytes behind each copy of the stream (a 3-byte window read at its very end)
 _MAX_ALPHABET = 4096
 _MAX_STEPS = 1024
-_MAX_STREAM_BITS = 2**31 - 1 - 8 * (2 * _PAD + 8)
+_MAX_STREAM_BITS = 2**30  # positions in the doubled, padded stream stay int32
 _OUTLIER_FRACTIONS = (0.0, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 _NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _BITREV8 = _enc._BYTE_REVERSE.astype(np.int32)
@@ -244,40 +243,93 @@ def _lane_layout(n: int, steps: int) -> tuple[int, int]:
     return lanes, -(-n // lanes)
 
 
-def _segment_lengths(lens: np.ndarray, lanes: int, steps: int) -> np.ndarray:
-    """Bit length of every segment (forward lane m + backward lane segments + m)."""
+def _lane_grid(lens: np.ndarray, lanes: int, steps: int) -> np.ndarray:
+    """Code lengths as a [steps, lanes] grid (symbol i at [i // lanes, i % lanes]), 0-padded."""
     grid = np.zeros(lanes * steps, dtype=np.int32)
     grid[: lens.size] = lens
-    per_lane = grid.reshape(steps, lanes).sum(axis=0, dtype=np.int64)
-    half = lanes // 2
+    return grid.reshape(steps, lanes)
+
+
+def _segment_lengths(grid: np.ndarray) -> np.ndarray:
+    """Bit length of every segment (forward lane m + backward lane segments + m)."""
+    per_lane = grid.sum(axis=0, dtype=np.int64)
+    half = per_lane.size // 2
     return per_lane[:half] + per_lane[half:]
 
 
-def _step_graph_bytes(prefix_len: int) -> int:
-    """Serialized bytes of one decode step's 7 nodes with names of this prefix length."""
-    name = "x" * (prefix_len + 3)
-    nodes = [
-        helper.make_node(op, [name, name], [name])
-        for op in ("Div", "Mod", "Gather", "Gather", "Div", "Gather", "Add")
-    ]
-    return sum(node.ByteSize() + 3 for node in nodes)
+_STEP_OPS = ("Div", "Mod", "Gather", "Gather", "Div", "Mod", "Gather", "Add")
+_CHUNK_OPS = ("Div", "Reshape", "Add", "Gather", "Cast", "MatMul", "Reshape", "Mod", "Add", "Mul", "Sub", "Add")
+
+
+def _ops_graph_bytes(ops: tuple[str, ...], prefix_len: int) -> int:
+    """Serialized bytes of these nodes with two inputs and names of this prefix length."""
+    name = "x" * (prefix_len + 2)
+    return sum(helper.make_node(op, [name, name], [name]).ByteSize() + 3 for op in ops)
+
+
+def _lane_sums(lens: np.ndarray, lanes: int, steps: int) -> np.ndarray:
+    """Bits of every lane: the sum of lens[j], lens[j + lanes], ... (no padded copy of lens)."""
+    full = (steps - 1) * lanes
+    sums = lens[:full].reshape(steps - 1, lanes).sum(axis=0, dtype=np.int64)
+    tail = lens[full:]
+    sums[: tail.size] += tail
+    return sums
 
 
 def _choose_steps(lens: np.ndarray, prefix_len: int) -> int:
-    """Steps minimizing stored segment lengths + per-step graph bytes."""
+    """Steps minimizing stored segment lengths + per-step graph bytes.
+
+    About (n / 2T) segments of ~8 bits against T steps of ``step_bytes`` puts the optimum near
+    sqrt(n / (2 step_bytes)); the candidates around it are measured exactly.
+    """
     n = lens.size
-    step_bytes = _step_graph_bytes(prefix_len)
+    step_bytes = _ops_graph_bytes(_STEP_OPS, prefix_len) + _ops_graph_bytes(_CHUNK_OPS, prefix_len) / 12
+    guess = np.sqrt(n / (2 * step_bytes))
     best_steps, best_cost = 1, None
-    for steps in sorted({int(round(2 ** (k / 4))) for k in range(0, 41)}):
-        lanes, steps = _lane_layout(n, steps)
-        if steps > _MAX_STEPS:
-            continue
-        seg = _segment_lengths(lens, lanes, steps)
+    for target in sorted({int(np.clip(round(guess * 2 ** (k / 4)), 1, _MAX_STEPS)) for k in range(-8, 9)}):
+        lanes, steps = _lane_layout(n, target)
+        per_lane = _lane_sums(lens, lanes, steps)
+        seg = per_lane[: lanes // 2] + per_lane[lanes // 2 :]
         width = _enc._bit_length(int(seg.max() - seg.min()))
         cost = (lanes // 2) * width / 8 + steps * step_bytes
         if best_cost is None or cost < best_cost:
             best_steps, best_cost = steps, cost
     return best_steps
+
+
+def _window(rows: np.ndarray, chunk: int) -> int:
+    """Bytes each lane's window needs so that every read of every chunk of ``chunk`` steps fits.
+
+    ``rows`` holds every lane's bit position before each step; a chunk's window starts at the
+    byte of its first position and must reach 2 bytes past the byte of its last one.
+    """
+    steps = rows.shape[0]
+    first = rows[0:steps:chunk] >> 3
+    last = rows[np.minimum(np.arange(chunk - 1, steps + chunk - 1, chunk), steps - 1)] >> 3
+    return int((last - first).max()) + 3
+
+
+def _choose_chunk(rows: np.ndarray, nbytes: int, max_len: int, prefix_len: int) -> tuple[int, int]:
+    """(steps per chunk, window bytes) minimizing chunk graph bytes + folding copy volume.
+
+    onnxruntime copies every input of a node it folds, so what the folding costs is about the
+    bytes the folded nodes read: each chunk gathers its windows from the whole stream (twice
+    nbytes), each step reads its chunk's words (lanes * (window - 2) int32).  One graph byte is
+    weighed against 32 KB copied (about 20 us).
+    """
+    steps, lanes = rows.shape
+    chunk_bytes = _ops_graph_bytes(_CHUNK_OPS, prefix_len)
+    best: tuple[float, int, int] | None = None
+    for chunk in sorted({steps, *(k for k in (4, 6, 8, 12, 16, 24, 32, 48, 64) if k < steps)}):
+        window = _window(rows, chunk)
+        chunks = -(-steps // chunk)
+        copied = chunks * (2 * (nbytes + window) + 9 * lanes * window)
+        copied += steps * (4 * lanes * (window - 2) + (4 << max_len))
+        cost = chunks * chunk_bytes + copied / 32768
+        if best is None or cost < best[0]:
+            best = (cost, chunk, window)
+    assert best is not None
+    return best[1], best[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,13 +342,12 @@ def _as_group_codes(codes: list[np.ndarray]) -> tuple[np.ndarray, tuple[tuple[in
     flats, shapes = [], []
     for i, q in enumerate(codes):
         arr = _enc._as_codes(q, f"codes[{i}]")
-        flat = arr.reshape(-1).astype(np.int64)
-        lo, hi = int(flat.min()), int(flat.max())
+        lo, hi = int(arr.min()), int(arr.max())
         if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
             raise ValueError(f"codes[{i}] span [{lo}, {hi}], outside the int32 range")
-        flats.append(flat)
+        flats.append(arr.reshape(-1))
         shapes.append(tuple(int(d) for d in arr.shape))
-    return np.concatenate(flats), tuple(shapes)
+    return np.concatenate(flats).astype(np.int64), tuple(shapes)
 
 
 def _reverse_low_bits(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -309,156 +360,231 @@ def _reverse_low_bits(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _pack_codewords(positions: np.ndarray, words: np.ndarray, lengths: np.ndarray, nbytes: int) -> np.ndarray:
-    """Write ``lengths``-bit ``words`` MSB first at bit ``positions`` (disjoint) into nbytes bytes."""
-    shift = (_WINDOW - (positions & 7) - lengths).astype(np.int64)
-    wide = words.astype(np.int64) << shift
-    first = positions >> 3
-    out = np.zeros(nbytes + 3, dtype=np.float64)
-    for t in range(3):
-        part = ((wide >> (8 * (2 - t))) & 0xFF).astype(np.float64)
-        out += np.bincount(first + t, weights=part, minlength=nbytes + 3)[: nbytes + 3]
-    return out[:nbytes].astype(np.uint8)
+    """Write ``lengths``-bit ``words`` MSB first at bit ``positions`` (disjoint) into nbytes bytes.
+
+    A codeword of <= 17 bits at bit phase r lies in the 24-bit big-endian window of the 3 bytes
+    from positions // 8.  Bits of different codewords never overlap, so summing the windows of
+    all codewords starting in one byte (one bincount) OR-s them, and so does adding each
+    window's three bytes into place.
+    """
+    wide = words << (_WINDOW - (positions & 7).astype(np.int32) - lengths)
+    window = np.bincount(positions >> 3, weights=wide, minlength=nbytes).astype(np.int64)
+    out = window >> 16
+    out[1:] += (window[:-1] >> 8) & 0xFF
+    out[2:] += window[:-2] & 0xFF
+    return out.astype(np.uint8)
 
 
-def _gap_width(gaps: np.ndarray, value_bits: int) -> tuple[int, int]:
-    """(g, entries) minimizing entries * (g + value_bits), as ``encoding._split_plan`` does."""
+def _gap_width(gaps: np.ndarray, value_bits: int) -> int:
+    """g minimizing entries * (g + value_bits), as ``encoding._split_plan`` chooses it."""
     best_g, best_entries = 0, 0
     for g in range(1, min(_enc.MAX_FIELD_BITS, max(1, _enc._bit_length(int(gaps.max()) - 1))) + 1):
         entries = _enc._entry_count(gaps, g)
         if best_g == 0 or entries * (g + value_bits) < best_entries * (best_g + value_bits):
             best_g, best_entries = g, entries
-    return best_g, best_entries
+    return best_g
 
 
-def _value_fields(values: np.ndarray, h: int) -> list[tuple[np.ndarray, int]]:
-    """Unsigned values of width h as one field (h <= 24) or a 16-bit low and a high field."""
-    if h <= 24:
-        return [(values, h)]
-    return [(values & 0xFFFF, 16), (values >> 16, h - 16)]
+def _value_layout(h: int) -> list[tuple[int, int]]:
+    """(width, shift) of the outlier value fields: one field up to 24 bits, else 16 + the rest."""
+    return [(h, 0)] if h <= 24 else [(16, 0), (h - 16, 16)]
 
 
-def encode_group(codes: list[np.ndarray], *, steps: int | None = None, prefix_len: int = 4) -> EntropyGroup:
+_PACKED_GRAPH_BYTES = 450  # about what the nodes and constants of one packed-field read cost
+_RAW_GRAPH_BYTES = 40  # an extra initializer's header and its Cast
+
+
+def _raw_dtype(width: int) -> type:
+    return np.uint8 if width <= 8 else np.uint16 if width <= 16 else np.int32
+
+
+class _FieldWriter:
+    """Side fields, each stored either bit-packed in the shared "_s" stream or as its own array.
+
+    A field of ``count`` values of ``width`` bits goes wherever it costs fewer bytes in the file,
+    counting the graph nodes each form needs.  ``raw`` records the choice ("raw_l", ... = 0/1).
+    """
+
+    def __init__(self) -> None:
+        self.packed: list[tuple[np.ndarray, int]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.raw: dict[str, int] = {}
+
+    def add(self, key: str, values: np.ndarray, width: int) -> None:
+        dtype = _raw_dtype(width)
+        raw_cost = values.size * np.dtype(dtype).itemsize + _RAW_GRAPH_BYTES
+        packed_cost = -(-values.size * width // 8) + _PACKED_GRAPH_BYTES * len(_value_layout(width))
+        self.raw[f"raw{key}"] = int(width > 0 and width <= 31 and raw_cost <= packed_cost)
+        if width == 0:
+            return
+        if self.raw[f"raw{key}"]:
+            self.arrays[key] = values.astype(dtype)
+            return
+        for w, shift in _value_layout(width):
+            self.packed.append(((values >> shift) & ((1 << w) - 1), w))
+
+
+def _ranks(flat: np.ndarray, code: _Code) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical rank of every element and the outlier mask (outliers get rank 0)."""
+    lo_val, hi_val = int(code.values.min()), int(code.values.max())
+    lut = np.full(hi_val - lo_val + 1, -1, dtype=np.int32)
+    lut[code.values - lo_val] = np.arange(code.values.size, dtype=np.int32)
+    rank = lut[np.clip(flat, lo_val, hi_val) - lo_val]
+    outlier = (flat < lo_val) | (flat > hi_val) | (rank < 0)
+    rank[outlier] = 0
+    return rank, outlier
+
+
+def encode_group(
+    codes: list[np.ndarray], *, steps: int | None = None, chunk: int | None = None, prefix_len: int = 4
+) -> EntropyGroup:
     """Losslessly entropy-code integer code tensors (any shapes, int32 range) as one group.
 
-    ``steps`` forces the number of decode steps (default: the one minimizing stored segment
-    lengths plus graph bytes for chain names of ``prefix_len`` characters plus 3).
+    ``steps`` (decode steps) and ``chunk`` (steps per window chunk) override the choices that
+    minimize stored bytes plus graph bytes (for chain names of ``prefix_len`` characters plus
+    about 3) plus a folding-time allowance.
     """
     flat, shapes = _as_group_codes(codes)
     n = int(flat.size)
     values, counts = _enc._value_counts(flat)
-    plan = _plan_code(values, counts, n)
-    code = plan.code
-    lo_val, hi_val = int(code.values.min()), int(code.values.max())
-
-    # rank of every element in canonical order; outliers take rank 0 (a shortest codeword)
-    lut = np.full(hi_val - lo_val + 1, -1, dtype=np.int32)
-    lut[code.values - lo_val] = np.arange(code.values.size, dtype=np.int32)
-    inside = (flat >= lo_val) & (flat <= hi_val)
-    rank = np.zeros(n, dtype=np.int32)
-    rank[inside] = lut[flat[inside] - lo_val]
-    outlier = rank < 0
-    outlier[~inside] = True
-    rank[outlier] = 0
-    lens_of_rank = code.lengths.astype(np.int32)
-    lens = lens_of_rank[rank]
+    code = _plan_code(values, counts, n).code
+    s, max_len = int(code.values.size), code.max_len
+    rank, outlier = _ranks(flat, code)
+    lens = code.lengths.astype(np.int32)[rank]
     if int(lens.sum(dtype=np.int64)) > _MAX_STREAM_BITS:
-        raise ValueError("the group's stream exceeds 2^31 bits; encode its tensors in several groups")
+        raise ValueError("the group's stream exceeds 2^30 bits; encode its tensors in several groups")
 
-    steps = _choose_steps(lens, prefix_len) if steps is None else int(steps)
-    lanes, steps = _lane_layout(n, steps)
+    lanes, steps = _lane_layout(n, _choose_steps(lens, prefix_len) if steps is None else int(steps))
     half = lanes // 2
-    grid = np.zeros(lanes * steps, dtype=np.int32)
-    grid[:n] = lens
-    grid = grid.reshape(steps, lanes)
-    within = np.cumsum(grid, axis=0, dtype=np.int64) - grid  # bit offset inside its lane
-    per_lane = within[-1] + grid[-1]
-    seg = per_lane[:half] + per_lane[half:]
+    grid = _lane_grid(lens, lanes, steps)
+    del lens
+    within = np.cumsum(grid, axis=0, dtype=np.int32)
+    within -= grid  # bit offset of each symbol inside its lane
+    seg = _segment_lengths(grid)
     seg_end = np.cumsum(seg)
     seg_start = seg_end - seg
-    total_bits = int(seg_end[-1])
-    nbytes = -(-total_bits // 8)
+    nbytes = -(-int(seg_end[-1]) // 8)
 
-    lane = np.arange(n, dtype=np.int64) % lanes
-    offs = within.reshape(-1)[:n]
-    forward = lane < half
-    pos = np.where(forward, seg_start[np.minimum(lane, half - 1)] + offs, 0)
-    back_end = seg_end[np.maximum(lane - half, 0)]
-    pos = np.where(forward, pos, back_end - offs - lens)
-    words_of_rank = code.codewords
-    mirrored_of_rank = _reverse_low_bits(words_of_rank, code.lengths)
-    words = np.where(forward, words_of_rank[rank], mirrored_of_rank[rank])
-    stream = _pack_codewords(pos, words, lens, nbytes)
-    del pos, words, offs, lane, within, grid
+    # where every codeword goes: forward lanes from their segment start, backward lanes mirrored
+    # from their segment end
+    pos = np.empty((steps, lanes), dtype=np.int64)
+    pos[:, :half] = seg_start + within[:, :half]
+    pos[:, half:] = seg_end - within[:, half:] - grid[:, half:]
+    rank_grid = np.zeros(lanes * steps, dtype=np.int32)
+    rank_grid[:n] = rank
+    rank_grid = rank_grid.reshape(steps, lanes)
+    rank_grid[:, half:] += s
+    words_of = np.concatenate([code.codewords, _reverse_low_bits(code.codewords, code.lengths)]).astype(np.int32)
+    stream = _pack_codewords(pos.reshape(-1)[:n], words_of[rank_grid.reshape(-1)[:n]], grid.reshape(-1)[:n], nbytes)
+    del rank_grid
 
-    # side stream: code, segment lengths, outliers
-    ws = _enc._bit_length(hi_val - lo_val)
+    # the decoder's positions before every step (backward lanes run in the mirrored copy; the
+    # copy's byte offset is a multiple of 8 bits, so windows do not depend on it)
+    pos[:, :half] = seg_start + within[:, :half]
+    pos[:, half:] = (8 * nbytes - seg_end) + within[:, half:]
+    del within, grid
+    if chunk is None:
+        chunk, window = _choose_chunk(pos, nbytes, max_len, prefix_len)
+    else:
+        chunk = max(1, min(int(chunk), steps))
+        window = _window(pos, chunk)
+    del pos
+
+    lo_val = int(code.values.min())
+    offsets = code.values - lo_val
+    table = np.stack([code.lengths, offsets]).astype(_raw_dtype(_enc._bit_length(int(offsets.max()))))
     lmin = int(seg.min())
     wl = _enc._bit_length(int(seg.max()) - lmin)
-    segments = [(code.lengths, _LEN_BITS), (code.values - lo_val, ws), (seg - lmin, wl)]
-    positions = np.flatnonzero(outlier)
+    fields = _FieldWriter()
+    fields.add("_l", seg - lmin, wl)
     meta = {
-        "n": n, "L": code.max_len, "S": int(code.values.size), "ws": ws, "a": lo_val,
-        "steps": steps, "lanes": lanes, "wl": wl, "lmin": lmin, "nbytes": nbytes,
-        "nnz": 0, "g": 0, "h": 0, "vmin": 0,
+        "n": n, "L": max_len, "S": s, "a": lo_val, "steps": steps, "lanes": lanes, "chunk": chunk,
+        "window": window, "wl": wl, "lmin": lmin, "nbytes": nbytes, "nnz": 0, "g": 0, "h": 0, "vmin": 0,
     }  # fmt: skip
+    positions = np.flatnonzero(outlier)
     if positions.size:
         out_vals = flat[positions]
         vmin = min(int(out_vals.min()), lo_val)
-        h = max(1, _enc._bit_length(max(int(out_vals.max()), hi_val) - vmin))
-        g, _ = _gap_width(np.diff(positions, prepend=-1), h)
+        h = max(1, _enc._bit_length(max(int(out_vals.max()), int(code.values.max())) - vmin))
+        g = _gap_width(np.diff(positions, prepend=-1), h)
         gaps, _ = _enc._gap_entries(positions, g, n_tail=None)
-        entry_pos = np.cumsum(gaps + 1) - 1
-        segments += [(gaps, g)] + _value_fields(flat[entry_pos] - vmin, h)
+        fields.add("_g", gaps, g)
+        fields.add("_v", flat[np.cumsum(gaps + 1) - 1] - vmin, h)  # fillers store their own value
         meta.update(nnz=int(gaps.size), g=g, h=h, vmin=vmin)
-    side = _enc._bitstream(segments, msb_first=False)
-    return EntropyGroup(shapes, {"_h": stream, "_s": side}, meta)
+    meta.update(fields.raw)
+    arrays = {"_h": stream, "_t": table, **fields.arrays}
+    if fields.packed:
+        arrays["_s"] = _enc._bitstream(fields.packed, msb_first=False)
+    return EntropyGroup(shapes, arrays, meta)
 
 
 # ---------------------------------------------------------------------------------------------
 # NumPy reference decoder (the same computation the ONNX chain runs)
 
 
-def _side_fields(group: EntropyGroup) -> dict[str, np.ndarray]:
-    m, side = group.meta, group.arrays["_s"]
-    s, ws, lanes, wl = m["S"], m["ws"], m["lanes"], m["wl"]
-    at = 0
+def _field_reader(group: EntropyGroup, read):
+    """take(key, count, width): a side field, from its own array or the next packed fields."""
+    m, at = group.meta, 0
 
-    def take(count: int, width: int) -> np.ndarray:
+    def take(key: str, count: int, width: int):
         nonlocal at
-        vals = _enc._read_fields(side, at, count, width, msb_first=False)
-        at += count * width
-        return vals
+        if m[f"raw{key}"]:
+            return read.raw(key)
+        parts = []
+        for w, shift in _value_layout(width):
+            parts.append((read.packed(at, count, w), shift))
+            at += count * w
+        return read.combine(parts)
 
-    out = {"lens": take(s, _LEN_BITS), "syms": take(s, ws) + m["a"], "seg": take(lanes // 2, wl) + m["lmin"]}
+    return take
+
+
+class _NumpyRead:
+    def __init__(self, group: EntropyGroup) -> None:
+        self.arrays = group.arrays
+        self.side = group.arrays.get("_s")
+
+    def raw(self, key: str) -> np.ndarray:
+        return self.arrays[key].astype(np.int64)
+
+    def packed(self, at: int, count: int, width: int) -> np.ndarray:
+        return _enc._read_fields(self.side, at, count, width, msb_first=False)
+
+    def combine(self, parts: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        return sum(values << shift for values, shift in parts)
+
+
+def _side_fields(group: EntropyGroup) -> dict[str, np.ndarray]:
+    m = group.meta
+    take = _field_reader(group, _NumpyRead(group))
+    table = group.arrays["_t"].astype(np.int64)
+    lanes = m["lanes"]
+    seg = take("_l", lanes // 2, m["wl"]) if m["wl"] else np.zeros(lanes // 2, dtype=np.int64)
+    out = {"lens": table[0], "syms": table[1] + m["a"], "seg": seg + m["lmin"]}
     if m["nnz"]:
-        gaps = take(m["nnz"], m["g"])
-        vals = sum((take(m["nnz"], w) << shift) for w, shift in _value_layout(m["h"]))
+        gaps = take("_g", m["nnz"], m["g"])
         out["pos"] = np.cumsum(gaps + 1) - 1
-        out["vals"] = vals + m["vmin"]
+        out["vals"] = take("_v", m["nnz"], m["h"]) + m["vmin"]
     return out
-
-
-def _value_layout(h: int) -> list[tuple[int, int]]:
-    """(width, shift) of the outlier value fields."""
-    return [(h, 0)] if h <= 24 else [(16, 0), (h - 16, 16)]
 
 
 def _tables(lens: np.ndarray, syms: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode tables over all 2^L peeks: (code length, symbol value)."""
-    span = (1 << (max_len - lens))
-    rank = np.zeros(1 << max_len, dtype=np.int64)
-    rank[np.cumsum(span)[:-1]] = 1
-    rank = np.cumsum(rank)
+    marks = np.zeros(1 << max_len, dtype=np.int64)
+    marks[np.cumsum(1 << (max_len - lens))[:-1]] = 1
+    rank = np.cumsum(marks)
     return lens[rank], syms[rank]
 
 
-def _words(stream: np.ndarray) -> np.ndarray:
-    """Big-endian 24-bit words at every byte of stream + pad + reversed stream + pad."""
-    z = np.zeros(_PAD, dtype=np.int64)
-    rev = _BITREV8[stream[::-1]].astype(np.int64)
-    all_bytes = np.concatenate([stream.astype(np.int64), z, rev, z])
-    m = all_bytes.size - 2
-    return (all_bytes[:m] << 16) + (all_bytes[1 : m + 1] << 8) + all_bytes[2 : m + 2]
+def _source(stream: np.ndarray, pad: int) -> np.ndarray:
+    """[stream, pad zeros, stream mirrored bit by bit, pad zeros] as int64."""
+    z = np.zeros(pad, dtype=np.int64)
+    return np.concatenate([stream.astype(np.int64), z, _enc._BYTE_REVERSE[stream[::-1]].astype(np.int64), z])
+
+
+def _divisors(max_len: int) -> np.ndarray:
+    """D[r] = 2^(24 - r - L): a word divided by it keeps the bits up to the peek's end."""
+    return np.array([1 << (_WINDOW - r - max_len) for r in range(8)], dtype=np.int64)
 
 
 def decode_group(group: EntropyGroup) -> list[np.ndarray]:
@@ -466,17 +592,24 @@ def decode_group(group: EntropyGroup) -> list[np.ndarray]:
     m = group.meta
     f = _side_fields(group)
     max_len, lanes, steps, nbytes = m["L"], m["lanes"], m["steps"], m["nbytes"]
+    chunk, window = m["chunk"], m["window"]
     len_table, sym_table = _tables(f["lens"], f["syms"], max_len)
-    words = _words(group.arrays["_h"])
-    divisor = np.array([1 << (_WINDOW - r - max_len) for r in range(8)], dtype=np.int64)
+    src = _source(group.arrays["_h"], window)
+    divisors = _divisors(max_len)
     ends = np.cumsum(f["seg"])
-    p = np.concatenate([ends - f["seg"], 8 * (2 * nbytes + _PAD) - ends])
-    xs = np.empty((steps, lanes), dtype=np.int64)
-    for t in range(steps):
-        x = words[p >> 3] // divisor[p & 7]
-        xs[t] = x
-        p = p + len_table[x & ((1 << max_len) - 1)]
-    flat = sym_table[xs.reshape(-1) & ((1 << max_len) - 1)]
+    p = np.concatenate([ends - f["seg"], 8 * (2 * nbytes + window) - ends])
+    lane_base = 8 * (window - 2) * np.arange(lanes, dtype=np.int64)
+    peeks = np.empty((steps, lanes), dtype=np.int64)
+    for t0 in range(0, steps, chunk):
+        base = p >> 3
+        win = src[base[:, None] + np.arange(window)]
+        words = ((win[:, :-2] << 16) + (win[:, 1:-1] << 8) + win[:, 2:]).reshape(-1)
+        q = (p & 7) + lane_base
+        for t in range(t0, min(t0 + chunk, steps)):
+            peeks[t] = (words[q >> 3] // divisors[q & 7]) & ((1 << max_len) - 1)
+            q = q + len_table[peeks[t]]
+        p = q - lane_base + 8 * base
+    flat = sym_table[peeks.reshape(-1)]
     if m["nnz"]:
         flat[f["pos"]] = f["vals"]
     out, at = [], 0
@@ -503,58 +636,80 @@ class _Builder(_od._GraphBuilder):
             if k == 0:
                 return self.prefix + digits
 
+    def scalar(self, value: int) -> str:
+        """A 0-d int32 constant (``const`` makes [1] tensors; Range needs true scalars)."""
+        key = ("scalar", (), int(value).to_bytes(8, "little", signed=True))
+        if key not in self._consts:
+            name = self._name("c")
+            self.initializers.append(numpy_helper.from_array(np.array(value, dtype=np.int32), name))
+            self._consts[key] = name
+        return self._consts[key]
 
-def _side_reader(bld: _Builder, group: EntropyGroup):
-    holder = SimpleNamespace(arrays=group.arrays)
-    stream = _od._Stream(bld, holder, "_s")
-    at = 0
 
-    def take(count: int, width: int) -> str | None:
-        nonlocal at
-        if width == 0:
-            return None
-        name = _od._extract_fields(stream, count, width, at, msb_first=False)
-        at += count * width
-        return name
+class _OnnxRead:
+    """Field reads as nodes: own arrays are cast to int32, packed ones extracted from "_s"."""
 
-    return take
+    def __init__(self, bld: _Builder, group: EntropyGroup) -> None:
+        self.bld = bld
+        self.arrays = group.arrays
+        self.stream = _od._Stream(bld, SimpleNamespace(arrays=group.arrays), "_s") if "_s" in group.arrays else None
+
+    def raw(self, key: str) -> str:
+        array = self.arrays[key]
+        name = self.bld.stored(key, array)
+        return name if array.dtype == np.int32 else self.bld.op("Cast", [name], to=TensorProto.INT32)
+
+    def packed(self, at: int, count: int, width: int) -> str:
+        return _od._extract_fields(self.stream, count, width, at, msb_first=False)
+
+    def combine(self, parts: list[tuple[str, int]]) -> str:
+        if len(parts) == 1:
+            return parts[0][0]
+        bld = self.bld
+        total = None
+        for name, shift in parts:
+            part = bld.mul(bld.op("Cast", [name], to=TensorProto.INT64), 1 << shift, np.int64)
+            total = part if total is None else bld.op("Add", [total, part])
+        return total
 
 
 def _build_tables(bld: _Builder, lens: str, syms: str, s: int, max_len: int) -> tuple[str, str]:
-    """(length table, symbol table) over 2^L peeks, from the canonical lengths and symbols."""
+    """(length table, symbol table) over all 2^L peeks, from the canonical lengths and symbols."""
     size = 1 << max_len
     if s == 1:
         return bld.op("Expand", [lens, bld.ints([size])]), bld.op("Expand", [syms, bld.ints([size])])
     spans = bld.op("Gather", [bld.const(np.array([1 << (max_len - k) for k in range(max_len + 1)])), lens])
-    starts = bld.op("CumSum", [bld.slice(spans, 0, s - 1), bld.const(0)])
-    zeros = bld.op("Expand", [bld.const(0), bld.ints([size])])
-    ones = bld.op("Expand", [bld.const(1), bld.ints([s - 1])])
-    marks = bld.op("ScatterElements", [zeros, starts, ones])
-    rank = bld.op("CumSum", [marks, bld.const(0)])
+    starts = bld.op("CumSum", [bld.slice(spans, 0, s - 1), bld.scalar(0)])
+    zeros = bld.op("Expand", [bld.scalar(0), bld.ints([size])])
+    ones = bld.op("Expand", [bld.scalar(1), bld.ints([s - 1])])
+    rank = bld.op("CumSum", [bld.op("ScatterElements", [zeros, starts, ones]), bld.scalar(0)])
     return bld.op("Gather", [lens, rank]), bld.op("Gather", [syms, rank])
 
 
-def _repeat_table(bld: _Builder, table: str, max_len: int) -> str:
-    """The table repeated 128 times: entry x is table[x mod 2^L] for every x < 2^(L+7)."""
-    grid = bld.op("Expand", [table, bld.ints([128, 1 << max_len])])
-    return bld.reshape(grid, (128 << max_len,))
-
-
-def _stream_words(bld: _Builder, group: EntropyGroup) -> str:
-    """W: big-endian 24-bit words at every byte of [stream, pad, reversed stream, pad]."""
+def _source_nodes(bld: _Builder, group: EntropyGroup, pad: int) -> str:
+    """uint8 [stream, pad, stream mirrored bit by bit, pad], the bytes every window is cut from."""
     nbytes = group.meta["nbytes"]
-    wide = bld.op("Cast", [bld.stored("_h", group.arrays["_h"])], to=TensorProto.INT32)
-    backwards = bld.op("Slice", [wide, bld.ints([nbytes - 1]), bld.ints([-nbytes - 1]), bld.ints([0]), bld.ints([-1])])
-    mirrored = bld.op("Gather", [bld.const(_BITREV8), backwards])
-    pad = bld.op("Expand", [bld.const(np.zeros(1, np.int32)), bld.ints([_PAD])])
-    all_bytes = bld.op("Concat", [wide, pad, mirrored, pad], axis=0)
-    count = 2 * (nbytes + _PAD) - 2
-    word = None
-    for t, scale in enumerate((1 << 16, 1 << 8, 1)):
-        part = bld.mul(bld.slice(all_bytes, t, t + count), scale)
-        word = part if word is None else bld.op("Add", [word, part])
-    assert word is not None
-    return word
+    stream = bld.stored("_h", group.arrays["_h"])
+    backwards = bld.op("Slice", [stream, bld.ints([nbytes - 1]), bld.ints([-nbytes - 1]), bld.ints([0]), bld.ints([-1])])
+    index = bld.op("Cast", [backwards], to=TensorProto.INT32)
+    mirrored = bld.op("Gather", [bld.const(_enc._BYTE_REVERSE, np.uint8), index])
+    zeros = bld.op("Expand", [bld.const(np.zeros(1, np.uint8), np.uint8), bld.ints([pad])])
+    return bld.op("Concat", [stream, zeros, mirrored, zeros], axis=0)
+
+
+def _word_matrix(bld: _Builder, window: int) -> str:
+    """[window, window - 2] int32 with 2^16, 2^8, 1 on three diagonals: bytes @ it = 24-bit words."""
+    shape = bld.op("Expand", [bld.scalar(0), bld.ints([window, window - 2])])
+    total = None
+    for d, scale in enumerate((1 << 16, 1 << 8, 1)):
+        part = bld.mul(bld.op("EyeLike", [shape], k=-d, dtype=TensorProto.INT32), scale)
+        total = part if total is None else bld.op("Add", [total, part])
+    assert total is not None
+    return total
+
+
+def _range(bld: _Builder, start: int, limit: int, delta: int) -> str:
+    return bld.op("Range", [bld.scalar(start), bld.scalar(limit), bld.scalar(delta)])
 
 
 def group_nodes(
@@ -562,79 +717,97 @@ def group_nodes(
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
     """Nodes and initializers decoding ``group``; returns the int32 output name of each tensor.
 
-    All names start with ``prefix`` (use one no other name of the model starts with).  Every
-    node input is an initializer or another node's output, so onnxruntime folds the whole chain.
+    All names start with ``prefix`` (choose one no other name of the model starts with): the
+    stored arrays are prefix + "_h" / "_s", the outputs prefix + "_0", "_1", ..., everything
+    else prefix + a base-62 counter.  Every node input is an initializer or another node's
+    output, so onnxruntime folds the whole chain at session creation.
     """
     if not _od.MIN_OPSET <= int(opset) <= _od.MAX_OPSET:
         raise ValueError(f"opset {opset} outside the supported {_od.MIN_OPSET}..{_od.MAX_OPSET}")
     m = group.meta
     max_len, s, lanes, steps, nbytes = m["L"], m["S"], m["lanes"], m["steps"], m["nbytes"]
+    chunk, window = m["chunk"], m["window"]
     bld = _Builder(prefix)
-    take = _side_reader(bld, group)
+    take = _field_reader(group, _OnnxRead(bld, group))
 
-    lens = take(s, _LEN_BITS)
-    sym_fields = take(s, m["ws"])
-    syms = bld.const(np.array([m["a"]])) if sym_fields is None else bld.add(sym_fields, m["a"])
+    # decode tables from the canonical code lengths and symbols
+    table = bld.stored("_t", group.arrays["_t"])
+    table = table if group.arrays["_t"].dtype == np.int32 else bld.op("Cast", [table], to=TensorProto.INT32)
+    lens = bld.op("Gather", [table, bld.scalar(0)])
+    syms = bld.add(bld.op("Gather", [table, bld.scalar(1)]), m["a"])
     len_table, sym_table = _build_tables(bld, lens, syms, s, max_len)
-    seg_fields = take(lanes // 2, m["wl"])
-    if seg_fields is None:
-        seg = bld.op("Expand", [bld.const(m["lmin"]), bld.ints([lanes // 2])])
+
+    # every lane's start: forward lanes at their segment start, backward lanes where their
+    # segment ends in the mirrored copy
+    if m["wl"] == 0:
+        seg = bld.op("Expand", [bld.scalar(m["lmin"]), bld.ints([lanes // 2])])
     else:
-        seg = bld.add(seg_fields, m["lmin"])
-    ends = bld.op("CumSum", [seg, bld.const(0)])
+        seg = bld.add(take("_l", lanes // 2, m["wl"]), m["lmin"])
+    ends = bld.op("CumSum", [seg, bld.scalar(0)])
     starts = bld.op("Sub", [ends, seg])
-    back = bld.op("Sub", [bld.const(8 * (2 * nbytes + _PAD)), ends])
+    back = bld.op("Sub", [bld.scalar(8 * (2 * nbytes + window)), ends])
     pos = bld.op("Concat", [starts, back], axis=0)
 
-    words = _stream_words(bld, group)
-    len_big = _repeat_table(bld, len_table, max_len)
-    eight = bld.const(8)
-    divisors = bld.const(np.array([1 << (_WINDOW - r - max_len) for r in range(8)]))
-    xs = []
-    for t in range(steps):
-        byte = bld.op("Div", [pos, eight])
-        phase = bld.op("Mod", [pos, eight])
-        word = bld.op("Gather", [words, byte])
-        x = bld.op("Div", [word, bld.op("Gather", [divisors, phase])])
-        xs.append(x)
-        if t + 1 < steps:
-            pos = bld.op("Add", [pos, bld.op("Gather", [len_big, x])])
-    peeks = xs[0] if steps == 1 else bld.op("Concat", xs, axis=0)
-    if (128 << max_len) <= lanes * steps:
-        flat = bld.op("Gather", [_repeat_table(bld, sym_table, max_len), peeks])
-    else:
-        flat = bld.op("Gather", [sym_table, bld.op("Mod", [peeks, bld.const(1 << max_len)])])
+    source = _source_nodes(bld, group, window)
+    matrix = _word_matrix(bld, window)
+    offsets = _range(bld, 0, window, 1)
+    lane_base = _range(bld, 0, 8 * (window - 2) * lanes, 8 * (window - 2))
+    eight = bld.scalar(8)
+    divisors = bld.const(_divisors(max_len), np.int32)
+    mask = bld.scalar(1 << max_len)
+    peeks = []
+    for t0 in range(0, steps, chunk):
+        # this chunk's windows: the bytes from each lane's current byte on, as 24-bit words
+        base = bld.op("Div", [pos, eight])
+        starts = bld.reshape(base, (lanes, 1))
+        window_bytes = bld.op("Gather", [source, bld.op("Add", [starts, offsets])])
+        words = bld.op("MatMul", [bld.op("Cast", [window_bytes], to=TensorProto.INT32), matrix])
+        words = bld.reshape(words, (lanes * (window - 2),))
+        local = bld.op("Add", [bld.op("Mod", [pos, eight]), lane_base])
+        last = min(t0 + chunk, steps)
+        for t in range(t0, last):
+            byte = bld.op("Div", [local, eight])
+            phase = bld.op("Mod", [local, eight])
+            word = bld.op("Gather", [words, byte])
+            peek = bld.op("Mod", [bld.op("Div", [word, bld.op("Gather", [divisors, phase])]), mask])
+            peeks.append(peek)
+            if t + 1 < steps:
+                local = bld.op("Add", [local, bld.op("Gather", [len_table, peek])])
+        if last < steps:
+            pos = bld.op("Add", [local, bld.op("Sub", [bld.op("Mul", [base, eight]), lane_base])])
+    flat = bld.op("Gather", [sym_table, peeks[0] if steps == 1 else bld.op("Concat", peeks, axis=0)])
 
     if m["nnz"]:
         nnz = m["nnz"]
-        positions = _od._positions_from_gaps(bld, take(nnz, m["g"]))
-        values = _outlier_values(bld, take, nnz, m["h"], m["vmin"])
-        flat = bld.op("ScatterElements", [flat, positions, values])
+        positions = _od._positions_from_gaps(bld, take("_g", nnz, m["g"]))
+        values = _outlier_values(bld, take("_v", nnz, m["h"]), not m["raw_v"] and m["h"] > 24, m["vmin"])
+        flat = bld.op("ScatterElements", [flat, positions, values], axis=0)
 
     sizes = list(group.sizes)
     outputs = [f"{prefix}_{k}" for k in range(len(sizes))]
     tail = lanes * steps - sum(sizes)
-    parts_out = [o if len(shape) == 1 else bld._name("t") for o, shape in zip(outputs, group.shapes, strict=True)]
     if len(sizes) == 1 and tail == 0:
         parts = [flat]
     else:
-        split = sizes + ([tail] if tail else [])
+        parts = [bld._name("t") for _ in sizes]
         extra = [bld._name("t")] if tail else []
-        bld.nodes.append(helper.make_node("Split", [flat, bld.ints(split)], parts_out + extra, axis=0))
-        parts = parts_out
+        split = bld.ints(sizes + ([tail] if tail else []))
+        bld.nodes.append(helper.make_node("Split", [flat, split], parts + extra, axis=0))
     for part, out, shape in zip(parts, outputs, group.shapes, strict=True):
-        if part != out:
-            bld.reshape(part, shape, out)
+        bld.reshape(part, shape, out)
     return bld.nodes, bld.initializers, outputs
 
 
-def _outlier_values(bld: _Builder, take, nnz: int, h: int, vmin: int) -> str:
-    if h <= 24:
-        return bld.add(take(nnz, h), vmin)
-    low = bld.op("Cast", [take(nnz, 16)], to=TensorProto.INT64)
-    high = bld.op("Cast", [take(nnz, h - 16)], to=TensorProto.INT64)
-    value = bld.op("Add", [low, bld.mul(high, 1 << 16, np.int64)])
-    return bld.op("Cast", [bld.add(value, vmin, np.int64)], to=TensorProto.INT32)
+def _outlier_values(bld: _Builder, stored: str, wide: bool, vmin: int) -> str:
+    """The exact values of the outlier entries, int32 [nnz], from the stored value - vmin.
+
+    ``wide``: the stored values came as two packed fields combined in int64 (h > 24); adding
+    vmin there and casting back is exact.  Otherwise they are int32 and the sum, being the
+    original int32 value, cannot overflow.
+    """
+    if not wide:
+        return bld.add(stored, vmin)
+    return bld.op("Cast", [bld.add(stored, vmin, np.int64)], to=TensorProto.INT32)
 
 
 def graph_nbytes(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], stored: int) -> int:
