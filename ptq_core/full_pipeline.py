@@ -162,6 +162,7 @@ class FullResult:
     quantized: onnx.ModelProto
     bias_diffs: dict
     speed: dict | None = None  # latency guard evidence
+    timings: dict | None = None  # seconds per phase
 
 
 def speed_table_path() -> str | None:
@@ -188,10 +189,22 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     from ptq_core.emit_qdq import place_qdq
     from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, tensor_shapes
 
+    import time
+
+    clock = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - clock
+        clock = now
+
     model = prepare_full_model(model_path)
     target, place = placement(model, cfg)
     if rounds is None:
         rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
+    lap("prepare_and_preprocess_s")
     feeds0 = rounds[0].feeds()
     speed: dict | None = None
     skip = tuple(cfg.common.skip_quant_node)
@@ -214,15 +227,21 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     if do_bias:
         convs = [n.name for n in model.graph.node if n.name in place.nodes and n.op_type in ("Conv", "Gemm")]
         model = add_missing_biases(model, convs)
+    lap("latency_guard_s")
     observers = collect_statistics(model, observed_tensors(place), rounds, cfg.full.activation_quant_method,
                                    work_dir / "models", collector)
+    lap("statistics_s")
 
     def finish(place):
         plan = build_plan(model, cfg, target, place, observers)
+        lap("parameters_s")
         diffs = {}
         if do_bias:
             plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
-        return plan, diffs, emit_qdq(drop_added_biases(model, set(place.nodes)), plan)
+            lap("bias_correction_s")
+        emitted = emit_qdq(drop_added_biases(model, set(place.nodes)), plan)
+        lap("emit_s")
+        return plan, diffs, emitted
 
     plan, diffs, quantized = finish(place)
     if speed is not None and table.decisions.get(decision_key) is not None:
@@ -253,7 +272,8 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         table.decisions[decision_key] = {"demoted": speed["demoted"],
                                          "latency": {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "rounds": speed["rounds"]}}
         table.save()
-    return FullResult(model, plan, quantized, diffs, speed)
+    lap("latency_guard_s")
+    return FullResult(model, plan, quantized, diffs, speed, {k: round(v, 3) for k, v in phases.items()})
 
 
 def _with_reasons(place, reasons: dict[str, str]):

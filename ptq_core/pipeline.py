@@ -115,6 +115,7 @@ class Summary:
     init_scale: float | None = None
     auto_tune: dict | None = None
     speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
+    timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -234,6 +235,7 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
         out = save_model_atomic(result.quantized, output_file(output))
     summary = summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
     summary.speed = result.speed
+    summary.timings = result.timings
     return summary
 
 

@@ -78,5 +78,7 @@ def print_summary(summary: Summary) -> None:
         totals.add_row("latency guard", f"{len(demoted)} node(s) kept FP32 where int8 is not faster here; "
                                         f"batch-1 latency FP32 {summary.speed.get('fp32_ms', 0):.3f} ms, "
                                         f"int8 {summary.speed.get('int8_ms', 0):.3f} ms")
+    if summary.timings:
+        totals.add_row("phases", ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in summary.timings.items()))
     totals.add_row("wall time", f"{t['wall_time_s']:.2f} s")
     console.print(totals)
