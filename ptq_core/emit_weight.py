@@ -34,8 +34,11 @@ def _channel_tensor(name: str, values: np.ndarray, rank: int, axis: int | None) 
     return numpy_helper.from_array(array, name)
 
 
-def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
-    nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
+def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int, codes: str | None = None):
+    if codes is None:
+        nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
+    else:  # the codes come out of the shared entropy group
+        nodes, inits = [], []
     rank = len(qw.shape)
     as_float = f"{prefix}f"
     nodes.append(helper.make_node("Cast", [codes], [as_float], to=onnx.TensorProto.FLOAT))
@@ -92,11 +95,19 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     replaced: set[str] = set()
+    group_outputs: list[str] = []
+    if plan.group is not None:
+        from ptq_core.entropy import group_nodes
+
+        nodes, inits, group_outputs = group_nodes(plan.group, f"{base}g_", opset)
+        new_nodes.extend(nodes)
+        new_inits.extend(inits)
     for index, qw in enumerate(plan.weights):
         # short prefixes: the decode chain repeats its prefix in every name it creates
         prefix = f"{base}{index}_"
         output = _unique(f"{qw.tensor}_dequant", taken)
-        nodes, inits = _dequant_chain(qw, prefix, output, opset)
+        codes = group_outputs[qw.group_index] if qw.group_index is not None else None
+        nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
         new_nodes.extend(nodes)
         new_inits.extend(inits)
         for node_name in qw.nodes:

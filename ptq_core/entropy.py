@@ -2,48 +2,54 @@
 
 Mixed-bit quantization gives every tensor the same relative error, so the integer codes of all
 tensors of a model follow nearly the same bell-shaped distribution.  converter_lite entropy-codes
-them with FSE; we must stay with standard ONNX ops that plain onnxruntime constant-folds at
+them with FSE; we must stay with standard ONNX ops that a plain onnxruntime constant-folds at
 session creation.  This module codes a whole group of tensors with ONE canonical Huffman code and
-decodes it with a chain of ~7 ops per decode step, vectorized over many independent lanes:
+decodes it with 8 small nodes per decode step, vectorized over many independent lanes.
 
-* **Alphabet and outliers.**  Values inside a central window [a, b] (chosen to minimize the
-  total size) that occur in the group form the alphabet (S symbols).  Every other value is an
-  *outlier*: it is coded as the shortest-code symbol and its exact value is restored from a
-  sparse list (gap-coded positions + values, like ``encoding.encode_split``).
-* **Code.**  One length-limited (package-merge, optimal) canonical Huffman code over the pooled
-  histogram, code lengths <= L <= 17.  Only the S code lengths and symbol values are stored; the
-  decode tables (2^L entries) are built inside the graph from them.
-* **Lanes.**  All codes of the group are concatenated (tensor by tensor, C order) into one
-  sequence of n symbols, which is dealt round-robin onto ``lanes`` = 2 * segments lanes: symbol i
-  goes to lane i % lanes as its step i // lanes, so ``steps`` = ceil(n / lanes) decode steps
-  emit all symbols in their original order.  Lanes are paired into segments: in segment m the
-  forward lane m writes its codewords from the segment start forwards and the backward lane
-  segments + m writes its own from the segment end backwards (bit-reversed), so only one bit
-  length per segment is stored, and no padding is spent anywhere (the last step's missing
-  symbols are simply not stored; their lanes decode garbage that is sliced off).
-* **Decode.**  Positions start at the segment starts (CumSum of the stored lengths).  The
-  backward lanes read the bit-reversed, byte-reversed copy of the stream, in which they run
-  forwards too, so all lanes run the same 7 nodes per step:
-  ``b = p / 8; r = p % 8; w = W[b]; x = w / D[r]; len = LX[x]; p += len`` (W = big-endian 24-bit
-  words at every byte, D[r] = 2^(24 - r - L)).  ``x`` holds the next L bits below up to r
-  already-consumed bits, so x < 2^(L+7) and the tables are simply repeated 128 times instead of
-  masking x.  The x of all steps are concatenated, mapped through the symbol table, corrected
-  by one ScatterElements for the outliers, and split into the tensors.
+* **Alphabet and outliers.**  The values inside a central range [a, b] (chosen to minimize the
+  total size) that occur form the alphabet (S symbols).  Every other value is an *outlier*: it
+  is coded as a shortest-code symbol and its exact value is restored from a sparse list
+  (gap-coded positions and values, as in ``encoding``'s ``split``), by one ScatterElements.
+* **Code.**  One length-limited canonical Huffman code (package-merge, optimal for the limit)
+  over the pooled histogram, lengths <= L <= 17.  Only the S (length, symbol) pairs are stored;
+  the 2^L-entry decode tables are built inside the graph from them.
+* **Lanes.**  The group's codes, concatenated tensor by tensor in C order, are dealt round-robin
+  onto ``lanes`` lanes: symbol i is step i // lanes of lane i % lanes, so step t of all lanes
+  decodes symbols t*lanes .. t*lanes + lanes - 1 and concatenating the ``steps`` steps restores
+  the order.  Lanes are paired into segments: forward lane m writes its codewords from the start
+  of segment m on, backward lane lanes/2 + m writes its (bit-mirrored) codewords from the end
+  of segment m backwards.  Only each segment's bit length is stored (wl bits), nothing is
+  padded: where the last step has no symbol, its lane decodes garbage that is dropped.
+* **Decode.**  Lanes start at CumSum of the segment lengths; backward lanes read a bit-mirrored
+  copy of the stream, in which they run forwards like the others.  onnxruntime copies every
+  input of a node it folds, so the steps must not read the whole stream: every ``chunk`` steps,
+  each lane's next ``window`` bytes are gathered (one Gather from the stream) and turned into
+  24-bit big-endian words at every byte (one MatMul with a 3-diagonal matrix), and the steps in
+  between read only these small windows:
+  ``b = q / 8; r = q % 8; x = W[b] / D[r] % 2^L; q += LT[x]`` with D[r] = 2^(24 - r - L).  The
+  peeks x of all steps are concatenated and mapped to symbols by one Gather.
 
-Stored arrays (``EntropyGroup.arrays``): ``"_h"`` uint8, the Huffman bit stream (MSB first: bit p
-is bit 7 - p % 8 of byte p // 8); ``"_s"`` uint8, an LSB-first field stream (layout of
-``encoding``'s ``split``) holding, in order: S fields(5) code lengths in canonical order, S
-fields(ws) symbol values minus a, ``segments`` fields(wl) segment bit lengths minus lmin,
-``nnz`` fields(g) outlier gap - 1 (fillers as in ``split``), ``nnz`` fields(min(h, 16) or h when
-h <= 24) outlier values minus vmin (then fields(h - 16) of the high part when h > 24).
+Stored arrays (``EntropyGroup.arrays``):
 
-Positions are int32, so one group holds less than 2^31 stream bits (~300M codes); split bigger
-sets into several groups.
+``"_h"`` uint8, the Huffman stream; MSB first (bit p is bit 7 - p % 8 of byte p // 8).
+``"_t"`` [2, S] (uint8 / uint16 / int32, whichever holds the offsets): the code lengths in
+    canonical order (by length, then value) and their symbols minus a.
+``"_l"``, ``"_g"``, ``"_v"`` the segment lengths minus lmin (``lanes / 2`` values of wl bits),
+    the outlier gaps - 1 (``nnz`` values of g bits; filler entries every 2^g elements, as in
+    ``split``) and the outliers' values minus vmin (``nnz`` values of h bits; fillers hold their
+    own in-alphabet value).  Each is its own uint8/uint16/int32 array when that costs fewer file
+    bytes than its graph nodes would (meta ``raw_l``, ``raw_g``, ``raw_v`` = 1); otherwise it is
+    bit-packed into
+``"_s"`` uint8, an LSB-first field stream like ``split``'s, in the order l, g, v (values wider
+    than 24 bits as a 16-bit low field, then the high field).
+
+Decode positions are int32 bit addresses in the doubled stream, so a group holds at most 2^29
+stream bits (about 90M codes at 6 bits): split larger sets into several groups.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -67,23 +73,21 @@ __all__ = [
 ]
 
 MAX_CODE_LEN = 17  # r + L <= 24: a codeword at any bit phase lies in one 3-byte window
-_WINDOW = 24
-_LEN_BITS = 5  # field width of a stored code length (1..17)
-_MAX_ALPHABET = 4096
-_MAX_STEPS = 1024
-_MAX_STREAM_BITS = 2**30  # positions in the doubled, padded stream stay int32
+_WINDOW = 24  # bits of the big-endian words a peek is cut from
+_MAX_ALPHABET = 4096  # largest central range considered (the in-graph tables stay small)
+_MAX_STEPS = 1024  # bounds the node count (8 per step)
+_MAX_STREAM_BITS = 2**29  # bit addresses in the doubled, padded stream stay int32
 _OUTLIER_FRACTIONS = (0.0, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 _NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_BITREV8 = _enc._BYTE_REVERSE.astype(np.int32)
 
 
 @dataclass(frozen=True, eq=False)
 class EntropyGroup:
     """Stored form of a group of integer code tensors sharing one Huffman code.
 
-    ``arrays`` is what gets written as initializers (keys ``"_h"``, ``"_s"``; see the module
-    docstring); ``meta`` holds the small ints the ONNX decoder lays its graph out with;
-    ``shapes`` are the tensors' shapes in input order.
+    ``arrays`` is what gets written as initializers (see the module docstring for each key);
+    ``meta`` holds the small ints the ONNX decoder lays its graph out with; ``shapes`` are the
+    tensors' shapes in input order.  ``eq=False``: compare ``decode_group`` results instead.
     """
 
     shapes: tuple[tuple[int, ...], ...]
@@ -185,7 +189,7 @@ def _canonical(values: np.ndarray, lengths: np.ndarray, max_len: int) -> _Code:
 @dataclass(frozen=True)
 class _Plan:
     code: _Code
-    window: tuple[int, int]
+    span: tuple[int, int]  # indices of the first and last distinct value of the alphabet
     estimate_bits: float
 
 
@@ -197,13 +201,17 @@ def _outlier_entry_bits(n: int, nnz: int, span_bits: int) -> float:
 
 
 def _plan_code(values: np.ndarray, counts: np.ndarray, n: int) -> _Plan:
-    """Central window, alphabet and code lengths minimizing the estimated total bits."""
+    """Central value range, alphabet and code lengths minimizing the estimated total bits.
+
+    Candidate ranges leave a fraction of the elements (split evenly between both tails) outside
+    as outliers; their cost is estimated as a gap field plus a value field each.
+    """
     cum = np.concatenate([[0], np.cumsum(counts)])
     total_span = _enc._bit_length(int(values[-1] - values[0]))
     candidates: set[tuple[int, int]] = {(int(np.argmax(counts)),) * 2}
     for frac in _OUTLIER_FRACTIONS:
         cut = int(frac * n / 2)
-        lo = int(np.searchsorted(cum, cut, side="right")) - 1  # first index with cum[lo+1] > cut
+        lo = int(np.searchsorted(cum, cut, side="right")) - 1  # at most cut elements below lo
         hi = int(np.searchsorted(cum, n - cut, side="left")) - 1
         if lo <= hi:
             candidates.add((lo, hi))
@@ -218,13 +226,13 @@ def _plan_code(values: np.ndarray, counts: np.ndarray, n: int) -> _Plan:
         inside[int(np.argmax(inside))] += nnz
         lengths = _code_lengths(inside, MAX_CODE_LEN)
         bits = float(np.dot(inside, lengths))
-        bits += s * (_LEN_BITS + _enc._bit_length(int(values[hi] - values[lo])))
+        bits += 16 * s * np.dtype(_raw_dtype(_enc._bit_length(int(values[hi] - values[lo])))).itemsize
         bits += nnz * _outlier_entry_bits(n, nnz, total_span)
         if best is None or bits < best.estimate_bits:
             best = _Plan(_canonical(values[lo : hi + 1], lengths, MAX_CODE_LEN), (lo, hi), bits)
-    assert best is not None  # the one-symbol window always qualifies
+    assert best is not None  # the one-symbol alphabet always qualifies
     # Smallest length limit costing (almost) nothing more: smaller decode tables while folding.
-    lo, hi = best.window
+    lo, hi = best.span
     inside = counts[lo : hi + 1].copy()
     inside[int(np.argmax(inside))] += n - int(inside.sum())
     full = float(np.dot(inside, _code_lengths(inside, MAX_CODE_LEN)))
@@ -232,7 +240,7 @@ def _plan_code(values: np.ndarray, counts: np.ndarray, n: int) -> _Plan:
         lengths = _code_lengths(inside, max_len)
         if float(np.dot(inside, lengths)) <= full + 0.0002 * n + 64:
             code = _canonical(values[lo : hi + 1], lengths, max_len)
-            return _Plan(code, best.window, best.estimate_bits)
+            return _Plan(code, best.span, best.estimate_bits)
     return best
 
 
@@ -258,7 +266,9 @@ def _segment_lengths(grid: np.ndarray) -> np.ndarray:
 
 
 _STEP_OPS = ("Div", "Mod", "Gather", "Gather", "Div", "Mod", "Gather", "Add")
-_CHUNK_OPS = ("Div", "Reshape", "Add", "Gather", "Cast", "MatMul", "Reshape", "Mod", "Add", "Mul", "Sub", "Add")
+# per chunk: the window nodes and the carry to the next chunk, less the first step's Div and Mod
+_CHUNK_OPS = ("Reshape", "Add", "Gather", "Cast", "MatMul", "Reshape", "Add", "Sub", "Div", "Add", "Mod")
+_CHUNK_SAVED = ("Div", "Mod")
 
 
 def _ops_graph_bytes(ops: tuple[str, ...], prefix_len: int) -> int:
@@ -283,7 +293,8 @@ def _choose_steps(lens: np.ndarray, prefix_len: int) -> int:
     sqrt(n / (2 step_bytes)); the candidates around it are measured exactly.
     """
     n = lens.size
-    step_bytes = _ops_graph_bytes(_STEP_OPS, prefix_len) + _ops_graph_bytes(_CHUNK_OPS, prefix_len) / 12
+    chunk_bytes = _ops_graph_bytes(_CHUNK_OPS, prefix_len) - _ops_graph_bytes(_CHUNK_SAVED, prefix_len)
+    step_bytes = _ops_graph_bytes(_STEP_OPS, prefix_len) + chunk_bytes / 12
     guess = np.sqrt(n / (2 * step_bytes))
     best_steps, best_cost = 1, None
     for target in sorted({int(np.clip(round(guess * 2 ** (k / 4)), 1, _MAX_STEPS)) for k in range(-8, 9)}):
@@ -318,18 +329,26 @@ def _choose_chunk(rows: np.ndarray, nbytes: int, max_len: int, prefix_len: int) 
     weighed against 32 KB copied (about 20 us).
     """
     steps, lanes = rows.shape
-    chunk_bytes = _ops_graph_bytes(_CHUNK_OPS, prefix_len)
+    chunk_bytes = _ops_graph_bytes(_CHUNK_OPS, prefix_len) - _ops_graph_bytes(_CHUNK_SAVED, prefix_len)
     best: tuple[float, int, int] | None = None
-    for chunk in sorted({steps, *(k for k in (4, 6, 8, 12, 16, 24, 32, 48, 64) if k < steps)}):
+    for chunk in sorted({steps, *(k for k in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k < steps)}):
         window = _window(rows, chunk)
+        if not _window_fits(lanes, window):
+            continue
         chunks = -(-steps // chunk)
         copied = chunks * (2 * (nbytes + window) + 9 * lanes * window)
         copied += steps * (4 * lanes * (window - 2) + (4 << max_len))
         cost = chunks * chunk_bytes + copied / 32768
         if best is None or cost < best[0]:
             best = (cost, chunk, window)
-    assert best is not None
+    if best is None:
+        raise ValueError(f"{lanes} lanes are too many for int32 window addresses; use more steps")
     return best[1], best[2]
+
+
+def _window_fits(lanes: int, window: int) -> bool:
+    """Local bit addresses (8 * lanes * window) stay int32 and the window words below 1 GiB."""
+    return 8 * lanes * window < 2**31 and 4 * lanes * window < 2**30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +471,7 @@ def encode_group(
     rank, outlier = _ranks(flat, code)
     lens = code.lengths.astype(np.int32)[rank]
     if int(lens.sum(dtype=np.int64)) > _MAX_STREAM_BITS:
-        raise ValueError("the group's stream exceeds 2^30 bits; encode its tensors in several groups")
+        raise ValueError("the group's stream exceeds 2^29 bits; encode its tensors in several groups")
 
     lanes, steps = _lane_layout(n, _choose_steps(lens, prefix_len) if steps is None else int(steps))
     half = lanes // 2
@@ -478,8 +497,8 @@ def encode_group(
     stream = _pack_codewords(pos.reshape(-1)[:n], words_of[rank_grid.reshape(-1)[:n]], grid.reshape(-1)[:n], nbytes)
     del rank_grid
 
-    # the decoder's positions before every step (backward lanes run in the mirrored copy; the
-    # copy's byte offset is a multiple of 8 bits, so windows do not depend on it)
+    # the decoder's positions before every step (backward lanes run in the mirrored copy, which
+    # starts a whole number of bytes on, so the windows do not depend on where)
     pos[:, :half] = seg_start + within[:, :half]
     pos[:, half:] = (8 * nbytes - seg_end) + within[:, half:]
     del within, grid
@@ -488,6 +507,8 @@ def encode_group(
     else:
         chunk = max(1, min(int(chunk), steps))
         window = _window(pos, chunk)
+        if not _window_fits(lanes, window):
+            raise ValueError(f"chunk {chunk} needs {window}-byte windows for {lanes} lanes: too large")
     del pos
 
     lo_val = int(code.values.min())
@@ -690,7 +711,8 @@ def _source_nodes(bld: _Builder, group: EntropyGroup, pad: int) -> str:
     """uint8 [stream, pad, stream mirrored bit by bit, pad], the bytes every window is cut from."""
     nbytes = group.meta["nbytes"]
     stream = bld.stored("_h", group.arrays["_h"])
-    backwards = bld.op("Slice", [stream, bld.ints([nbytes - 1]), bld.ints([-nbytes - 1]), bld.ints([0]), bld.ints([-1])])
+    ends = [bld.ints([nbytes - 1]), bld.ints([-nbytes - 1]), bld.ints([0]), bld.ints([-1])]
+    backwards = bld.op("Slice", [stream, *ends])
     index = bld.op("Cast", [backwards], to=TensorProto.INT32)
     mirrored = bld.op("Gather", [bld.const(_enc._BYTE_REVERSE, np.uint8), index])
     zeros = bld.op("Expand", [bld.const(np.zeros(1, np.uint8), np.uint8), bld.ints([pad])])
@@ -751,30 +773,33 @@ def group_nodes(
     source = _source_nodes(bld, group, window)
     matrix = _word_matrix(bld, window)
     offsets = _range(bld, 0, window, 1)
-    lane_base = _range(bld, 0, 8 * (window - 2) * lanes, 8 * (window - 2))
+    lane_base = _range(bld, 0, 8 * (window - 2) * lanes, 8 * (window - 2))  # bit 0 of each lane's window
+    first_bytes = _range(bld, 0, (window - 2) * lanes, window - 2)
     eight = bld.scalar(8)
     divisors = bld.const(_divisors(max_len), np.int32)
     mask = bld.scalar(1 << max_len)
+    base, phase = bld.op("Div", [pos, eight]), bld.op("Mod", [pos, eight])
     peeks = []
     for t0 in range(0, steps, chunk):
         # this chunk's windows: the bytes from each lane's current byte on, as 24-bit words
-        base = bld.op("Div", [pos, eight])
         starts = bld.reshape(base, (lanes, 1))
         window_bytes = bld.op("Gather", [source, bld.op("Add", [starts, offsets])])
         words = bld.op("MatMul", [bld.op("Cast", [window_bytes], to=TensorProto.INT32), matrix])
         words = bld.reshape(words, (lanes * (window - 2),))
-        local = bld.op("Add", [bld.op("Mod", [pos, eight]), lane_base])
+        local = bld.op("Add", [phase, lane_base])  # bit address in the flattened windows
         last = min(t0 + chunk, steps)
         for t in range(t0, last):
-            byte = bld.op("Div", [local, eight])
-            phase = bld.op("Mod", [local, eight])
+            if t > t0:
+                phase = bld.op("Mod", [local, eight])
+            byte = first_bytes if t == t0 else bld.op("Div", [local, eight])
             word = bld.op("Gather", [words, byte])
             peek = bld.op("Mod", [bld.op("Div", [word, bld.op("Gather", [divisors, phase])]), mask])
             peeks.append(peek)
             if t + 1 < steps:
                 local = bld.op("Add", [local, bld.op("Gather", [len_table, peek])])
         if last < steps:
-            pos = bld.op("Add", [local, bld.op("Sub", [bld.op("Mul", [base, eight]), lane_base])])
+            advanced = bld.op("Div", [bld.op("Sub", [local, lane_base]), eight])
+            base, phase = bld.op("Add", [base, advanced]), bld.op("Mod", [local, eight])
     flat = bld.op("Gather", [sym_table, peeks[0] if steps == 1 else bld.op("Concat", peeks, axis=0)])
 
     if m["nnz"]:
@@ -789,12 +814,14 @@ def group_nodes(
     if len(sizes) == 1 and tail == 0:
         parts = [flat]
     else:
-        parts = [bld._name("t") for _ in sizes]
+        # 1-D tensors come straight out of the Split; the rest need a Reshape
+        parts = [out if len(shape) == 1 else bld._name("t") for out, shape in zip(outputs, group.shapes, strict=True)]
         extra = [bld._name("t")] if tail else []
         split = bld.ints(sizes + ([tail] if tail else []))
         bld.nodes.append(helper.make_node("Split", [flat, split], parts + extra, axis=0))
     for part, out, shape in zip(parts, outputs, group.shapes, strict=True):
-        bld.reshape(part, shape, out)
+        if part != out:
+            bld.reshape(part, shape, out)
     return bld.nodes, bld.initializers, outputs
 
 
@@ -830,7 +857,7 @@ class GroupSizes:
     group_graph: int
     split_stored: int
     split_graph: int
-    codes: int = field(default=0)
+    codes: int
 
     @property
     def group_total(self) -> int:
