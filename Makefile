@@ -20,7 +20,9 @@ demo: $(STAMP)
 		--outputFile=out/digits_fixed8 --configFile=examples/configs/weight_fixed_bit.cfg
 	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
 		--outputFile=out/digits_mixed --configFile=examples/configs/weight_mixed_bit.cfg
-	$(BIN)/python examples/evaluate_digits.py out/digits_fixed8.onnx out/digits_mixed.onnx
+	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
+		--outputFile=out/digits_int8 --configFile=examples/configs/full_quant.cfg
+	$(BIN)/python examples/evaluate_digits.py out/digits_fixed8.onnx out/digits_mixed.onnx out/digits_int8.onnx
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
