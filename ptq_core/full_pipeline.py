@@ -115,6 +115,24 @@ def bias_correction_pass(model: onnx.ModelProto, plan: FullQuantPlan, cfg: Quant
     return apply_bias_correction(model, plan, diffs), diffs
 
 
+def correct_float_biases(model: onnx.ModelProto, diffs: dict) -> onnx.ModelProto:
+    """Targets that keep biases in float (NVGPU): add the measured mean error to the float bias."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    by_name = {n.name: n for n in out.graph.node}
+    inits = {t.name: t for t in out.graph.initializer}
+    for node_name, diff in diffs.items():
+        node = by_name[node_name]
+        if len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        tensor = inits[node.input[2]]
+        corrected = numpy_helper.to_array(tensor).astype(np.float64) + diff
+        tensor.CopyFrom(numpy_helper.from_array(corrected.astype(np.float32), tensor.name))
+    return out
+
+
 def add_missing_biases(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
     """Give Conv/Gemm nodes that bias correction will touch a zero float bias (named ``<node>_added_bias``)."""
     from onnx import numpy_helper
@@ -236,10 +254,13 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         plan = build_plan(model, cfg, target, place, observers)
         lap("parameters_s")
         diffs = {}
+        source = model
         if do_bias:
             plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
+            if not target.quantize_bias:
+                source = correct_float_biases(model, diffs)
             lap("bias_correction_s")
-        emitted = emit_qdq(drop_added_biases(model, set(place.nodes)), plan)
+        emitted = emit_qdq(drop_added_biases(source, set(place.nodes)), plan)
         lap("emit_s")
         return plan, diffs, emitted
 

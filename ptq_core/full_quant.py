@@ -275,6 +275,8 @@ def apply_bias_correction(model: onnx.ModelProto, plan: FullQuantPlan, diffs: di
         ok = np.abs(updated) < limit
         q = np.where(ok, updated, b.q).astype(np.int32)
         new_biases.append(replace(b, q=q))
+    if not get_target(plan.target).quantize_bias:
+        return replace(plan, biases=new_biases)  # float biases are corrected in the model instead
     for name, diff in diffs.items():
         if name in biases:
             continue

@@ -210,7 +210,8 @@ TARGETS: dict[str, Target] = {
         removable_activations=frozenset(),  # symmetric Q cannot clamp at 0; TensorRT fuses Conv+ReLU itself
         requant_ops=_ops("Add", "Mul", "AveragePool", "GlobalAveragePool"),
         quantize_outputs_of=frozenset(),  # TensorRT placement: Q/DQ on the inputs of int8 layers
-        quantize_bias=False, bias_correction=False, cross_layer_equalization=True,
+        # converter_lite forces bias correction off for NVGPU; we correct the float bias TensorRT adds
+        quantize_bias=False, bias_correction=True, cross_layer_equalization=True,
         note="TensorRT explicit quantization: symmetric int8, zero points 0, per-channel weights on the output axis, float bias",
     ),
     "DSP": Target(

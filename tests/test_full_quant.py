@@ -225,3 +225,15 @@ def test_kirin_target_is_refused_before_reading_the_model(tmp_path):
                        "[full_quant_param]\ntarget_device=KIRIN\n")
     with pytest.raises(PtqError, match="KIRIN"):
         resolve_config(cfg)
+
+
+def test_nvgpu_bias_correction_updates_the_float_bias(tmp_path):
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    cfg = full_cfg(calib_folder(tmp_path), extra="target_device=NVGPU")
+    result = quantize_full(model_path, cfg, InputOptions(), tmp_path / "work")
+    assert result.bias_diffs and not result.plan.biases
+    b1 = next(t for t in result.quantized.graph.initializer if t.name == "b1")
+    original = next(t for t in result.model.graph.initializer if t.name == "b1")
+    assert b1.data_type == onnx.TensorProto.FLOAT
+    corrected = numpy_helper.to_array(b1) - numpy_helper.to_array(original)
+    assert np.allclose(corrected, result.bias_diffs["conv1"], atol=1e-6) and np.any(corrected != 0)

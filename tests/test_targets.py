@@ -42,7 +42,8 @@ def test_device_table():
     assert (cpu.activation_dtype, cpu.activation_symmetric, cpu.weight_dtype) == ("uint8", False, "int8")
     assert (nv.activation_dtype, nv.activation_symmetric) == ("int8", True)
     assert nv.weight_per_channel_symmetric and nv.weight_per_layer_symmetric and not nv.quantize_bias
-    assert not nv.bias_correction and not nv.removable_activations
+    assert nv.bias_correction and not nv.quantize_bias  # float bias, corrected in float
+    assert not nv.removable_activations
     assert dsp.activation_dtype == "uint8" and dsp.per_channel_ops == {"Conv", "ConvTranspose"}
     assert not dsp.cross_layer_equalization
     assert asc.activation_dtype == "int8" and not asc.activation_symmetric
