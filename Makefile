@@ -30,6 +30,7 @@ test: $(STAMP)
 bench:
 	bash benchmarks/setup_bench.sh
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
 
 clean:
 	rm -rf $(VENV) .ptqflow out
