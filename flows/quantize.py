@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ptq_core.pipeline import Summary
 from ptq_core.runtime import InputOptions
-from ptqflow.tasks import full, weight
+from ptqflow.tasks import dynamic, full, weight
 
 
 @flow(name="quantize", persist_result=True)
@@ -24,6 +24,8 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     info = weight.analyse(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _full(model, cfg, info, output, inputs, dask_address)
+    elif cfg.common.quant_type == "DYNAMIC_QUANT":
+        summary = _dynamic(model, cfg, info, output, inputs)
     else:
         summary = _weight(model, cfg, info, output, inputs)
     summary.wall_time_s = time.perf_counter() - start
@@ -37,6 +39,14 @@ def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary
         record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, inputs)
     out = weight.emit_model(model, record["plan_path"], output)
     return weight.summarize(model, out, cfg, info, record["plan_path"], inputs)
+
+
+def _dynamic(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary:
+    record = dynamic.quantize_dynamic(model, cfg, info)
+    if not (Path(record["model_path"]).exists() and Path(record["plan_path"]).exists()):
+        record = dynamic.quantize_dynamic.with_options(refresh_cache=True)(model, cfg, info)
+    out = dynamic.emit_dynamic(record, output)
+    return dynamic.summarize_dynamic(model, out, cfg, info, record, inputs)
 
 
 def _full(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None) -> Summary:

@@ -1,70 +1,103 @@
 """DYNAMIC_QUANT: int8 weights stored at convert time, activations quantized at run time.
 
 The emitted model uses **standard ONNX ops only** (DynamicQuantizeLinear, QuantizeLinear,
-MatMulInteger, Gather, Cast, Mul, ...); plain onnxruntime runs it, and its graph optimizer turns
-the quantized MatMuls into its integer kernels. Semantics follow converter_lite's dynamic quantizer
-(mslite-semantics §4.3, §9), adapted to what onnxruntime runs fast:
+MatMulInteger, Gather, Cast, Mul, ...); plain onnxruntime runs it with its integer kernels. The
+semantics follow converter_lite's dynamic quantizer (mslite-semantics §4.3, §9), adapted to what
+onnxruntime runs fast and correctly.
 
 Which nodes
-    MatMul and Gemm with a constant float32 weight B of rank >= 2 (and, by the op's type rule, a
+    MatMul and Gemm with a constant float32 weight B of rank >= 2 (hence, by the op's type rule, a
     float32 activation A); Gather with a constant float32 table of rank >= 2. ``skip_quant_node``
     nodes are untouched. min_quant_weight_size / min_quant_weight_channel do not apply (converter_lite
-    forces both to 0 in this mode). Convolutions, RNNs and everything else stay FP32.
-    A MatMul whose two inputs are both activations stays float under both strategies: converter_lite's
-    ACWL skips it too, while its ALWC would quantize both sides at run time; in onnxruntime that needs
-    two DynamicQuantizeLinear passes and an unpacked int8 GEMM, which at attention shapes
-    (128x32 @ 32x128) is not faster than the float kernel, so we keep it float.
+    forces both to 0 in this mode). Conv, RNNs and every other op stay FP32.
+    A MatMul whose two inputs are both activations stays float under both strategies. converter_lite's
+    ACWL skips it too; its ALWC would quantize both sides at run time, but in onnxruntime that is two
+    DynamicQuantizeLinear passes plus an int8 GEMM whose B cannot be pre-packed: at MiniLM's
+    attention shape (12 x 128x32 @ 32x128) 0.125 ms vs 0.132 ms float, no real gain for the extra
+    error in front of the softmax.
 
 ALWC (activation per-layer, weight per-channel) -- the default
-    Weight: symmetric int8 [-127, 127], one scale per output column (the N axis; Gemm transB=1 is
-    transposed offline to (K, N)); a weight read by several nodes gets one per-layer scale
-    (converter_lite's shared-MatMul rule). Rounding half away from zero (``quant.quantize``).
-    Activation: ``DynamicQuantizeLinear(A) -> MatMulInteger(A_u8, B_s8, a_zp) -> Cast -> Mul(a_scale
-    * b_scale)`` [-> Add bias]. onnxruntime (>= 1.17, checked on 1.32) fuses this into its
-    ``DynamicQuantizeMatMul`` kernel (via ``MatMulIntegerToFloat``; per-column B scales are
-    supported), and folds a following constant 1-D bias Add into it.
+    Weight: symmetric int8 [-127, 127], one scale per output column (the N axis; a Gemm transB=1
+    weight is transposed offline to (K, N)); a weight read by several nodes gets one per-layer
+    scale (converter_lite's shared-MatMul rule). Rounding half away from zero (``quant.quantize``).
+    Run time: ``DynamicQuantizeLinear(A) -> MatMulInteger(A_u8, B_s8, a_zp) -> Cast -> Mul(a_scale *
+    b_scale)`` [-> Add bias]. onnxruntime fuses this into ``DynamicQuantizeMatMul`` (through
+    ``MatMulIntegerToFloat``): per-column B scales are applied inside the kernel, the following
+    constant 1-D bias Add is folded in whichever side the bias is on, and when several MatMuls read
+    the same A its common-subexpression pass merges their DynamicQuantizeLinear nodes (then they run
+    as one DynamicQuantizeLinear + ``MatMulIntegerToFloat`` each). For a batched weight (rank > 2)
+    the scale is stored as (.., 1, N): with a plain (N,) scale onnxruntime 1.32 applies it after the
+    fused bias, i.e. it scales the bias too (wrong results).
     Difference from converter_lite: DynamicQuantizeLinear is uint8 asymmetric over
-    [min(x, 0), max(x, 0)] -- zero is always inside the range -- and rounds half to even, while
-    converter_lite's runtime uses int8 over [min(x), max(x)] without forcing zero and rounds half
-    away. For activations whose range already spans zero (LayerNorm outputs, most hidden states)
-    the two grids coincide up to that rounding; for one-signed tensors (e.g. after ReLU)
-    onnxruntime's grid is coarser by at most the missing gap to zero.
+    [min(x, 0), max(x, 0)] -- zero always inside the range -- rounding half to even, while
+    converter_lite's runtime is int8 over [min(x), max(x)] without forcing zero, rounding half away.
+    Where the range already spans zero (LayerNorm outputs, GELU outputs, most hidden states) the grids
+    are the same up to tie rounding; for a one-signed tensor onnxruntime's grid is coarser by the gap
+    to zero.
 
 ACWL (activation per-channel, weight per-layer)
-    Weight: symmetric int8 [-127, 127], one scale for the whole tensor.
-    Activation: symmetric per row (token): scale_row = absmax_row / 127 (converter_lite writes
-    2*absmax/254, the same number), zero point 0. Computed at run time with standard ops:
-    ``Abs -> ReduceMax(last axis, keepdims) -> Max(., 1e-30) -> Div 127`` for the row scales, then
-    ``QuantizeLinear`` per axis on the activation viewed as (rows, K). The int8 grid is stored
-    shifted by +128 as uint8 with a scalar zero point 128 (identical codes, zero point 0 in int8
-    terms), because onnxruntime's x86 MatMulInteger is ~8x faster for u8 x s8 (VNNI/AVX2 kernels)
-    than for s8 x s8 (measured 8.7 ms vs 0.42 ms at 128x384 @ 384x1536). ONNX's MatMulInteger
-    accepts a per-row a_zero_point in the spec, but with symmetric rows it is 128 for every row,
-    so the scalar form suffices and keeps the fused kernel eligible. ``MatMulInteger -> Cast ->
-    Mul(row_scale * b_scale)`` is fused by onnxruntime into ``MatMulIntegerToFloat`` (which accepts
-    the per-row A scale). The activation chain is shared by all quantized MatMuls that read the same
-    tensor (Q, K and V projections quantize their input once).
-    Rounding: QuantizeLinear rounds half to even; converter_lite rounds half away from zero. They
-    differ only when x / scale_row is exactly k + 0.5, by one code; we keep the single fused
-    QuantizeLinear (emulating half-away would take five more full-size elementwise passes).
+    Activation: symmetric per row (token), scale_row = absmax_row / 127 (converter_lite writes
+    2 * absmax / 254, the same number), zero point 0, computed at run time with standard ops:
+    ``Abs -> ReduceMax(last axis, keepdims) -> Max(., 1e-30)`` gives absmax_row, then
+    ``QuantizeLinear(A * (127 / absmax_row), scale 1, zero point 128)`` -- multiplying by the
+    reciprocal as converter_lite's runtime does. The int8 codes are stored shifted by +128 as uint8
+    with a scalar zero point 128 (the same codes; zero point 0 in int8 terms) because onnxruntime's
+    x86 MatMulInteger is u8 x s8 on VNNI/AVX2 and 8-20x slower for s8 x s8 (measured 0.15 vs 1.2 ms
+    at 128x384 @ 384x384, 0.43 vs 8.7 ms at 128x384 @ 384x1536). The spec lets MatMulInteger take a per-row a_zero_point, but
+    every symmetric row has 128, so the scalar form suffices. The chain is shared by all quantized
+    MatMuls reading the same tensor (Q, K and V quantize their input once).
+    Rounding: QuantizeLinear rounds half to even, converter_lite half away from zero; they differ
+    only when x * 127 / absmax_row is exactly k + 0.5, by one code. We keep the single QuantizeLinear
+    (emulating half-away would cost five more full-size elementwise passes).
+    Output: ``MatMulInteger -> Cast -> Mul(max_absmax * b_scale / 127) -> Mul(absmax_row /
+    max_absmax)`` [-> Add bias]. The first three become onnxruntime's ``MatMulIntegerToFloat`` (a
+    run-time scalar A scale and per-column B scales, both handled in the kernel); the per-row factor
+    comes after it on purpose: given a non-scalar A scale, onnxruntime 1.32's MatMulIntegerToFloat
+    adds the bias it fused *before* applying the A scale, so the bias gets multiplied by the row scale
+    (wrong results; ``test_per_row_scale_is_applied_per_row_with_a_bias`` guards this). The cost is
+    the per-row Mul and an unfused bias Add, which is why ACWL is slower than ALWC.
+    Weight: converter_lite's ACWL uses one per-layer scale. On all-MiniLM-L6-v2 that is far worse
+    than per-channel (layer 0's FFN output weight has an outlier column: weight cosine 0.930 per
+    layer vs 0.9998 per channel; embedding cosine 0.968 vs 0.997), so ``plan_dynamic`` defaults to
+    per-channel weights for ACWL too (per-row x per-column scales factor out of the integer dot
+    product exactly, at no extra run-time cost) and ``acwl_weight="per-layer"`` gives
+    converter_lite's choice.
 
 Gather (both strategies)
     Weight-only int8, asymmetric [-128, 127], one (scale, zero point) per slice along the gather
     axis (per row/token for an embedding). The int8 table stays int8 in memory: the graph gathers
     int8 rows with the run-time ids, gathers their scales and zero points too, and dequantizes only
-    the gathered rows: ``Gather -> Cast -> Sub(zp) -> Mul(scale)``. Bit-exact with
+    the gathered rows: ``Gather -> Cast -> Sub(zp) -> Mul(scale)``, bit-exact with
     ``(q - zp) * scale`` in float32.
 
-Gemm: alpha is folded into the B scale, ``beta * C`` is added after the rescale (C stays float;
-a constant C is pre-multiplied). transA=1 inserts a Transpose before the quantizer.
+Gemm: alpha is folded into the B scale, ``beta * C`` is added after the rescale (C stays float; a
+constant C is pre-multiplied). transA=1 inserts a Transpose before the quantizer. Models below
+opset 11 (DynamicQuantizeLinear) are upgraded to 11; at opset >= 18 ReduceMax takes its axes as an
+input. No shape information is added: with value_info onnxruntime 1.32 fuses SkipLayerNormalization,
+which made MiniLM slower (ALWC 0.48x instead of 0.39x of FP32).
 
-Measured (AMD EPYC Zen 4, onnxruntime 1.32, 1 thread, median ms of one MatMul model, A = [1, 128, K];
-``tests/test_dynamic_quant.py::micro_benchmark``):
+Measured on all-MiniLM-L6-v2 (AMD EPYC Zen 4, 2 shared cores, onnxruntime 1.32; latency batch 1,
+seq 128, 1 thread, interleaved rounds, FP32 = 30 ms; RSS = growth of peak RSS of a process that loads
+the model and runs it; cosine of mean-pooled embeddings vs FP32 on 256 sentences, batches of 32):
 
-    shape (A @ B)              FP32    ALWC   ACWL
-    128x384  @ 384x384         0.336   0.106  0.124
-    128x384  @ 384x1536        1.35    0.38   0.42
-    128x1536 @ 1536x384        1.37    0.39   0.42
+    model                       size     latency   RSS     cosine mean / min
+    FP32                        1.000x   1.00x     1.00x   1
+    ORT quantize_dynamic (pc)   0.254x   0.43x     0.37x   0.99306 / 0.9843
+    ALWC                        0.255x   0.39x     0.34x   0.99328 / 0.9836
+    ACWL (per-channel weights)  0.255x   0.44x     0.35x   0.99732 / 0.9926
+    ACWL (per-layer weights)    0.255x   0.43x     0.35x   0.96769 / 0.9365
+
+ALWC cannot reach 0.995 on MiniLM: the [CLS] token carries one activation 3-10x larger than any
+other token's (e.g. 28 vs <= 11 after layer 0's attention LayerNorm, 24.5 vs <= 5.6 after its GELU),
+and a per-tensor scale spends the int8 grid on it; per-row scales (ACWL) do not.
+
+One MatMul + bias at MiniLM shapes (median ms, A = [1, 128, K], 1 thread; ``micro_benchmark`` in
+tests/test_dynamic_quant.py):
+
+    A @ B                       FP32    ALWC    ACWL
+    128x384  @ 384x384          0.35    0.11    0.14
+    128x384  @ 384x1536         1.48    0.45    0.55
+    128x1536 @ 1536x384         1.38    0.42    0.49
 """
 
 from __future__ import annotations
@@ -82,20 +115,21 @@ from ptq_core.quant import cosine, dequantize, quantize, weight_params
 from ptq_core.weight_quant import LayerDecision
 
 PRODUCER = "ptqflow"
-MIN_OPSET = 13  # QuantizeLinear with a per-axis scale (ACWL) needs 13; the rest needs 11
+MIN_OPSET = 11  # DynamicQuantizeLinear
 STRATEGIES = ("ALWC", "ACWL")
+ACWL_WEIGHTS = ("per-channel", "per-layer")
 MATMUL_OPS = ("MatMul", "Gemm")
-ROW_SCALE_FLOOR = 1e-30  # an all-zero row would give scale 0 and x / 0 = NaN in QuantizeLinear
-SWAP_BIAS_ADD = True  # Add(bias, y) -> Add(y, bias) so onnxruntime folds the bias into the int8 kernel
+ROW_SCALE_FLOOR = 1e-30  # absmax floor: an all-zero row would give 127 / 0 = inf, and 0 * inf = NaN
+ACT_ZERO_POINT = 128  # ACWL int8 codes stored as uint8 + 128
 
 
 @dataclass(frozen=True)
 class DynamicWeight:
     """One int8 initializer the emitter writes, in the layout its integer op reads.
 
-    MatMul/Gemm: ``codes`` is B as (.., K, N), symmetric, ``zero_point`` None, ``axis`` rank-1 (per
-    column) or None (per layer). Gather: the table as in the model, ``zero_point`` int8 per slice
-    along ``axis`` (the gather axis).
+    MatMul/Gemm (kind "matmul"): ``codes`` is B as (.., K, N), symmetric, ``zero_point`` None,
+    ``axis`` rank-1 (per column) or None (per layer). Gather: the table as in the model,
+    ``zero_point`` int8 per slice along ``axis`` (the gather axis).
     """
 
     key: str
@@ -108,7 +142,18 @@ class DynamicWeight:
 
     @property
     def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.scale.nbytes + (self.zero_point.nbytes if self.zero_point is not None else 0))
+        zp = self.zero_point.nbytes if self.zero_point is not None else 0
+        return int(self.codes.nbytes + self.scale.nbytes + zp)
+
+    def dequantized(self) -> np.ndarray:
+        """The float weight this stands for (float64), in the stored layout."""
+        scale = self.scale.astype(np.float64)
+        zp = self.zero_point.astype(np.float64) if self.zero_point is not None else np.zeros_like(scale)
+        if self.axis is None:
+            return (self.codes.astype(np.float64) - zp[0]) * scale[0]
+        shape = [1] * self.codes.ndim
+        shape[self.axis] = -1
+        return (self.codes.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -147,18 +192,8 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _symmetric_int8(w: np.ndarray, axis: int | None):
-    params = weight_params(w, 8, axis, symmetric=True, narrow=True)  # [-127, 127], zp 0
-    return quantize(w, params), params
-
-
-def _asymmetric_int8(w: np.ndarray, axis: int):
-    params = weight_params(w, 8, axis)  # [-128, 127]
-    return quantize(w, params), params
-
-
 def _not_a_site_reason(node: onnx.NodeProto, index: int, inits: dict, graph_inputs: set) -> str | None:
-    """Why input ``index`` of ``node`` is a constant that find_weight_sites did not list (None: it is an activation)."""
+    """Why input ``index`` is a constant that is not a weight site (None: it is an activation)."""
     if index >= len(node.input) or not node.input[index]:
         return None
     name = node.input[index]
@@ -167,155 +202,161 @@ def _not_a_site_reason(node: onnx.NodeProto, index: int, inits: dict, graph_inpu
     t = inits[name]
     if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         return f"constant {onnx.TensorProto.DataType.Name(t.data_type).lower()} input, not a float weight"
-    return f"{len(t.dims)}-D constant (only weights with >= 2 dims are quantized)"
+    return f"{len(t.dims)}-D constant input (only weights with >= 2 dims are quantized)"
 
 
-def plan_dynamic(model: onnx.ModelProto, cfg: QuantConfig) -> DynamicPlan:
+class _Planner:
+    def __init__(self, model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str):
+        strategy = cfg.dynamic_quant_param.quant_strategy
+        if strategy not in STRATEGIES:
+            raise PtqError(f"[dynamic_quant_param] quant_strategy={strategy}: must be one of {', '.join(STRATEGIES)}")
+        if acwl_weight not in ACWL_WEIGHTS:
+            raise PtqError(f"acwl_weight={acwl_weight!r}: must be one of {', '.join(ACWL_WEIGHTS)}")
+        self.model = model
+        self.strategy = strategy
+        self.acwl_weight = acwl_weight
+        self.plan = DynamicPlan(strategy=strategy)
+        self.first_user: dict[str, str] = {}
+
+    def row(self, node: onnx.NodeProto, site: WeightSite | None, quantized: bool, reason: str, **kw) -> None:
+        size = site.size * 4 if site else 0
+        kw.setdefault("bytes_fp32", size)
+        kw.setdefault("bytes_stored", size)
+        self.plan.decisions.append(LayerDecision(node.name, node.op_type, site.tensor if site else "",
+                                                 site.shape if site else (), quantized, reason, **kw))
+
+    def add(self, node: onnx.NodeProto, site: WeightSite, dyn: DynamicNode, how: str, granularity: str, make) -> None:
+        """Record ``dyn``; quantize its weight with ``make()`` unless an earlier node already did."""
+        self.plan.nodes.append(dyn)
+        if dyn.weight in self.plan.weights:
+            self.row(node, site, True, f"{how}; shares weight with {self.first_user[dyn.weight]}", bits=8,
+                     granularity=granularity, encoding="int8", bytes_fp32=0, bytes_stored=0, effective_bits=8.0)
+            return
+        weight, original = make()
+        self.plan.weights[dyn.weight] = weight
+        self.first_user[dyn.weight] = node.name
+        self.row(node, site, True, how, bits=8, granularity=granularity, encoding="int8",
+                 bytes_stored=weight.nbytes, effective_bits=8.0, weight_cosine=cosine(original, weight.dequantized()))
+
+    def matmul(self, node: onnx.NodeProto, site: WeightSite) -> None:
+        attrs = _attrs(node)
+        gemm = node.op_type == "Gemm"
+        trans_b = gemm and bool(attrs.get("transB", 0))
+        key = f"{site.tensor}|matmul{'T' if trans_b else ''}"
+        wants_channel = self.strategy == "ALWC" or self.acwl_weight == "per-channel"
+        per_channel = wants_channel and site.users == 1  # a shared MatMul weight goes per-layer (§4.1)
+        granularity = "per-channel" if per_channel else "per-layer"
+        if self.strategy == "ALWC":
+            how = f"ALWC: int8 {granularity} symmetric weight, uint8 per-tensor activation at run time"
+        else:
+            how = f"ACWL: int8 {granularity} symmetric weight, int8 per-row symmetric activation at run time"
+        if wants_channel and not per_channel:
+            how += f" (weight read by {site.users} nodes: per-layer)"
+        dyn = DynamicNode(node.name, node.op_type, key, trans_a=gemm and bool(attrs.get("transA", 0)),
+                          alpha=float(attrs.get("alpha", 1.0)) if gemm else 1.0,
+                          beta=float(attrs.get("beta", 1.0)) if gemm else 1.0)
+
+        def make():
+            w = initializer_array(self.model, site.tensor).astype(np.float32)
+            if trans_b:
+                w = np.ascontiguousarray(w.T)
+            axis = w.ndim - 1 if per_channel else None
+            params = weight_params(w, 8, axis, symmetric=True, narrow=True)  # [-127, 127], zero point 0
+            return DynamicWeight(key, site.tensor, "matmul", quantize(w, params), params.scale.astype(np.float32),
+                                 None, axis), w
+
+        self.add(node, site, dyn, how, granularity, make)
+
+    def gather(self, node: onnx.NodeProto, site: WeightSite) -> None:
+        key = f"{site.tensor}|gather{site.axis}"
+        how = f"int8 asymmetric table, one scale per slice on axis {site.axis}; rows dequantized after the lookup"
+
+        def make():
+            w = initializer_array(self.model, site.tensor).astype(np.float32)
+            params = weight_params(w, 8, site.axis)  # [-128, 127]
+            return DynamicWeight(key, site.tensor, "gather", quantize(w, params), params.scale.astype(np.float32),
+                                 params.zero_point.astype(np.int8), site.axis), w
+
+        self.add(node, site, DynamicNode(node.name, node.op_type, key), how, "per-channel", make)
+
+
+def plan_dynamic(model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str = "per-channel") -> DynamicPlan:
     """Decide and quantize the weights of ``model`` for DYNAMIC_QUANT under ``cfg``.
 
     ``model`` is a prepared model (``graph.prepare_model``: Constant nodes as initializers, every
     node named). Returns the int8 tensors, the nodes to rewrite, and one ``LayerDecision`` per
-    weighted node (and per activation x activation MatMul) with the reason when left float.
+    weighted node and per activation x activation MatMul, with the reason when it stays float.
+    ``acwl_weight``: weight granularity under ACWL, "per-channel" (default, see the module doc) or
+    "per-layer" (converter_lite's).
     """
-    strategy = cfg.dynamic_quant_param.quant_strategy
-    if strategy not in STRATEGIES:
-        raise PtqError(f"[dynamic_quant_param] quant_strategy={strategy}: must be one of {', '.join(STRATEGIES)}")
+    p = _Planner(model, cfg, acwl_weight)
     skip = set(cfg.common.skip_quant_node)
-    plan = DynamicPlan(strategy=strategy)
-    sites = find_weight_sites(model)
     by_node: dict[str, list[WeightSite]] = {}
-    for site in sites:
+    for site in find_weight_sites(model):
         by_node.setdefault(site.node, []).append(site)
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input}
-    first_user: dict[str, str] = {}
-
-    def row(node, site: WeightSite | None, quantized: bool, reason: str, **kw) -> None:
-        tensor = site.tensor if site else ""
-        shape = site.shape if site else ()
-        size = site.size * 4 if site else 0
-        kw.setdefault("bytes_fp32", size)
-        kw.setdefault("bytes_stored", size)
-        plan.decisions.append(LayerDecision(node.name, node.op_type, tensor, shape, quantized, reason, **kw))
-
     for node in model.graph.node:
-        node_sites = by_node.get(node.name, [])
+        sites = by_node.get(node.name, [])
         if node.op_type in MATMUL_OPS:
-            b_site = next((s for s in node_sites if s.input_index == 1), None)
-            a_site = next((s for s in node_sites if s.input_index == 0), None)
+            b_site = next((s for s in sites if s.input_index == 1), None)
+            a_site = next((s for s in sites if s.input_index == 0), None)
             if b_site is None and a_site is None:
                 why = _not_a_site_reason(node, 1, inits, graph_inputs) or _not_a_site_reason(node, 0, inits, graph_inputs)
                 if why is None:
-                    why = ("both inputs are activations: kept float (converter_lite's ACWL skips these; its ALWC "
+                    why = ("both inputs are activations: kept float (converter_lite's ACWL skips these too; its ALWC "
                            "would quantize both at run time, which onnxruntime does not run faster)")
-                b_name = node.input[1] if len(node.input) > 1 else ""
-                row(node, None, False, why)
-                if b_name in inits:  # name the constant in the row
-                    d = plan.decisions.pop()
-                    plan.decisions.append(LayerDecision(d.node, d.op_type, b_name, tuple(inits[b_name].dims), False, why))
-                continue
-            if node.name in skip:
+                p.row(node, None, False, why)
+            elif node.name in skip:
                 for s in (b_site, a_site):
                     if s:
-                        row(node, s, False, "skip_quant_node")
-                continue
-            if b_site is None:
-                row(node, a_site, False, "constant A with an activation B: only a constant B weight is quantized")
-                continue
-            if a_site is not None:
-                row(node, b_site, False, "both inputs are constant: onnxruntime folds this node at load time")
-                continue
-            if inits[b_site.tensor].data_type != onnx.TensorProto.FLOAT:
-                row(node, b_site, False, "float16 weight: dynamic quantization needs float32 activations")
-                continue
-            _plan_matmul(plan, model, node, b_site, strategy, first_user, row)
+                        p.row(node, s, False, "skip_quant_node")
+            elif b_site is None:
+                p.row(node, a_site, False, "constant A with an activation B: only a constant B weight is quantized")
+            elif a_site is not None:
+                p.row(node, b_site, False, "both inputs are constant: onnxruntime folds this node at load time")
+            elif inits[b_site.tensor].data_type != onnx.TensorProto.FLOAT:
+                p.row(node, b_site, False, "float16 weight: run-time activation quantization needs float32")
+            else:
+                p.matmul(node, b_site)
         elif node.op_type == "Gather":
-            site = next((s for s in node_sites if s.input_index == 0), None)
+            site = next((s for s in sites if s.input_index == 0), None)
             if site is None:
                 continue  # a Gather on shapes or ids: nothing to quantize, no row
             if node.name in skip:
-                row(node, site, False, "skip_quant_node")
-                continue
-            if inits[site.tensor].data_type != onnx.TensorProto.FLOAT:
-                row(node, site, False, "float16 table: kept as is")
-                continue
-            _plan_gather(plan, model, node, site, first_user, row)
+                p.row(node, site, False, "skip_quant_node")
+            elif inits[site.tensor].data_type != onnx.TensorProto.FLOAT:
+                p.row(node, site, False, "float16 table: kept as is")
+            else:
+                p.gather(node, site)
         else:
-            for s in node_sites:
-                row(node, s, False, f"DYNAMIC_QUANT quantizes MatMul/Gemm/Gather only; {node.op_type} stays FP32")
-    return plan
-
-
-def _plan_matmul(plan, model, node, site: WeightSite, strategy, first_user, row) -> None:
-    attrs = _attrs(node)
-    trans_b = node.op_type == "Gemm" and bool(attrs.get("transB", 0))
-    key = f"{site.tensor}|matmul{'T' if trans_b else ''}"
-    per_channel = strategy == "ALWC" and site.users == 1
-    granularity = "per-channel" if per_channel else "per-layer"
-    dyn = DynamicNode(node.name, node.op_type, key,
-                      trans_a=node.op_type == "Gemm" and bool(attrs.get("transA", 0)),
-                      alpha=float(attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else 1.0,
-                      beta=float(attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0)
-    if strategy == "ALWC":
-        how = f"ALWC: int8 {granularity} symmetric weight, activation uint8 per-tensor at run time"
-    else:
-        how = "ACWL: int8 per-layer symmetric weight, activation int8 per-row symmetric at run time"
-    if key in plan.weights:
-        first = first_user[key]
-        plan.nodes.append(dyn)
-        row(node, site, True, f"{how}; shares weight with {first}", bits=8, granularity=granularity,
-            encoding="int8", bytes_stored=0, bytes_fp32=0, effective_bits=8.0)
-        return
-    w = initializer_array(model, site.tensor).astype(np.float32)
-    if trans_b:
-        w = np.ascontiguousarray(w.T)
-    axis = w.ndim - 1 if per_channel else None
-    codes, params = _symmetric_int8(w, axis)
-    dq = dequantize(codes, params)
-    weight = DynamicWeight(key, site.tensor, "matmul", codes, params.scale.astype(np.float32), None, axis)
-    plan.weights[key] = weight
-    first_user[key] = node.name
-    plan.nodes.append(dyn)
-    row(node, site, True, how, bits=8, granularity=granularity, encoding="int8", bytes_stored=weight.nbytes,
-        effective_bits=8.0, weight_cosine=cosine(w, dq))
-
-
-def _plan_gather(plan, model, node, site: WeightSite, first_user, row) -> None:
-    key = f"{site.tensor}|gather{site.axis}"
-    how = "int8 per-row asymmetric table, rows dequantized after the lookup"
-    dyn = DynamicNode(node.name, node.op_type, key)
-    if key in plan.weights:
-        plan.nodes.append(dyn)
-        row(node, site, True, f"{how}; shares table with {first_user[key]}", bits=8, granularity="per-channel",
-            encoding="int8", bytes_stored=0, bytes_fp32=0, effective_bits=8.0)
-        return
-    w = initializer_array(model, site.tensor).astype(np.float32)
-    codes, params = _asymmetric_int8(w, site.axis)
-    dq = dequantize(codes, params)
-    weight = DynamicWeight(key, site.tensor, "gather", codes, params.scale.astype(np.float32),
-                           params.zero_point.astype(np.int8), site.axis)
-    plan.weights[key] = weight
-    first_user[key] = node.name
-    plan.nodes.append(dyn)
-    row(node, site, True, how, bits=8, granularity="per-channel", encoding="int8", bytes_stored=weight.nbytes,
-        effective_bits=8.0, weight_cosine=cosine(w, dq))
+            for s in sites:
+                p.row(node, s, False, f"DYNAMIC_QUANT quantizes MatMul/Gemm/Gather only; {node.op_type} stays FP32")
+    return p.plan
 
 
 # ---------------------------------------------------------------------------------------------
 # emission
 # ---------------------------------------------------------------------------------------------
 
-class _Names:
-    """New node and tensor names: readable, never equal to an existing one, deterministic."""
+class _Emitter:
+    """Builds the new nodes and initializers; every new name is checked against all existing ones."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, opset: int):
+        self.graph = graph
+        self.opset = opset
         self.taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
         self.taken |= {i.name for i in graph.input} | {o.name for o in graph.output}
         for n in graph.node:
             self.taken.update(n.input)
             self.taken.update(n.output)
+        self.inits: list[onnx.TensorProto] = []
+        self.consts: dict[tuple, str] = {}
+        self.weight_names: dict[str, tuple[str, str, str | None]] = {}  # key -> (codes, scale, zero point)
+        self.row_quant: dict[str, tuple[str, str, str]] = {}  # ACWL: activation -> (codes, max absmax, row factor)
+        self.scale_names: dict[tuple, str] = {}
 
-    def __call__(self, base: str) -> str:
+    def name(self, base: str) -> str:
         name, k = base, 0
         while name in self.taken:
             k += 1
@@ -323,24 +364,13 @@ class _Names:
         self.taken.add(name)
         return name
 
-
-class _Emitter:
-    def __init__(self, graph: onnx.GraphProto, opset: int):
-        self.graph = graph
-        self.opset = opset
-        self.names = _Names(graph)
-        self.inits: list[onnx.TensorProto] = []
-        self.consts: dict[tuple, str] = {}
-        self.weight_names: dict[str, tuple[str, str, str | None]] = {}  # key -> (codes, scale, zp)
-        self.row_quant: dict[str, tuple[str, str]] = {}  # ACWL activation -> (uint8 codes, row scale)
-
-    def init(self, base: str, array: np.ndarray) -> str:
-        name = self.names(base)
+    def init(self, base: str, array) -> str:
+        name = self.name(base)
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def const(self, array: np.ndarray) -> str:
-        """A small shared constant (scalars, shapes)."""
+    def const(self, array) -> str:
+        """A small constant shared by every node that needs the same value."""
         array = np.asarray(array)
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.consts:
@@ -348,26 +378,49 @@ class _Emitter:
         return self.consts[key]
 
     def node(self, out: list, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
-        out.append(helper.make_node(op, inputs, outputs, name=self.names(name), **attrs))
+        out.append(helper.make_node(op, inputs, outputs, name=self.name(name), **attrs))
 
-    def weight(self, w: DynamicWeight) -> tuple[str, str, str | None]:
+    def weight(self, w: DynamicWeight) -> tuple[str, str | None, str | None]:
+        """(codes, scale, zero point) initializer names; a MatMul's scale is made by ``matmul_scale``."""
         if w.key in self.weight_names:
             return self.weight_names[w.key]
         base = w.tensor + ("_T" if w.key.endswith("T") else "")
         codes = self.init(f"{base}_int8", w.codes)
-        if w.kind == "matmul":
-            scale = self.init(f"{base}_scale", w.scale if w.axis is not None else np.float32(w.scale[0]))
-            zp = None
-        else:  # gather: (C, 1, .., 1) so that the gathered scales broadcast over the gathered rows
+        scale = zp = None
+        if w.kind == "gather":  # (C, 1, .., 1): the gathered scales broadcast over the gathered slices
             shape = (len(w.scale),) + (1,) * (w.codes.ndim - 1 - w.axis)
             scale = self.init(f"{base}_scale", w.scale.reshape(shape))
-            zp = self.init(f"{base}_zero_point", w.zero_point.reshape(shape)) if np.any(w.zero_point) else None
+            if np.any(w.zero_point):
+                zp = self.init(f"{base}_zero_point", w.zero_point.reshape(shape))
         self.weight_names[w.key] = (codes, scale, zp)
         return self.weight_names[w.key]
 
+    def matmul_scale(self, w: DynamicWeight, factor: float = 1.0) -> str:
+        """The B scale initializer times ``factor`` (a Gemm's alpha, ACWL's 1/127), made once per value."""
+        key = (w.key, float(factor))
+        if key not in self.scale_names:
+            base = w.tensor + ("_T" if w.key.endswith("T") else "") + "_scale"
+            self.scale_names[key] = self.init(base, matmul_scale_array(w, factor))
+        return self.scale_names[key]
+
+
+def matmul_scale_array(w: DynamicWeight, factor: float = 1.0) -> np.ndarray:
+    """The B scale initializer: a scalar (per layer), (N,) for a 2-D B, (.., 1, N) tiled for a batched B.
+
+    onnxruntime's fused kernel takes a per-column scale only in B's own layout; any other shape is
+    applied after the bias it fused, which scales the bias too.
+    """
+    scale = (w.scale * np.float32(factor)).astype(np.float32)
+    if w.axis is None:
+        return np.float32(scale[0])
+    if w.codes.ndim == 2:
+        return scale
+    batch = w.codes.shape[:-2]
+    return np.ascontiguousarray(np.broadcast_to(scale.reshape((1,) * len(batch) + (1, -1)), batch + (1, len(scale))))
+
 
 def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
-    """Return a copy of ``model`` with the planned nodes rewritten to int8 weights and run-time activation quantization."""
+    """Return a copy of ``model`` with the planned nodes rewritten (int8 weights, run-time activation quantization)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = default_opset(out)
@@ -381,33 +434,35 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
     graph = out.graph
     em = _Emitter(graph, opset)
     todo = {d.node: d for d in plan.nodes}
+    missing = sorted(set(todo) - {n.name for n in graph.node})
+    if missing:
+        raise PtqError(f"the dynamic-quant plan names node {missing[0]!r}, which is not in the model")
     new_nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()
-    quantized_outputs: set[str] = set()
     for node in graph.node:
         d = todo.get(node.name)
         if d is None:
             new_nodes.append(node)
             continue
         w = plan.weights[d.weight]
-        replaced.add(w.tensor)
+        replaced.update(node.input)  # the float weight, a Gemm's C: dropped below if nothing reads them now
         if d.op_type == "Gather":
             _emit_gather(em, new_nodes, node, w)
         else:
             _emit_matmul(em, new_nodes, node, d, w, plan.strategy)
-            quantized_outputs.add(node.output[0])
     del graph.node[:]
     graph.node.extend(new_nodes)
     still_used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    dropped = {name for name in replaced if name not in still_used}
+    dropped = {t.name for t in graph.initializer if t.name in replaced and t.name not in still_used}
     keep = [t for t in graph.initializer if t.name not in dropped]
     del graph.initializer[:]
     graph.initializer.extend(keep + em.inits)
     inputs = [i for i in graph.input if i.name not in dropped]
     del graph.input[:]
     graph.input.extend(inputs)
-    if SWAP_BIAS_ADD:
-        _bias_second(graph, quantized_outputs)
+    value_info = [v for v in graph.value_info if v.name not in dropped]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     return out
@@ -415,133 +470,89 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
 
 def _emit_gather(em: _Emitter, out: list, node: onnx.NodeProto, w: DynamicWeight) -> None:
     codes, scale, zp = em.weight(w)
-    ids, y = node.input[1], node.output[0]
-    n = node.name
-    rows = em.names(f"{y}_int8")
+    ids, y, n = node.input[1], node.output[0], node.name
+    rows = em.name(f"{y}_int8")
     em.node(out, "Gather", [codes, ids], [rows], f"{n}_int8", axis=w.axis)
-    as_float = em.names(f"{y}_codes")
-    em.node(out, "Cast", [rows], [as_float], f"{n}_cast", to=onnx.TensorProto.FLOAT)
+    value = em.name(f"{y}_codes")
+    em.node(out, "Cast", [rows], [value], f"{n}_cast", to=onnx.TensorProto.FLOAT)
     if zp is not None:
-        row_zp = em.names(f"{y}_zp_int8")
+        row_zp, row_zpf, centred = em.name(f"{y}_zp_int8"), em.name(f"{y}_zp"), em.name(f"{y}_centred")
         em.node(out, "Gather", [zp, ids], [row_zp], f"{n}_zero_point", axis=0)
-        row_zpf = em.names(f"{y}_zp")
         em.node(out, "Cast", [row_zp], [row_zpf], f"{n}_zero_point_cast", to=onnx.TensorProto.FLOAT)
-        centred = em.names(f"{y}_centred")
-        em.node(out, "Sub", [as_float, row_zpf], [centred], f"{n}_sub_zero_point")
-        as_float = centred
-    row_scale = em.names(f"{y}_scale")
+        em.node(out, "Sub", [value, row_zpf], [centred], f"{n}_sub_zero_point")
+        value = centred
+    row_scale = em.name(f"{y}_scale")
     em.node(out, "Gather", [scale, ids], [row_scale], f"{n}_scale", axis=0)
-    em.node(out, "Mul", [as_float, row_scale], [y], f"{n}_dequant")
+    em.node(out, "Mul", [value, row_scale], [y], f"{n}_dequant")
 
 
-def _reduce_max_last(em: _Emitter, out: list, x: str, y: str, name: str) -> None:
-    if em.opset >= 18:
-        em.node(out, "ReduceMax", [x, em.const(np.array([-1], np.int64))], [y], name, keepdims=1)
-    else:
-        em.node(out, "ReduceMax", [x], [y], name, axes=[-1], keepdims=1)
+def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, str, str]:
+    """Per-row symmetric int8 codes (as uint8 + 128) of activation ``a``; shared by all its readers.
 
-
-def _acwl_activation(em: _Emitter, out: list, a: str, k: int, tag: str) -> tuple[str, str]:
-    """Per-row symmetric int8 (stored as uint8 + 128) of activation ``a``; shared by its readers."""
+    Returns (codes, tensor absmax, row factor). Rows are normalized by their reciprocal scale
+    127 / absmax_row and quantized with one scalar-scale QuantizeLinear. The tensor absmax is the
+    largest row absmax (a run-time scalar) and row factor = absmax_row / tensor absmax (.., M, 1), so
+    that ``acc * (tensor_absmax * b_scale / 127)`` is onnxruntime's fused kernel and
+    ``* row_factor`` one more pass.
+    """
     if a in em.row_quant:
         return em.row_quant[a]
-    absx = em.names(f"{a}_abs")
+    absx, raw, amax = em.name(f"{a}_abs"), em.name(f"{a}_absmax_raw"), em.name(f"{a}_absmax")
     em.node(out, "Abs", [a], [absx], f"{tag}_abs")
-    amax0 = em.names(f"{a}_absmax_raw")
-    _reduce_max_last(em, out, absx, amax0, f"{tag}_absmax")
-    amax = em.names(f"{a}_absmax")
-    em.node(out, "Max", [amax0, em.const(np.float32(ROW_SCALE_FLOOR))], [amax], f"{tag}_absmax_floor")
-    scale = em.names(f"{a}_row_scale")  # (.., M, 1)
-    em.node(out, "Div", [amax, em.const(np.float32(127.0))], [scale], f"{tag}_row_scale")
-    flat_scale = em.names(f"{a}_row_scale_flat")
-    em.node(out, "Reshape", [scale, em.const(np.array([-1], np.int64))], [flat_scale], f"{tag}_row_scale_flat")
-    rows = em.names(f"{a}_rows")
-    em.node(out, "Shape", [flat_scale], [rows], f"{tag}_rows")
-    zps = em.names(f"{a}_row_zero_point")
-    em.node(out, "ConstantOfShape", [rows], [zps], f"{tag}_row_zero_point",
-            value=numpy_helper.from_array(np.array([128], np.uint8), "value"))
-    flat = em.names(f"{a}_2d")
-    em.node(out, "Reshape", [a, em.const(np.array([-1, k], np.int64))], [flat], f"{tag}_2d")
-    q2 = em.names(f"{a}_uint8_2d")
-    em.node(out, "QuantizeLinear", [flat, flat_scale, zps], [q2], f"{tag}_quantize", axis=0)
-    shape = em.names(f"{a}_shape")
-    em.node(out, "Shape", [a], [shape], f"{tag}_shape")
-    q = em.names(f"{a}_uint8")
-    em.node(out, "Reshape", [q2, shape], [q], f"{tag}_nd")
-    em.row_quant[a] = (q, amax)
-    return q, amax
-
-
-def acwl_divisor(b_scale) -> np.float32:
-    """ACWL output multiplier per row = absmax_row / (127 / b_scale), both in float32."""
-    return np.float32(np.float32(127.0) / np.float32(b_scale))
+    if em.opset >= 18:
+        em.node(out, "ReduceMax", [absx, em.const(np.array([-1], np.int64))], [raw], f"{tag}_absmax", keepdims=1)
+    else:
+        em.node(out, "ReduceMax", [absx], [raw], f"{tag}_absmax", axes=[-1], keepdims=1)
+    em.node(out, "Max", [raw, em.const(np.float32(ROW_SCALE_FLOOR))], [amax], f"{tag}_absmax_floor")
+    inv, normed, q = em.name(f"{a}_row_inverse_scale"), em.name(f"{a}_normalized"), em.name(f"{a}_uint8")
+    em.node(out, "Div", [em.const(np.float32(127.0)), amax], [inv], f"{tag}_row_inverse_scale")
+    em.node(out, "Mul", [a, inv], [normed], f"{tag}_normalize")
+    em.node(out, "QuantizeLinear", [normed, em.const(np.float32(1.0)), em.const(np.uint8(ACT_ZERO_POINT))], [q],
+            f"{tag}_quantize")
+    top, factor = em.name(f"{a}_absmax_tensor"), em.name(f"{a}_row_factor")
+    em.node(out, "ReduceMax", [amax], [top], f"{tag}_absmax_tensor", keepdims=0)
+    em.node(out, "Div", [amax, top], [factor], f"{tag}_row_factor")
+    em.row_quant[a] = (q, top, factor)
+    return em.row_quant[a]
 
 
 def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, w: DynamicWeight, strategy: str) -> None:
-    codes, scale, _ = em.weight(w)
-    n = node.name
-    a, y = node.input[0], node.output[0]
-    if d.alpha != 1.0 and strategy == "ALWC":  # Gemm alpha folded into this node's weight scale
-        scale = em.init(f"{w.tensor}_scale_alpha", (w.scale * np.float32(d.alpha)).astype(np.float32)
-                        if w.axis is not None else np.float32(w.scale[0] * np.float32(d.alpha)))
+    codes = em.weight(w)[0]
+    a, y, n = node.input[0], node.output[0], node.name
     if d.trans_a:
-        at = em.names(f"{a}_T")
+        at = em.name(f"{a}_T")
         em.node(out, "Transpose", [a], [at], f"{n}_transpose_a", perm=[1, 0])
         a = at
+    acc, acc_f, multiplier = em.name(f"{y}_int32"), em.name(f"{y}_int32_float"), em.name(f"{y}_multiplier")
+    has_bias = d.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+    result = em.name(f"{y}_rescaled") if has_bias else y
     if strategy == "ALWC":
-        aq, a_scale, a_zp = em.names(f"{a}_uint8"), em.names(f"{a}_scale"), em.names(f"{a}_zero_point")
+        aq, a_scale, a_zp = em.name(f"{a}_uint8"), em.name(f"{a}_scale"), em.name(f"{a}_zero_point")
         em.node(out, "DynamicQuantizeLinear", [a], [aq, a_scale, a_zp], f"{n}_dynamic_cast_node_0")
-        mm_inputs = [aq, codes, a_zp]
+        em.node(out, "MatMulInteger", [aq, codes, a_zp], [acc], f"{n}_integer")
+        # Mul(A scale, B scale), A scale first: the form onnxruntime fuses into its integer kernel;
+        # a Gemm's alpha is folded into the B scale
+        em.node(out, "Mul", [a_scale, em.matmul_scale(w, d.alpha)], [multiplier], f"{n}_multiplier")
+        em.node(out, "Cast", [acc], [acc_f], f"{n}_cast", to=onnx.TensorProto.FLOAT)
+        em.node(out, "Mul", [acc_f, multiplier], [result], f"{n}_rescale")
     else:
-        k = int(w.codes.shape[-2])
-        aq, absmax = _acwl_activation(em, out, a, k, f"{n}_dynamic_cast_node_0")
-        mm_inputs = [aq, codes, em.const(np.uint8(128))]
-    acc = em.names(f"{y}_int32")
-    em.node(out, "MatMulInteger", mm_inputs, [acc], f"{n}_integer")
-    multiplier = em.names(f"{y}_multiplier")
-    if strategy == "ALWC":
-        # Mul(A scale, B scale), A scale first: the form onnxruntime fuses into DynamicQuantizeMatMul
-        em.node(out, "Mul", [a_scale, scale], [multiplier], f"{n}_multiplier")
-    else:
-        # row_scale * b_scale written as absmax / (127 / b_scale): not a Mul, so onnxruntime does NOT
-        # fuse it into MatMulIntegerToFloat, whose per-row A scale is applied after the fused bias
-        # (onnxruntime 1.32 scales the bias too: wrong results); see the module docstring
-        em.node(out, "Div", [absmax, em.const(acwl_divisor(w.scale[0] * np.float32(d.alpha)))], [multiplier],
-                f"{n}_multiplier")
-    acc_f = em.names(f"{y}_int32_float")
-    em.node(out, "Cast", [acc], [acc_f], f"{n}_cast", to=onnx.TensorProto.FLOAT)
-    has_bias = d.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
-    rescaled = em.names(f"{y}_rescaled") if has_bias else y
-    em.node(out, "Mul", [acc_f, multiplier], [rescaled], f"{n}_rescale")
+        aq, top, factor = _acwl_activation(em, out, a, f"{n}_dynamic_cast_node_0")
+        scaled = em.name(f"{y}_tensor_rescaled")
+        em.node(out, "MatMulInteger", [aq, codes, em.const(np.uint8(ACT_ZERO_POINT))], [acc], f"{n}_integer")
+        # Mul(run-time scalar, B scale / 127): onnxruntime fuses this into MatMulIntegerToFloat; the
+        # per-row factor comes after it, so no bias is folded under a per-row scale (module doc)
+        em.node(out, "Mul", [top, em.matmul_scale(w, d.alpha / 127.0)], [multiplier], f"{n}_multiplier")
+        em.node(out, "Cast", [acc], [acc_f], f"{n}_cast", to=onnx.TensorProto.FLOAT)
+        em.node(out, "Mul", [acc_f, multiplier], [scaled], f"{n}_rescale")
+        em.node(out, "Mul", [scaled, factor], [result], f"{n}_rescale_rows")
     if has_bias:
         bias = node.input[2]
         if d.beta != 1.0:
             init = next((t for t in em.graph.initializer if t.name == bias), None)
             if init is not None:
-                bias = em.init(f"{bias}_beta", (numpy_helper.to_array(init).astype(np.float32) * np.float32(d.beta)))
+                bias = em.init(f"{bias}_beta", numpy_helper.to_array(init).astype(np.float32) * np.float32(d.beta))
             else:
-                scaled = em.names(f"{bias}_beta")
+                scaled = em.name(f"{bias}_beta")
                 em.node(out, "Mul", [bias, em.const(np.float32(d.beta))], [scaled], f"{n}_beta")
                 bias = scaled
-        em.node(out, "Add", [rescaled, bias], [y], f"{n}_bias")
-
-
-def _bias_second(graph: onnx.GraphProto, outputs: set[str]) -> None:
-    """``Add(bias, y)`` -> ``Add(y, bias)`` after a quantized MatMul, so onnxruntime folds the bias.
-
-    Its MatMulIntegerToFloat fusion only takes a constant 1-D bias as the Add's second input
-    (exporters often write it first). Add is commutative, so the swap changes nothing else.
-    """
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
-    inits = {t.name: t for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type != "Add" or len(n.input) != 2:
-            continue
-        first, second = n.input
-        if second in outputs and readers.get(second) == 1 and first in inits:
-            t = inits[first]
-            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 1 and t.dims[0] > 1:
-                n.input[0], n.input[1] = second, first
+        em.node(out, "Add", [result, bias], [y], f"{n}_bias")

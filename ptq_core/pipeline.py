@@ -22,7 +22,7 @@ from ptq_core.mixed_bit import TuneResult, auto_tune
 from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
 from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
 
-SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT")
+SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT", "DYNAMIC_QUANT")
 Progress = Callable[[int, int, str], None]
 
 
@@ -38,6 +38,12 @@ def resolve_config(config_path: str | Path) -> QuantConfig:
         from ptq_core.targets import get_target
 
         get_target(cfg.full.target_device)  # unsupported targets fail before any model or data is read
+    if qt == "DYNAMIC_QUANT" and cfg.data.calibrate_path:
+        from dataclasses import replace
+
+        cfg = replace(cfg, notices=cfg.notices + (
+            f"{cfg.source}: [data_preprocess_param] is ignored: DYNAMIC_QUANT quantizes activations at run time "
+            "and needs no calibration data",))
     if qt == "WEIGHT_QUANT":
         if cfg.weight.quant_strategy != "MAX_MIN":
             raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy={cfg.weight.quant_strategy} is not yet "
@@ -217,6 +223,10 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     info = analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir)
+    elif cfg.common.quant_type == "DYNAMIC_QUANT":
+        plan, quantized = quantize_dynamic_model(model, cfg)
+        out = save_model_atomic(quantized, output_file(output))
+        summary = summarize_dynamic(model, out, cfg, info, plan, inputs)
     else:
         plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
         out = emit_model(model, plan, output)
@@ -237,6 +247,36 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
     summary.speed = result.speed
     summary.timings = result.timings
     return summary
+
+
+def quantize_dynamic_model(model_path, cfg: QuantConfig):
+    """DYNAMIC_QUANT: int8 weights now, activations quantized by the model at run time."""
+    from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
+
+    model = prepare_model(model_path)
+    plan = plan_dynamic(model, cfg)
+    return plan, emit_dynamic(model, plan)
+
+
+def summarize_dynamic(model_path, output_path, cfg: QuantConfig, info: ModelInfo, plan,
+                      inputs: InputOptions | None = None) -> Summary:
+    ref = reference_inputs(_without_data(cfg), info, inputs)
+    before = run(make_session(str(model_path)), ref.feeds)
+    after = run(make_session(str(output_path)), ref.feeds)
+    return Summary(
+        model=str(model_path), output=str(output_path), quant_type="DYNAMIC_QUANT", bits=8,
+        layers=list(plan.decisions), size_before=_disk_size(model_path), size_after=_disk_size(output_path),
+        output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+    )
+
+
+def _without_data(cfg: QuantConfig) -> QuantConfig:
+    """Dynamic quantization ignores calibration data, so the sample input is generated too."""
+    from dataclasses import replace
+
+    from ptq_core.config.model import DataPreprocessParam
+
+    return replace(cfg, data_preprocess_param=DataPreprocessParam())
 
 
 def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,

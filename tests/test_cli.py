@@ -54,7 +54,7 @@ def test_same_inputs_give_byte_identical_models(tmp_path, model):
     (W8 + "bit_num=20\n", "bit_num=20"),
     ("[common_quant_param]\nquant_typ=WEIGHT_QUANT\n", "did you mean 'quant_type'"),
     (W8 + "skip_quant_node=gemmm\n", "did you mean 'gemm'"),
-    ("[common_quant_param]\nquant_type=DYNAMIC_QUANT\n", "not yet supported"),
+    ("[common_quant_param]\nquant_type=FULL_QUANT\n", "calibrate_path is missing"),
 ])
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, model, capsys, cfg_text, expected):
     cfg = write_config(tmp_path / "w.cfg", cfg_text)

@@ -111,3 +111,15 @@ def test_full_quant_flow_on_dask_equals_the_serial_direct_path(tmp_path):
     direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert via_flow.output_cosine > 0.99 and via_flow.quant_type == "FULL_QUANT"
+
+
+def test_dynamic_quant_flow_equals_direct_path(tmp_path):
+    from ptqflow.api import convert
+
+    model = save(mlp_model(hidden=96, inp=64), tmp_path / "m.onnx")
+    cfg = write_config(tmp_path / "d.cfg", "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"
+                       "[dynamic_quant_param]\nquant_strategy=ALWC\n")
+    via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
+    direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+    assert via_flow.quant_type == "DYNAMIC_QUANT" and via_flow.output_cosine > 0.99
