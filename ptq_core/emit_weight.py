@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.errors import PtqError
-from ptq_core.graph import default_opset
+from ptq_core.graph import default_opset, upgrade_opset
 from ptq_core.onnx_decode import decode_nodes
 from ptq_core.quant import broadcast_shape
 from ptq_core.weight_quant import QuantizedWeight, WeightPlan
@@ -74,16 +74,8 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     """Return a copy of ``model`` whose planned weights are stored packed and decoded by constant ops."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    out = upgrade_opset(out, MIN_OPSET)
     opset = default_opset(out)
-    if opset < MIN_OPSET:
-        try:
-            out = onnx.version_converter.convert_version(out, MIN_OPSET)
-        except Exception as exc:
-            raise PtqError(
-                f"model opset {opset} is below {MIN_OPSET} and could not be upgraded ({exc}); "
-                f"re-export the model with opset >= {MIN_OPSET}"
-            ) from None
-        opset = MIN_OPSET
     graph = out.graph
     taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
     for node in graph.node:

@@ -352,3 +352,39 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, in
             if name:
                 result[name].append((node, i))
     return result
+
+
+def upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
+    """Return ``model`` converted to opset ``minimum`` when it is older (per-channel DQ needs 13),
+    with names for the nodes the converter adds; a model already new enough is returned as is.
+
+    The ONNX version converter rewrites ops whose meaning changed (Softmax 12->13 coerced to 2-D,
+    Squeeze/Unsqueeze/Split axes moved to inputs, ...). Only bumping ``opset_import`` (what
+    onnxruntime's quantizer does with per_channel on an opset < 13 model) would silently change
+    such ops, so that is never done here.
+    """
+    opset = default_opset(model)
+    if opset >= minimum:
+        return model
+    source = model
+    if model.ir_version < 7:
+        # opset 13 needs IR >= 7, and the converter rejects IR < 4 models whose initializers are not
+        # all listed as inputs (what onnxruntime's saved optimized models look like). Under IR < 4
+        # an initializer listed as an input is a constant, so drop those inputs to keep that meaning.
+        source = onnx.ModelProto()
+        source.CopyFrom(model)
+        if source.ir_version < 4:
+            inits = {t.name for t in source.graph.initializer}
+            inputs = [i for i in source.graph.input if i.name not in inits]
+            del source.graph.input[:]
+            source.graph.input.extend(inputs)
+        source.ir_version = 7
+    try:
+        converted = onnx.version_converter.convert_version(source, minimum)
+    except Exception as exc:
+        raise ModelError(
+            f"model opset {opset} is below {minimum} (needed for per-channel DequantizeLinear and the decode ops) and could not "
+            f"be upgraded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-export it with opset >= {minimum}"
+        ) from None
+    converted.ir_version = max(converted.ir_version, 7)  # opset 13 needs IR >= 7
+    return assign_node_names(converted)  # adapters add unnamed nodes (Shape/Flatten/Reshape around Softmax)
