@@ -31,6 +31,7 @@ bench:
 	bash benchmarks/setup_bench.sh
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_dynamic_quant.py
 
 clean:
 	rm -rf $(VENV) .ptqflow out
