@@ -887,32 +887,8 @@ def profile_section(rows: list[dict], feeds: dict) -> tuple[str, dict]:
 
 
 def environment() -> dict:
-    import importlib.metadata as md
-
-    vers = {}
-    for p in ("onnx", "onnxruntime", "nncf", "rapidocr-onnxruntime", "numpy", "pillow", "opencv-python", "ptqflow"):
-        try:
-            vers[p] = md.version(p)
-        except md.PackageNotFoundError:
-            vers[p] = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=str(ROOT)).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "ptq_core", "ptqflow", "flows", "tasks"],
-                                    capture_output=True, text=True, cwd=str(ROOT)).stdout.strip())
-    except OSError:
-        commit, dirty = "?", False
-    return {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), "packages": vers,
-            "git": commit + (" (tool sources modified)" if dirty else ""),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    """Versions, CPU and git state printed above the tables."""
+    return harness.environment(("onnx", "onnxruntime", "nncf", "rapidocr-onnxruntime", "numpy", "pillow", "opencv-python", "ptqflow"))
 
 
 def render(cmd, env, cls, digits, rec, T, prof_md, wall, args) -> str:

@@ -217,3 +217,37 @@ def timed(fn: Callable, *a, **kw):
     t0 = time.perf_counter()
     r = fn(*a, **kw)
     return r, time.perf_counter() - t0
+
+
+def environment(packages: tuple[str, ...]) -> dict:
+    """Python, CPU, package versions, git commit (and whether tool sources were modified), UTC date."""
+    import datetime as _dt
+    import importlib.metadata as md
+    import platform
+
+    ROOT = Path(__file__).resolve().parent.parent
+
+    vers = {}
+    for p in packages:
+        try:
+            vers[p] = md.version(p)
+        except md.PackageNotFoundError:
+            vers[p] = None
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=str(ROOT)).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "ptq_core", "ptqflow", "flows", "tasks"],
+                                    capture_output=True, text=True, cwd=str(ROOT)).stdout.strip())
+    except OSError:
+        commit, dirty = "?", False
+    return {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), "packages": vers,
+            "git": commit + (" (tool sources modified)" if dirty else ""),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
