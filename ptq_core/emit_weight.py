@@ -35,29 +35,34 @@ def _channel_tensor(name: str, values: np.ndarray, rank: int, axis: int | None) 
 
 
 def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int, codes: str | None = None):
-    if codes is None:
-        nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
-    else:  # the codes come out of the shared entropy group
+    """codes -> float weight as ``codes * scale + offset`` with offset = mean_corr - zero_point * scale.
+
+    Every op of the chain leaves a full-size tensor that onnxruntime keeps until folding is over, so
+    the chain is as short as the math allows: plain int8/int16 storage is cast straight to float
+    (no int32 detour), and the zero point is folded into the per-channel offset (no Sub).
+    """
+    if codes is not None:  # the codes come out of the shared entropy group
         nodes, inits = [], []
+    elif qw.encoded.kind == "raw":
+        nodes, inits, codes = [], [numpy_helper.from_array(qw.encoded.arrays["data"].reshape(qw.shape), f"{prefix}r")], \
+            f"{prefix}r"
+    else:
+        nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
     rank = len(qw.shape)
     as_float = f"{prefix}f"
     nodes.append(helper.make_node("Cast", [codes], [as_float], to=onnx.TensorProto.FLOAT))
-    current = as_float
-    if np.any(qw.zero_point != 0):
-        # integer zero points stored at their own width and cast once (folded): 1-2 bytes a channel, not 4
-        zp = qw.zero_point
-        small = zp.astype(np.int8) if np.all((zp >= -128) & (zp <= 127)) else zp.astype(np.int16)
-        shape = broadcast_shape(rank, qw.axis, len(zp))
-        inits.append(numpy_helper.from_array(small.reshape(shape) if shape else small[0], f"{prefix}zi"))
-        nodes.append(helper.make_node("Cast", [f"{prefix}zi"], [f"{prefix}z"], to=onnx.TensorProto.FLOAT))
-        nodes.append(helper.make_node("Sub", [current, f"{prefix}z"], [f"{prefix}c"]))
-        current = f"{prefix}c"
-    inits.append(_channel_tensor(f"{prefix}s", qw.scale, rank, qw.axis))
-    scaled = output if qw.mean_corr is None else f"{prefix}m"
-    nodes.append(helper.make_node("Mul", [current, f"{prefix}s"], [scaled]))
+    scale = qw.scale.astype(np.float32)
+    scale = np.broadcast_to(scale, qw.zero_point.shape) if scale.size == 1 and qw.zero_point.size > 1 else scale
+    offset = -(qw.zero_point.astype(np.float64) * scale.astype(np.float64))
     if qw.mean_corr is not None:
-        inits.append(_channel_tensor(f"{prefix}a", qw.mean_corr, rank, qw.axis))
-        nodes.append(helper.make_node("Add", [scaled, f"{prefix}a"], [output]))
+        offset = offset + qw.mean_corr.astype(np.float64)
+    offset = offset.astype(np.float32)
+    inits.append(_channel_tensor(f"{prefix}s", scale, rank, qw.axis))
+    has_offset = bool(np.any(offset != 0))
+    nodes.append(helper.make_node("Mul", [as_float, f"{prefix}s"], [output if not has_offset else f"{prefix}m"]))
+    if has_offset:
+        inits.append(_channel_tensor(f"{prefix}a", offset, rank, qw.axis))
+        nodes.append(helper.make_node("Add", [f"{prefix}m", f"{prefix}a"], [output]))
     return nodes, inits
 
 
