@@ -954,7 +954,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--cls-root", default=None, help="dataset folder (default work/cls; --quick: work/cls_quick)")
     ap.add_argument("--calib", type=int, default=500)
-    ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--eval-images", type=int, default=3000)
     ap.add_argument("--flat-lo", type=int, default=100)
     ap.add_argument("--flat-hi", type=int, default=1000)
     ap.add_argument("--no-flat", action="store_true", help="skip the 100/1000-image memory rows")
