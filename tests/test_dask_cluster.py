@@ -1,0 +1,72 @@
+"""FULL_QUANT statistics on an external Dask cluster (scheduler + 2 workers on loopback) equal the serial run."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelgen import save
+from ptq_core.full_pipeline import quantize_full
+from ptq_core.runtime import InputOptions
+from test_full_quant import calib_folder, cnn_model, full_cfg
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    for _ in range(2):
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                                       "--dashboard-address", "127.0.0.1:0"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout="5s") as client:
+                    client.wait_for_workers(2, timeout=30)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_statistics_on_an_external_cluster_equal_the_serial_run(tmp_path, cluster):
+    from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    cfg = full_cfg(calib_folder(tmp_path, n=10), "KL", n=10)
+    serial = quantize_full(model_path, cfg, InputOptions(), tmp_path / "serial")
+    with dask_client(cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        remote = quantize_full(model_path, cfg, InputOptions(), tmp_path / "remote",
+                               collector=lambda m, t, r, meth: collect_distributed(client, m, t, r, meth))
+    assert serial.quantized.SerializeToString(deterministic=True) == remote.quantized.SerializeToString(deterministic=True)
