@@ -94,10 +94,12 @@ def run_round(model_path: str, tensors: tuple[str, ...], feeds: dict[str, np.nda
 
 
 def accumulate(model_path: str, tensors: tuple[str, ...], rounds: Iterable[Round], method: str,
-               pass_index: int = 0, start: dict | None = None) -> dict:
+               pass_index: int = 0, start: dict | None = None, progress=None) -> dict:
     """Fold ``rounds`` into one observer per tensor; ``start`` carries observers from a previous pass."""
     observers = {t: (start[t].spawn() if start else make_observer(method)) for t in tensors}
-    for rnd in rounds:
+    for done, rnd in enumerate(rounds, start=1):
+        if progress:
+            progress(done)
         values = run_round(model_path, tensors, rnd.feeds())
         for name in tensors:
             x = values[name]
@@ -139,12 +141,18 @@ def chunks(rounds: list[Round], n: int) -> list[list[Round]]:
 
 
 def collect_serial(model_path: str, tensors: tuple[str, ...], rounds: list[Round], method: str,
-                   passes: int | None = None) -> dict:
-    """Reference path without Dask: every pass over all rounds in this process."""
-    observers = accumulate(model_path, tensors, rounds, method, 0)
+                   passes: int | None = None, progress=None) -> dict:
+    """Reference path without Dask: every pass over all rounds in this process.
+
+    ``progress(done, total, label)`` is told after each round (total counts every pass).
+    """
+    total_passes = 2 if method == "KL" else 1
+    report = (lambda base: (lambda k: progress(base + k, total_passes * len(rounds), "calibration"))) \
+        if progress else (lambda base: None)
+    observers = accumulate(model_path, tensors, rounds, method, 0, progress=report(0))
     total = passes or next(iter(observers.values())).passes if observers else 1
     for p in range(1, total):
         for obs in observers.values():
             obs.begin_pass(p)
-        observers = accumulate(model_path, tensors, rounds, method, p, observers)
+        observers = accumulate(model_path, tensors, rounds, method, p, observers, progress=report(p * len(rounds)))
     return observers

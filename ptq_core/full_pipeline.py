@@ -202,8 +202,14 @@ def _guard_applies(cfg: QuantConfig, target) -> bool:
 
 def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
                   collector: Collector = collect.collect_serial, bias_runner: Callable | None = None,
-                  rounds: list[collect.Round] | None = None) -> FullResult:
-    """Prepare, place, calibrate, plan, bias-correct and emit (no file written)."""
+                  rounds: list[collect.Round] | None = None, progress: Callable | None = None) -> FullResult:
+    """Prepare, place, calibrate, plan, bias-correct and emit (no file written).
+
+    ``progress(done, total, label)`` follows the serial calibration rounds (Dask collectors report their own).
+    """
+    if progress and collector is collect.collect_serial:
+        def collector(m, t, r, meth):
+            return collect.collect_serial(m, t, r, meth, progress=progress)
     from ptq_core.emit_qdq import place_qdq
     from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, tensor_shapes
 

@@ -222,7 +222,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     cfg = resolve_config(config)
     info = analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
-        summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir)
+        summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)
     elif cfg.common.quant_type == "DYNAMIC_QUANT":
         plan, quantized = quantize_dynamic_model(model, cfg)
         out = save_model_atomic(quantized, output_file(output))
@@ -235,13 +235,14 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     return summary
 
 
-def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: InputOptions, work_dir) -> Summary:
+def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: InputOptions, work_dir,
+                  progress: Progress | None = None) -> Summary:
     import tempfile
 
     from ptq_core.full_pipeline import full_decisions, quantize_full
 
     with tempfile.TemporaryDirectory(prefix="ptq-work-") as tmp:
-        result = quantize_full(model, cfg, inputs, Path(work_dir or tmp))
+        result = quantize_full(model, cfg, inputs, Path(work_dir or tmp), progress=progress)
         out = save_model_atomic(result.quantized, output_file(output))
     summary = summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
     summary.speed = result.speed

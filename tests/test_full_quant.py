@@ -237,3 +237,11 @@ def test_nvgpu_bias_correction_updates_the_float_bias(tmp_path):
     assert b1.data_type == onnx.TensorProto.FLOAT
     corrected = numpy_helper.to_array(b1) - numpy_helper.to_array(original)
     assert np.allclose(corrected, result.bias_diffs["conv1"], atol=1e-6) and np.any(corrected != 0)
+
+
+def test_serial_calibration_reports_progress_over_every_pass(tmp_path):
+    model_path = save(cnn_model(), tmp_path / "m.onnx")
+    seen = []
+    quantize_full(model_path, full_cfg(calib_folder(tmp_path, n=6), "KL", n=6), InputOptions(), tmp_path / "w",
+                  progress=lambda done, total, label: seen.append((done, total, label)))
+    assert seen[-1] == (12, 12, "calibration") and len(seen) == 12  # KL: two passes over 6 rounds
