@@ -111,7 +111,7 @@ from onnx import helper, numpy_helper
 from ptq_core.config import QuantConfig
 from ptq_core.errors import PtqError
 from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array
-from ptq_core.quant import cosine, dequantize, quantize, weight_params
+from ptq_core.quant import cosine, quantize, weight_params
 from ptq_core.weight_quant import LayerDecision
 
 PRODUCER = "ptqflow"

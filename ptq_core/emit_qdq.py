@@ -134,7 +134,6 @@ def place_qdq(model: onnx.ModelProto, target: Target, skip: tuple[str, ...] = ()
 
     kept: dict[str, str] = {}
     region: set[str] = set()
-    by_name = {n.name: n for n in graph.node}
     for node in graph.node:
         if node.op_type not in COMPUTE_OPS:
             continue

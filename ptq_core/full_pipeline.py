@@ -21,7 +21,6 @@ from ptq_core import collect
 from ptq_core.calibration import check_inputs, write_shards
 from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import emit_qdq
-from ptq_core.emit_weight import save_model_atomic
 from ptq_core.errors import ConfigError
 from ptq_core.full_plan import FullQuantPlan
 from ptq_core.full_quant import (
@@ -213,7 +212,6 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     from ptq_core.emit_qdq import place_qdq
     from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, tensor_shapes
 
-    import time
 
     clock = time.perf_counter()
     phases: dict[str, float] = {}
@@ -315,7 +313,6 @@ def _with_reasons(place, reasons: dict[str, str]):
 
 def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDecision]:
     """Summary rows: every weighted node, int8 or kept FP32 with the reason."""
-    from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     weights = {(w.node, w.input_index): w for w in plan.weights}

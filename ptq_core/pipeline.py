@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig, check_runnable, load_config
@@ -239,7 +238,7 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
                   progress: Progress | None = None) -> Summary:
     import tempfile
 
-    from ptq_core.full_pipeline import full_decisions, quantize_full
+    from ptq_core.full_pipeline import quantize_full
 
     with tempfile.TemporaryDirectory(prefix="ptq-work-") as tmp:
         result = quantize_full(model, cfg, inputs, Path(work_dir or tmp), progress=progress)

@@ -17,7 +17,6 @@ from ptq_core.encoding import EncodedTensor, encode_fixed, encode_split, effecti
 from ptq_core.graph import WeightSite, find_weight_sites, initializer_array
 from ptq_core.mixed_bit import MixedBitResult, mixed_codes, search_step
 from ptq_core.quant import (
-    AffineParams,
     correction,
     dequantize,
     passes_gain_check,
@@ -102,7 +101,7 @@ def _weight_cosine(w: np.ndarray, d: np.ndarray) -> float:
     return cosine(w, d)
 
 
-def _fixed(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: QuantConfig, mixed_fallback: bool):
+def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig):
     params = weight_params(w, bits, axis)
     q = quantize(w, params)
     d = dequantize(q, params)
@@ -180,7 +179,7 @@ def plan_weight_quant(
                 granularity, step, used_bits, how = "per-layer", result.scale, 0, "mixed bit"
             else:
                 fixed_axis = axis
-                enc, zp, scale, mean, rebuilt = _fixed(w, site, 8, fixed_axis, cfg, True)
+                enc, zp, scale, mean, rebuilt = _fixed(w, 8, fixed_axis, cfg)
                 used_bits, how = 0, "mixed-bit search failed; 8-bit fallback"
             axis_used = None if step is not None else axis
         else:
@@ -191,7 +190,7 @@ def plan_weight_quant(
                         _skip(site, f"per-channel gain check: {per_ch} elements per channel <= {256 // (32 - bits)}")
                     )
                     continue
-            enc, zp, scale, mean, rebuilt = _fixed(w, site, bits, axis, cfg, False)
+            enc, zp, scale, mean, rebuilt = _fixed(w, bits, axis, cfg)
             used_bits, how, axis_used = bits, f"{bits}-bit {granularity}", axis
         qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,))
         done[site.tensor] = qw

@@ -97,7 +97,6 @@ def test_deleted_plan_file_is_recomputed(tmp_path):
 
 
 def test_full_quant_flow_on_dask_equals_the_serial_direct_path(tmp_path):
-    import numpy as np
 
     from ptqflow.api import convert
     from test_full_quant import calib_folder, cnn_model

@@ -12,7 +12,6 @@ from ptq_core import collect
 from ptq_core.config import parse_config
 from ptq_core.emit_qdq import fused_ops
 from ptq_core.full_pipeline import quantize_full
-from ptq_core.pipeline import convert_direct
 from ptq_core.quant import cosine
 from ptq_core.runtime import InputOptions
 

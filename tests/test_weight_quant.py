@@ -5,10 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from modelgen import mixed_ops_model, mlp_model, save
+from modelgen import mixed_ops_model, mlp_model
 from ptq_core.config import parse_config
 from ptq_core.emit_weight import emit_weight_only
-from ptq_core.graph import prepare_model
 from ptq_core.quant import cosine
 from ptq_core.weight_quant import plan_weight_quant
 
