@@ -112,7 +112,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.errors import PtqError
 from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array
 from ptq_core.quant import cosine, quantize, weight_params
-from ptq_core.weight_quant import LayerDecision
+from ptq_core.weight_quant import DecisionRows, LayerDecision
 
 PRODUCER = "ptqflow"
 MIN_OPSET = 11  # DynamicQuantizeLinear
@@ -169,19 +169,11 @@ class DynamicNode:
 
 
 @dataclass
-class DynamicPlan:
+class DynamicPlan(DecisionRows):
     strategy: str
     decisions: list[LayerDecision] = field(default_factory=list)
     weights: dict[str, DynamicWeight] = field(default_factory=dict)
     nodes: list[DynamicNode] = field(default_factory=list)
-
-    @property
-    def quantized(self) -> list[LayerDecision]:
-        return [d for d in self.decisions if d.quantized]
-
-    @property
-    def skipped(self) -> list[LayerDecision]:
-        return [d for d in self.decisions if not d.quantized]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -215,11 +215,15 @@ def _disk_size(path: str | Path) -> int:
 
 
 def convert_direct(model: str | Path, config: str | Path, output: str | Path, inputs: InputOptions | None = None,
-                   progress: Progress | None = None, work_dir: str | Path | None = None) -> Summary:
-    """The whole conversion without Prefect: the same steps the flow runs."""
+                   progress: Progress | None = None, work_dir: str | Path | None = None,
+                   info: ModelInfo | None = None) -> Summary:
+    """The whole conversion without Prefect: the same steps the flow runs.
+
+    ``info`` lets a caller that already analysed the model (the CLI's pre-check) skip a second read.
+    """
     start = time.perf_counter()
     cfg = resolve_config(config)
-    info = analyse_model(model)
+    info = info or analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)
     elif cfg.common.quant_type == "DYNAMIC_QUANT":

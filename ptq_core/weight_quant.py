@@ -63,12 +63,10 @@ class QuantizedWeight:
     group_index: int | None = None  # position in the plan's entropy group (then ``encoded`` is unused)
 
 
-@dataclass
-class WeightPlan:
-    decisions: list[LayerDecision] = field(default_factory=list)
-    weights: list[QuantizedWeight] = field(default_factory=list)
-    init_scale: float | None = None
-    group: object | None = None  # ptq_core.entropy.EntropyGroup shared by the mixed-bit weights
+class DecisionRows:
+    """Views over a plan's ``decisions`` (shared by the weight-only and dynamic plans)."""
+
+    decisions: list[LayerDecision]
 
     @property
     def quantized(self) -> list[LayerDecision]:
@@ -77,6 +75,14 @@ class WeightPlan:
     @property
     def skipped(self) -> list[LayerDecision]:
         return [d for d in self.decisions if not d.quantized]
+
+
+@dataclass
+class WeightPlan(DecisionRows):
+    decisions: list[LayerDecision] = field(default_factory=list)
+    weights: list[QuantizedWeight] = field(default_factory=list)
+    init_scale: float | None = None
+    group: object | None = None  # ptq_core.entropy.EntropyGroup shared by the mixed-bit weights
 
 
 def _skip(site: WeightSite, reason: str) -> LayerDecision:

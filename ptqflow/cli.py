@@ -72,7 +72,7 @@ def _convert(args) -> int:
     cfg = resolve_config(args.config_file)  # validated in full before the model is read
     inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
-    _precheck_model(args.model_file, cfg)
+    info = _precheck_model(args.model_file, cfg)
     for notice in cfg.notices:
         report.notice(notice)
     start = time.perf_counter()
@@ -80,7 +80,8 @@ def _convert(args) -> int:
         if args.no_flow:
             from ptq_core.pipeline import convert_direct
 
-            summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress)
+            summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress,
+                                     info=info)
         else:
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
@@ -94,12 +95,13 @@ def _convert(args) -> int:
     return 0
 
 
-def _precheck_model(model_file: str, cfg) -> None:
+def _precheck_model(model_file: str, cfg):
     """Read the model once, cheaply, so that bad models and unknown skip names fail before the flow starts."""
     from ptq_core.graph import analyse_model, check_skip_nodes
 
     info = analyse_model(model_file)
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:

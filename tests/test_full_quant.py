@@ -244,3 +244,22 @@ def test_serial_calibration_reports_progress_over_every_pass(tmp_path):
     quantize_full(model_path, full_cfg(calib_folder(tmp_path, n=6), "KL", n=6), InputOptions(), tmp_path / "w",
                   progress=lambda done, total, label: seen.append((done, total, label)))
     assert seen[-1] == (12, 12, "calibration") and len(seen) == 12  # KL: two passes over 6 rounds
+
+
+def test_ascend_context_input_shape_gives_the_calibration_shape():
+    from ptq_core.full_pipeline import calibration_shapes
+
+    cfg = parse_config("[ascend_context]\ninput_shape=input_1:[-1,32,32,4]\ndynamic_dims=[1~4],[8],[16]\n")
+    assert calibration_shapes(cfg, InputOptions()) == {"input_1": (1, 32, 32, 4)}
+    # --inputShape wins over the ascend context
+    assert calibration_shapes(cfg, InputOptions.from_flags("input_1:2,32,32,4")) == {"input_1": (2, 32, 32, 4)}
+
+
+def test_input_shape_flag_that_does_not_fit_the_model_is_an_error():
+    from ptq_core.errors import ConfigError
+    from ptq_core.runtime import input_specs
+
+    with pytest.raises(ConfigError, match="does not fit"):
+        input_specs((("x", onnx.TensorProto.FLOAT, (1, 3, 16, 16)),), {"x": (1, 3, 8, 8)})
+    with pytest.raises(ConfigError, match="did you mean 'x'"):
+        input_specs((("x", onnx.TensorProto.FLOAT, (1, 3, 16, 16)),), {"xx": (1, 3, 16, 16)})
