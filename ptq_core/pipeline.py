@@ -121,6 +121,7 @@ class Summary:
     auto_tune: dict | None = None
     speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
+    debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
     notices: list[str] = field(default_factory=list)
 
     @property
@@ -234,6 +235,12 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
         plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
         out = emit_model(model, plan, output)
         summary = summarize(model, out, cfg, info, plan, tuned, inputs)
+    if cfg.common.debug_info_save_path:
+        from ptq_core.debug.driver import debug_step
+
+        summary.debug = debug_step(cfg, model, summary.output, inputs or InputOptions(),
+                                   plan=None if cfg.common.quant_type == "FULL_QUANT" else plan,
+                                   work_dir=work_dir, progress=progress)
     summary.wall_time_s = time.perf_counter() - start
     return summary
 

@@ -5,13 +5,17 @@ The seed's recommendations, turned into numbers per node (averaged over the roun
 - **cosine drop**: the node's worst activation-input cosine minus its worst output cosine. A low
   output cosine alone blames every node downstream of the damage; the drop points at the node where
   the damage happened (its weights, its output range, its kernel);
-- **clip**: the highest Clip of its dequantized tensors (origin values outside the quantized range);
+- **clip**: the highest Clip of its dequantized activations (FP32 values outside the quantized range;
+  weight rows are left out: MAX_MIN weights never clip, a bias only "clips" because bias correction
+  moved it);
 - **range disagreement** (Add, Concat, Sum): log2 of the ratio between the largest and smallest
   input magnitude max(|Min|, |MAX|) of the FP32 inputs -- the bits of the int8 range the smaller
   input loses when the node's output shares one scale.
 
-score = drop + clip + min(1, max(0, range_bits - 2) / 6): a node scores ~1 when its output lost the
-equivalent of a whole cosine point, clipped everything, or squeezed an input into under 1 level.
+score = drop + clip / 10 + min(1, max(0, range_bits - 2) / 6). Cosine drop is the direct measure of
+damage; clip counts a tenth (a few percent of saturated values is normal for MAX_MIN calibrated on a
+few samples and already shows in the drop when it hurts); a merge whose smaller input falls under
+one int8 level scores 1, since its own output cosine hides the loss (the larger input dominates it).
 Only the FP32 (Origin) and dequantized (Dequant) rows of the reports are read, fragment by fragment
 (one round at a time), so ranking does not hold the reports in memory.
 """
@@ -27,6 +31,7 @@ from ptq_core.errors import DataError
 MERGE_OPS = ("Add", "Concat", "Sum")
 RANGE_FREE_BITS = 2.0  # a 4x magnitude ratio costs 2 of 8 bits: normal, not flagged
 RANGE_FULL_BITS = 8.0  # 256x: the smaller input is below one int8 level
+CLIP_WEIGHT = 0.1
 REPORT_DIR = "report.parquet"
 QUANT_PARAM_FILE = "quant_param.parquet"
 _COLUMNS = ["Index", "NodeName", "NodeType", "TensorName", "InOutFlag", "DataTypeFlag", "TensorTypeFlag",
@@ -45,7 +50,7 @@ class NodeDamage:
     min_output_cosine: float  # worst round
     input_cosine: float  # mean over rounds of the worst activation-input cosine (1 without inputs)
     cosine_drop: float  # max(0, input_cosine - output_cosine)
-    clip: float  # mean over rounds of the highest Clip of its dequantized tensors
+    clip: float  # mean over rounds of the highest Clip of its dequantized activations
     range_bits: float  # Add/Concat/Sum: mean log2(largest/smallest input magnitude); 0 otherwise
     quantized: bool  # has quantization parameters (quant_param) -- skipping it changes something
     score: float = 0.0
@@ -106,7 +111,7 @@ def _fold_round(rows: dict, accs: dict[str, _Acc]) -> None:
         elif kind == "Activation":
             r.inp = min(r.inp, cos)
         clip = rows["Clip"][i]
-        if clip is not None and math.isfinite(clip):
+        if kind == "Activation" and clip is not None and math.isfinite(clip):
             r.clip = max(r.clip, float(clip))
     for node, r in per.items():
         a = accs[node]
@@ -131,11 +136,12 @@ def _finish(accs: dict[str, _Acc], quantized: set[str] | None) -> list[NodeDamag
         is_quant = True if quantized is None else node in quantized
         # a merge op left in FP32 adds its inputs in float: the disagreement costs nothing there
         rterm = range_term(bits) if is_quant else 0.0
-        score = drop + clip + rterm
+        # clip and range only matter where values were quantized: a float node's extremes just move a little
+        score = drop + (CLIP_WEIGHT * clip if is_quant else 0.0) + rterm
         reasons = []
         if drop >= 1e-4:
             reasons.append(f"cosine falls {inp:.4f} -> {out:.4f} across the node")
-        if clip >= 1e-4:
+        if clip >= 1e-4 and is_quant:
             reasons.append(f"{100 * clip:.2f}% of FP32 values clipped")
         if rterm > 0:
             reasons.append(f"inputs differ by 2^{bits:.1f} in magnitude (one output scale)")

@@ -1,0 +1,210 @@
+"""The whole debug step around a finished conversion: plan, rounds, the three reports, ranking, page.
+
+``run_debug`` is the serial path (``ptq convert --no-flow`` and tests); the flow's task
+(``ptqflow.tasks.debug``) calls ``prepare_debug``, maps ``debug_round`` over the rounds on Dask and
+ends with ``finish_debug``, so both paths write identical files. Rounds are objects with ``index``
+and ``feeds()`` (``collect.Round`` for calibration shards, ``SampleRound`` / ``RandomRound`` here),
+so a worker loads its own input and nothing round-sized crosses the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ptq_core.debug import html, rank
+from ptq_core.debug.quant_param import dynamic_rows, qdq_rows, weight_rows
+from ptq_core.debug.records import build_plan
+from ptq_core.debug.rounds import DebugJob, RoundOutcome, debug_round, write_exposed
+from ptq_core.debug.writer import remove_stale_rounds, write_output_summary, write_quant_param
+from ptq_core.errors import ConfigError
+
+HIST_KEEP = 8  # worst tensors shown as histograms on the page
+
+
+@dataclass(frozen=True)
+class SampleRound:
+    """Calibration sample ``index`` read through the config's preprocessing (WEIGHT_QUANT with data)."""
+
+    index: int
+    cfg: object
+    specs: tuple
+    data_format: str = "NCHW"
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        from ptq_core.calibration import load_sample
+
+        return load_sample(self.cfg, list(self.specs), self.index, self.data_format)
+
+
+@dataclass(frozen=True)
+class RandomRound:
+    """converter_lite's stand-in input without calibration data: floats uniform in [0.1, 1)."""
+
+    index: int
+    specs: tuple
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        from ptq_core.runtime import random_feeds
+
+        return random_feeds(list(self.specs), seed=self.index)
+
+
+@dataclass
+class DebugResult:
+    folder: str
+    rounds: int
+    files: list[str]
+    ranking: list[dict]  # NodeDamage.as_row(), worst first
+    skip_line: str
+    page: str
+    summary_markdown: str
+    seconds: float = 0.0
+    removed: list[str] = field(default_factory=list)
+
+
+def debug_folder(cfg) -> Path:
+    """``debug_info_save_path`` resolved and created (converter_lite requires it to exist; we create it)."""
+    path = Path(cfg.common.debug_info_save_path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{cfg.source}: [common_quant_param] debug_info_save_path={cfg.common.debug_info_save_path}: "
+                          f"cannot create the folder ({exc.strerror})") from None
+    if not path.is_dir():
+        raise ConfigError(f"{cfg.source}: [common_quant_param] debug_info_save_path={cfg.common.debug_info_save_path} "
+                          "is not a folder")
+    return path.resolve()
+
+
+def default_rounds(cfg, model: onnx.ModelProto, inputs) -> list:
+    """WEIGHT_QUANT / DYNAMIC_QUANT rounds: the calibration samples when configured, else one random input."""
+    from ptq_core.graph import _dims
+    from ptq_core.runtime import input_specs
+
+    inits = {t.name for t in model.graph.initializer}
+    model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
+    specs = tuple(input_specs(model_inputs, inputs.shape_map))
+    if cfg.common.quant_type != "DYNAMIC_QUANT" and cfg.data.has_calibration:
+        return [SampleRound(i, cfg, specs, inputs.data_format) for i in range(cfg.data.calibrate_size)]
+    return [RandomRound(0, specs)]
+
+
+def _key(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:20]
+
+
+def prepare_debug(origin: onnx.ModelProto, quant: onnx.ModelProto, work_dir: Path) -> DebugJob:
+    """Pair the records and write both models with their tensors exposed (content-addressed, once)."""
+    plan = build_plan(origin, quant)
+    o = write_exposed(origin, plan.origin_tensors, Path(work_dir) / f"debug-origin-{_key(origin)}.onnx")
+    q = write_exposed(quant, plan.quant_tensors, Path(work_dir) / f"debug-quant-{_key(quant)}.onnx")
+    return DebugJob(o, q, plan)
+
+
+def param_rows(kind: str, origin: onnx.ModelProto, quant: onnx.ModelProto, job: DebugJob, plan=None) -> list[dict]:
+    if kind == "FULL_QUANT":
+        return qdq_rows(quant, job.plan)
+    if kind == "DYNAMIC_QUANT":
+        return dynamic_rows(origin, plan)
+    return weight_rows(origin, plan)
+
+
+def run_round(job: DebugJob, rnd, out_dir: str) -> RoundOutcome:
+    """One round from its input object (what a Dask worker runs)."""
+    return debug_round(job, rnd.index, rnd.feeds(), out_dir)
+
+
+def keep_worst(kept: list[dict], new: list[dict], limit: int = HIST_KEEP) -> list[dict]:
+    """Bounded: the ``limit`` lowest-cosine histograms seen so far, one per (node, tensor)."""
+    best: dict[tuple, dict] = {}
+    for h in kept + new:
+        k = (h["node"], h["tensor"], h["inout"])
+        if k not in best or h["cosine"] < best[k]["cosine"]:
+            best[k] = h
+    return sorted(best.values(), key=lambda h: (h["cosine"], h["node"]))[:limit]
+
+
+def finish_debug(folder: Path, job: DebugJob, params: list[dict], outputs: list[tuple[int, str, float]],
+                 worst: list[dict], rounds: int, started: float, title: str) -> DebugResult:
+    """After the rounds: output summary, quant params, stale rounds removed, ranking, HTML page."""
+    outputs = sorted(outputs)
+    write_output_summary(folder, outputs)
+    if params:
+        write_quant_param(folder, params)
+    else:
+        for stale in ("quant_param.csv", "quant_param.parquet"):
+            (folder / stale).unlink(missing_ok=True)
+    removed = remove_stale_rounds(folder, rounds)
+    ranked = rank.rank_nodes(folder)
+    skip = rank.propose_skip_line(ranked)
+    page = html.write_page(folder, title, ranked, outputs, worst, skip)
+    files = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return DebugResult(str(folder), rounds, files, [d.as_row() for d in ranked], skip, str(page),
+                       html.summary_markdown(ranked, outputs, skip, rounds), time.perf_counter() - started, removed)
+
+
+def run_debug(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, rounds: list, work_dir: Path,
+              plan=None, progress=None) -> DebugResult:
+    """Serial debug step: one round at a time, each written as soon as it is computed."""
+    started = time.perf_counter()
+    folder = debug_folder(cfg)
+    job = prepare_debug(origin, quant, work_dir)
+    outputs: list[tuple[int, str, float]] = []
+    worst: list[dict] = []
+    for done, rnd in enumerate(rounds, start=1):
+        outcome = run_round(job, rnd, str(folder))
+        outputs += outcome.outputs
+        worst = keep_worst(worst, outcome.worst)
+        if progress:
+            progress(done, len(rounds), "debug rounds")
+    params = param_rows(cfg.common.quant_type, origin, quant, job, plan)
+    return finish_debug(folder, job, params, outputs, worst, len(rounds), started, title_for(cfg))
+
+
+def title_for(cfg) -> str:
+    return f"{cfg.common.quant_type} debug report ({Path(str(cfg.source)).name})"
+
+
+def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The FP32 side (the prepared graph the quantizer worked on) and the written quantized model."""
+    if cfg.common.quant_type == "FULL_QUANT":
+        from ptq_core.full_quant import prepare_full_model
+
+        origin = prepare_full_model(model_path)
+    else:
+        from ptq_core.graph import prepare_model
+
+        origin = prepare_model(model_path)
+    return origin, onnx.load(str(output_path))
+
+
+def debug_rounds(cfg, origin: onnx.ModelProto, inputs, work_dir: Path) -> list:
+    if cfg.common.quant_type == "FULL_QUANT":
+        from ptq_core.full_pipeline import calibration_rounds
+
+        return calibration_rounds(cfg, origin, inputs, Path(work_dir) / "shards")
+    return default_rounds(cfg, origin, inputs)
+
+
+def result_record(result: DebugResult, top: int = 10) -> dict:
+    """The small dict a Summary carries: where the reports are and the worst nodes."""
+    return {"folder": result.folder, "rounds": result.rounds, "files": result.files, "page": result.page,
+            "skip_line": result.skip_line, "seconds": round(result.seconds, 3), "top": result.ranking[:top]}
+
+
+def debug_step(cfg, model_path, output_path, inputs, plan=None, work_dir=None, progress=None) -> dict:
+    """Serial debug reports after a conversion (``convert_direct``, i.e. ``ptq convert --no-flow``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ptq-debug-") as tmp:
+        work = Path(work_dir or tmp)
+        origin, quant = debug_models(cfg, model_path, output_path)
+        rounds = debug_rounds(cfg, origin, inputs, work)
+        result = run_debug(cfg, origin, quant, rounds, work / "debug-models", plan, progress)
+    return result_record(result)

@@ -1,0 +1,182 @@
+"""One debug round: run the FP32 and the quantized model on the same input, turn every paired record
+into converter_lite's report rows, and keep nothing once the round is written.
+
+Both models run in onnxruntime with graph optimizations off, with every reported tensor exposed as a
+graph output: the quantized model then computes its QDQ arithmetic in float (DequantizeLinear
+outputs exist as tensors), which is the dequantized data converter_lite's hooks read. A worker
+process builds each session once (``_CONTEXTS``) and reuses it for all the rounds it is given.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from ptq_core.debug.records import DebugPlan
+from ptq_core.debug.stats import STAT_COLUMNS, clip_rate, cosine, histogram, tensor_stats
+from ptq_core.errors import ModelError
+
+WORST_PER_ROUND = 6  # histograms a round hands back: its lowest-cosine activations
+_CONTEXTS: dict[tuple[str, str], "_Context"] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class DebugJob:
+    """Everything a worker needs for any round: paths of the exposed models and the record plan."""
+
+    origin_path: str
+    quant_path: str
+    plan: DebugPlan
+
+
+@dataclass
+class RoundOutcome:
+    """What a round hands back to the driver: small, whatever the model size."""
+
+    index: int
+    outputs: list[tuple[int, str, float]]  # output_summary rows (Round, TensorName, CosineSimilarity)
+    worst: list[dict]  # histograms of this round's lowest-cosine activations
+    rows: int
+
+
+def expose(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy whose graph outputs are the model's own plus ``tensors``, typed where inference knows."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    try:
+        inferred = shape_inference.infer_shapes(out)
+        known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    except Exception:
+        known = {}
+    present = {o.name for o in out.graph.output}
+    for name in tensors:
+        if name in present:
+            continue
+        info = known.get(name)
+        vi = onnx.ValueInfoProto()
+        if info is not None and info.type.tensor_type.elem_type:
+            vi.CopyFrom(info)
+        else:
+            vi.name = name
+        out.graph.output.append(vi)
+        present.add(name)
+    return out
+
+
+def write_exposed(model: onnx.ModelProto, tensors: tuple[str, ...], path: Path) -> str:
+    """Write the exposed model once (temp + rename), so workers load it by path."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        onnx.save(expose(model, tensors), str(tmp))
+        tmp.replace(path)
+    return str(path)
+
+
+class _Context:
+    def __init__(self, job: DebugJob):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.origin = ort.InferenceSession(job.origin_path, opts, providers=["CPUExecutionProvider"])
+            self.quant = ort.InferenceSession(job.quant_path, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"debug: onnxruntime cannot load the models: {str(exc).strip().splitlines()[0]}") from None
+        self.origin_inits = _initializers(job.origin_path, {r.origin for rec in job.plan.records for r in rec.tensors})
+        self.quant_inits = _initializers(job.quant_path, {r.quant for rec in job.plan.records for r in rec.tensors})
+
+
+def _initializers(path: str, wanted: set[str]) -> dict[str, np.ndarray]:
+    model = onnx.load(path)
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
+
+
+def _context(job: DebugJob) -> _Context:
+    key = (job.origin_path, job.quant_path)
+    with _LOCK:
+        ctx = _CONTEXTS.get(key)
+        if ctx is None:
+            ctx = _CONTEXTS[key] = _Context(job)
+        return ctx
+
+
+def _numeric(a) -> np.ndarray | None:
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return a if a.dtype.kind in "fiub" and a.size > 0 else None
+
+
+def round_rows(job: DebugJob, feeds: dict[str, np.ndarray]) -> tuple[list[dict], list[tuple[str, float]], list[dict]]:
+    """Report rows of one round, its output-summary pairs, and histograms of its worst activations."""
+    ctx = _context(job)
+    plan = job.plan
+    o_names, q_names = list(plan.origin_tensors), list(plan.quant_tensors)
+    o_feeds = {i.name: feeds[i.name] for i in ctx.origin.get_inputs()}
+    q_feeds = {i.name: feeds[i.name] for i in ctx.quant.get_inputs()}
+    o_vals = dict(zip(o_names, ctx.origin.run(o_names, o_feeds))) if o_names else {}
+    q_vals = dict(zip(q_names, ctx.quant.run(q_names, q_feeds))) if q_names else {}
+    for k, v in feeds.items():
+        o_vals.setdefault(k, v)
+        q_vals.setdefault(k, v)
+    rows: list[dict] = []
+    outputs: list[tuple[str, float]] = []
+    candidates: list[tuple[float, dict]] = []
+    index = 0
+    for rec in plan.records:
+        for ref in rec.tensors:
+            qv = _numeric(q_vals.get(ref.quant, ctx.quant_inits.get(ref.quant)))
+            if qv is None:
+                continue
+            ov = _numeric(o_vals.get(ref.origin, ctx.origin_inits.get(ref.origin))) if ref.origin else None
+            if ov is not None and ov.size != qv.size:
+                ov = None  # converter_lite aborts; we print the dequantized row alone
+            base = {"NodeName": rec.node, "NodeType": rec.op_type, "TensorName": ref.name,
+                    "InOutFlag": ref.inout, "TensorTypeFlag": ref.kind}
+            if ov is not None:
+                rows.append({"Index": index, **base, "DataTypeFlag": "Origin", **tensor_stats(ov),
+                             "Clip": np.float32(0.0), "CosineSimilarity": 1.0})
+                index += 1
+                clip, cos = clip_rate(ov, qv), cosine(ov, qv)
+            else:
+                clip, cos = np.float32(0.0), 1.0
+            rows.append({"Index": index, **base, "DataTypeFlag": "Dequant", **tensor_stats(qv),
+                         "Clip": clip, "CosineSimilarity": cos})
+            index += 1
+            if ref.inout == "Output" and ref.name in plan.origin_outputs:
+                outputs.append((ref.name, cos))
+            if ov is not None and ref.kind == "Activation" and np.issubdtype(qv.dtype, np.floating):
+                candidates.append((cos, {"node": rec.node, "tensor": ref.name, "inout": ref.inout, "ov": ov, "qv": qv}))
+    candidates.sort(key=lambda c: c[0])
+    worst = []
+    for cos, c in candidates[:WORST_PER_ROUND]:
+        lo = float(min(np.nanmin(c["ov"]), np.nanmin(c["qv"])))
+        hi = float(max(np.nanmax(c["ov"]), np.nanmax(c["qv"])))
+        worst.append({"node": c["node"], "tensor": c["tensor"], "inout": c["inout"], "cosine": cos,
+                      "origin": histogram(c["ov"], lo=lo, hi=hi), "dequant": histogram(c["qv"], lo=lo, hi=hi)})
+    return rows, outputs, worst
+
+
+def debug_round(job: DebugJob, index: int, feeds: dict[str, np.ndarray], out_dir: str) -> RoundOutcome:
+    """Compute round ``index`` and write its CSV and Parquet partition; return only the small results."""
+    from ptq_core.debug.writer import write_round
+
+    rows, outputs, worst = round_rows(job, feeds)
+    write_round(Path(out_dir), index, rows)
+    for w in worst:
+        w["round"] = index
+    return RoundOutcome(index, [(index, name, cos) for name, cos in outputs], worst, len(rows))
+
+
+__all__ = ["STAT_COLUMNS", "DebugJob", "RoundOutcome", "debug_round", "expose", "round_rows", "write_exposed"]
