@@ -8,19 +8,23 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ptq_core.pipeline import Summary
+from ptq_core.pipeline import Summary, apply_max_drop
 from ptq_core.runtime import InputOptions
 from ptqflow.tasks import dynamic, full, weight
 
 
 @flow(name="quantize", persist_result=True)
 def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str = "NCHW",
-             dask_address: str | None = None) -> Summary:
-    """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing)."""
+             dask_address: str | None = None, max_drop: float | None = None) -> Summary:
+    """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing).
+
+    ``max_drop`` (``--max-drop``) overrides ``[ptqflow] max_drop``; it is part of the config's fingerprint,
+    so cached steps that depend on it rerun.
+    """
     start = time.perf_counter()
     inputs = InputOptions.from_flags(input_shape, input_data_format)
     model = str(Path(model).resolve())
-    cfg = weight.resolve_config(str(Path(config).resolve()))
+    cfg = apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop)
     info = weight.analyse(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _full(model, cfg, info, output, inputs, dask_address)

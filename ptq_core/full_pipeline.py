@@ -180,6 +180,7 @@ class FullResult:
     bias_diffs: dict
     speed: dict | None = None  # latency guard evidence
     timings: dict | None = None  # seconds per phase
+    max_drop: dict | None = None  # [ptqflow] max_drop: what was kept FP32 and what it cost (max_drop.MaxDropResult)
 
 
 def speed_table_path() -> str | None:
@@ -250,7 +251,12 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         convs = [n.name for n in model.graph.node if n.name in place.nodes and n.op_type in ("Conv", "Gemm")]
         model = add_missing_biases(model, convs)
     lap("latency_guard_s")
-    observers = collect_statistics(model, observed_tensors(place), rounds, cfg.full.activation_quant_method,
+    tensors = observed_tensors(place)
+    if cfg.ptqflow.max_drop is not None:  # the keep loop re-places Q/DQ but never recollects
+        from ptq_core.max_drop import border_tensors
+
+        tensors = border_tensors(model, target, place, skip)
+    observers = collect_statistics(model, tensors, rounds, cfg.full.activation_quant_method,
                                    work_dir / "models", collector)
     lap("statistics_s")
 
@@ -298,7 +304,29 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
                                          "latency": {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "rounds": speed["rounds"]}}
         table.save()
     lap("latency_guard_s")
-    return FullResult(model, plan, quantized, diffs, speed, {k: round(v, 3) for k, v in phases.items()})
+    max_drop = None
+    if cfg.ptqflow.max_drop is not None:
+        from ptq_core.max_drop import Build, keep_until_within
+
+        demoted = dict(speed["demoted"]) if speed else {}
+
+        def rebuild(extra: tuple[str, ...], reasons: dict[str, str]) -> Build:
+            from dataclasses import replace
+
+            kept = _with_reasons(place_qdq(model, target, skip=skip + extra), demoted)
+            kept = replace(kept, kept_float={**kept.kept_float, **reasons})
+            missing = [t for t in observed_tensors(kept) if t not in observers]
+            if missing:  # a tensor that was inside the int8 region now borders it
+                observers.update(collect_statistics(model, tuple(missing), rounds, cfg.full.activation_quant_method,
+                                                    work_dir / "models", collector))
+            return Build(kept, *finish(kept))
+
+        report, build = keep_until_within(model, Build(place, plan, diffs, quantized), rounds, cfg.ptqflow.max_drop,
+                                          rebuild, latency=lambda m: median_latency_ms(m, feeds0, runs=30))
+        place, plan, diffs, quantized = build.place, build.plan, build.diffs, build.quantized
+        max_drop = report.to_dict()
+        lap("max_drop_s")
+    return FullResult(model, plan, quantized, diffs, speed, {k: round(v, 3) for k, v in phases.items()}, max_drop)
 
 
 def _with_reasons(place, reasons: dict[str, str]):
@@ -332,4 +360,9 @@ def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDec
             reason = plan.kept_float.get(node.name, "not in the int8 region")
             rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, False, reason,
                                       bytes_fp32=size * 4, bytes_stored=size * 4))
+    weighted = {r.node for r in rows}
+    for node in model.graph.node:  # nodes without weights that --max-drop kept FP32 (a Concat, an Add, ...)
+        reason = plan.kept_float.get(node.name, "")
+        if node.name not in weighted and reason.startswith("max_drop"):
+            rows.append(LayerDecision(node.name, node.op_type, "", (), False, reason))
     return rows

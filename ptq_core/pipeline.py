@@ -25,9 +25,12 @@ SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT", "DYNAMIC_QUANT")
 Progress = Callable[[int, int, str], None]
 
 
-def resolve_config(config_path: str | Path) -> QuantConfig:
-    """Read, validate and check that the config can run here, before any model or data is touched."""
-    cfg = load_config(config_path)
+def resolve_config(config_path: str | Path, max_drop: float | None = None) -> QuantConfig:
+    """Read, validate and check that the config can run here, before any model or data is touched.
+
+    ``max_drop`` (``--max-drop``) overrides ``[ptqflow] max_drop``.
+    """
+    cfg = apply_max_drop(load_config(config_path), max_drop)
     check_runnable(cfg)
     qt = cfg.common.quant_type
     if qt not in SUPPORTED_NOW:
@@ -50,6 +53,17 @@ def resolve_config(config_path: str | Path) -> QuantConfig:
         if cfg.weight.dequant_strategy == "ON_THE_FLY":
             raise ConfigError(f"{cfg.source}: [weight_quant_param] dequant_strategy=ON_THE_FLY targets Ascend's runtime "
                               "and has no ONNX equivalent; remove the key")
+    return cfg
+
+
+def apply_max_drop(cfg: QuantConfig, max_drop: float | None) -> QuantConfig:
+    """``--max-drop`` over the config's ``[ptqflow] max_drop``; refused where the loop does not run."""
+    if max_drop is not None:
+        cfg = cfg.replace(ptqflow={"max_drop": float(max_drop)})
+    if cfg.ptqflow.max_drop is not None and cfg.common.quant_type != "FULL_QUANT":
+        raise ConfigError(f"{cfg.source}: [ptqflow] max_drop={cfg.ptqflow.max_drop:g} (or --max-drop) applies to "
+                          f"FULL_QUANT only; quant_type={cfg.common.quant_type} keeps every choice it makes "
+                          "(remove the key or the flag, or use skip_quant_node)")
     return cfg
 
 
@@ -121,6 +135,7 @@ class Summary:
     auto_tune: dict | None = None
     speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
+    max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
     notices: list[str] = field(default_factory=list)
 
@@ -170,6 +185,10 @@ class Summary:
             "init_scale": self.init_scale,
             "fp32_ms": None if not self.speed else round(self.speed.get("fp32_ms", 0.0), 4),
             "int8_ms": None if not self.speed else round(self.speed.get("int8_ms", 0.0), 4),
+            "max_drop": None if not self.max_drop else self.max_drop["bound"],
+            "max_drop_kept": None if not self.max_drop else len(self.max_drop["kept"]),
+            "max_drop_int8_weight_fraction": None if not self.max_drop else
+            round(self.max_drop["int8_weight_fraction"], 4),
         }
 
 
@@ -217,13 +236,14 @@ def _disk_size(path: str | Path) -> int:
 
 def convert_direct(model: str | Path, config: str | Path, output: str | Path, inputs: InputOptions | None = None,
                    progress: Progress | None = None, work_dir: str | Path | None = None,
-                   info: ModelInfo | None = None) -> Summary:
+                   info: ModelInfo | None = None, max_drop: float | None = None) -> Summary:
     """The whole conversion without Prefect: the same steps the flow runs.
 
-    ``info`` lets a caller that already analysed the model (the CLI's pre-check) skip a second read.
+    ``info`` lets a caller that already analysed the model (the CLI's pre-check) skip a second read;
+    ``max_drop`` overrides ``[ptqflow] max_drop``.
     """
     start = time.perf_counter()
-    cfg = resolve_config(config)
+    cfg = resolve_config(config, max_drop)
     info = info or analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)
@@ -257,6 +277,7 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
     summary = summarize_full(model, out, cfg, info, result.model, result.plan, inputs)
     summary.speed = result.speed
     summary.timings = result.timings
+    summary.max_drop = result.max_drop
     return summary
 
 

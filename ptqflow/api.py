@@ -10,15 +10,18 @@ from ptq_core.runtime import InputOptions
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",
             input_data_format: str = "NCHW", use_flow: bool = True, dask_address: str | None = None,
-            progress=None) -> Summary:
+            progress=None, max_drop: float | None = None) -> Summary:
     """Quantize ``model`` with the converter_lite ``config``; writes ``output`` + ``.onnx``.
 
     ``use_flow=True`` runs the cached Prefect ``quantize`` flow (a temporary local Prefect server
     starts on first use; FULL_QUANT statistics run on a local Dask cluster, or on ``dask_address``);
     ``use_flow=False`` runs the same steps directly in this process, without Prefect or Dask.
+    ``max_drop`` (FULL_QUANT) overrides ``[ptqflow] max_drop``: keep nodes FP32, worst first, until
+    1 - mean output cosine on the calibration set is at most this.
     """
     if use_flow:
         from ptqflow.flows.quantize import quantize
 
-        return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address)
-    return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress)
+        return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address, max_drop)
+    return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress,
+                          max_drop=max_drop)

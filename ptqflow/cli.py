@@ -48,10 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
                       default=os.environ.get("PTQFLOW_DASK_ADDRESS") or None,
                       help="scheduler of an existing Dask cluster for calibration statistics "
                            "(default: $PTQFLOW_DASK_ADDRESS, else a local cluster on 127.0.0.1)")
+    conv.add_argument("--max-drop", "--maxDrop", dest="max_drop", type=_max_drop, default=None, metavar="X",
+                      help="FULL_QUANT: keep the most damaging nodes in FP32 until 1 - mean output cosine on the "
+                           "calibration set is at most X, in [0, 1] (overrides [ptqflow] max_drop)")
     conv.add_argument("--no-flow", action="store_true",
                       help="run the steps directly in this process, without Prefect or Dask")
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _max_drop(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1] (1 - output cosine, e.g. 0.01)")
+    return value
 
 
 def _validate_paths(args) -> None:
@@ -69,7 +82,7 @@ def _convert(args) -> int:
     from ptq_core.runtime import InputOptions
     from ptqflow import report
 
-    cfg = resolve_config(args.config_file)  # validated in full before the model is read
+    cfg = resolve_config(args.config_file, args.max_drop)  # validated in full before the model is read
     inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
     info = _precheck_model(args.model_file, cfg)
@@ -81,14 +94,14 @@ def _convert(args) -> int:
             from ptq_core.pipeline import convert_direct
 
             summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress,
-                                     info=info)
+                                     info=info, max_drop=args.max_drop)
         else:
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
 
             with terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
-                                   args.input_shape, args.input_data_format, args.dask_address)
+                                   args.input_shape, args.input_data_format, args.dask_address, args.max_drop)
     summary.wall_time_s = time.perf_counter() - start
     report.print_summary(summary)
     print(f"wrote {output_file(args.output_file)}")

@@ -72,7 +72,8 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
     meta = cache_dir("plans") / f"{key}.pkl"
     tmp = meta.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        pickle.dump((result.model, result.plan, result.speed, result.timings), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((result.model, result.plan, result.speed, result.timings, result.max_drop), fh,
+                    protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(meta)
     return {"model_path": str(model_file), "plan_path": str(meta)}
 
@@ -92,9 +93,10 @@ def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: Mo
     from ptq_core.pipeline import summarize_full as core_summarize
 
     with open(record["plan_path"], "rb") as fh:
-        prepared, plan, speed, timings = pickle.load(fh)
+        prepared, plan, speed, timings, max_drop = pickle.load(fh)
     summary = core_summarize(model_path, output_path, cfg, info, prepared, plan, inputs)
     summary.auto_tune = None
     summary.speed = speed
     summary.timings = timings
+    summary.max_drop = max_drop
     return summary

@@ -87,3 +87,40 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def detection_head_model(seed: int = 0, size: int = 16) -> onnx.ModelProto:
+    """A detection-style head where naive int8 fails: three conv branches whose outputs span ~1e3, ~1
+    and ~1e-3 are joined by one Concat (boxes, objectness, class scores) and split again into the
+    model's three outputs. One per-tensor scale at the Concat output rounds the two small parts away.
+
+    Planted failure: node ``head_concat``. Everything else quantizes well.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("stem_w", rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)),
+        _init("stem_b", rng.normal(0, 0.1, (16,)).astype(np.float32)),
+        _init("box_w", (rng.normal(0, 0.3, (4, 16, 3, 3)) * 300).astype(np.float32)),
+        _init("box_b", np.full(4, 500.0, np.float32)),
+        _init("obj_w", rng.normal(0, 0.3, (1, 16, 3, 3)).astype(np.float32)),
+        _init("cls_w", (rng.normal(0, 0.3, (3, 16, 3, 3)) * 1e-3).astype(np.float32)),
+        _init("split", np.array([4, 1, 3], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["sr"], name="stem_relu"),
+        helper.make_node("Conv", ["sr", "box_w", "box_b"], ["boxes_raw"], name="box_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["sr", "obj_w"], ["obj_raw"], name="obj_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["sr", "cls_w"], ["cls_raw"], name="cls_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["boxes_raw", "obj_raw", "cls_raw"], ["head"], name="head_concat", axis=1),
+        helper.make_node("Split", ["head", "split"], ["boxes", "objectness", "classes"], name="head_split", axis=1),
+    ]
+    shape = [1, 3, size, size]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, size, size])
+               for n, c in (("boxes", 4), ("objectness", 1), ("classes", 3))]
+    graph = helper.make_graph(nodes, "detection_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

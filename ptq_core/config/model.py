@@ -107,6 +107,7 @@ class AscendContext:
 @dataclass(frozen=True)
 class PtqflowParam:
     latency_guard: bool = True
+    max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.max_drop)
 
 
 @dataclass(frozen=True)

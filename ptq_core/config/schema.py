@@ -171,6 +171,9 @@ SECTIONS = SECTIONS + (
             KeySpec("latency_guard", "bool", True,
                     doc="FULL_QUANT on CPU: keep in FP32 every node whose int8 kernel is not faster on this machine, "
                         "and make sure the whole int8 model is not slower than FP32."),
+            KeySpec("max_drop", "float", None, lo=0.0, hi=1.0,
+                    doc="FULL_QUANT: keep the most damaging nodes in FP32, worst first, until 1 - mean output cosine "
+                        "on the calibration set is at most this (e.g. 0.01). Unset: off. --max-drop overrides."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),
