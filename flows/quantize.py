@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ptq_core.pipeline import Summary, apply_max_drop
 from ptq_core.runtime import InputOptions
-from ptqflow.tasks import dynamic, full, weight
+from ptqflow.tasks import debug, dynamic, full, weight
 
 
 @flow(name="quantize", persist_result=True)
@@ -32,6 +32,8 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
         summary = _dynamic(model, cfg, info, output, inputs)
     else:
         summary = _weight(model, cfg, info, output, inputs)
+    if cfg.common.debug_info_save_path:
+        summary.debug = _debug(model, cfg, info, summary, inputs, dask_address)
     summary.wall_time_s = time.perf_counter() - start
     publish(summary)
     return summary
@@ -64,6 +66,21 @@ def _full(model: str, cfg, info, output: str, inputs: InputOptions, dask_address
                                                                        dask_address)
     out = full.emit_full(record, output)
     return full.summarize_full(model, out, cfg, info, record, inputs)
+
+
+def _debug(model: str, cfg, info, summary: Summary, inputs: InputOptions, dask_address: str | None) -> dict:
+    """converter_lite's debug reports (debug_info_save_path): rounds on the same Dask cluster as the statistics.
+
+    The calibration shards and the plan come from the cached tasks above (cache hits, nothing recomputed).
+    """
+    rounds = plan_path = None
+    if cfg.common.quant_type == "FULL_QUANT":
+        rounds = full.preprocess_calibration(model, cfg, inputs, full.data_digest(cfg, info, inputs))
+    elif cfg.common.quant_type == "DYNAMIC_QUANT":
+        plan_path = dynamic.quantize_dynamic(model, cfg, info)["plan_path"]
+    else:
+        plan_path = weight.quantize_weights(model, cfg, info, inputs)["plan_path"]
+    return debug.debug_reports(model, summary.output, cfg, inputs, rounds, plan_path, dask_address)
 
 
 def publish(summary: Summary) -> None:
