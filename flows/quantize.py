@@ -26,17 +26,21 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     model = str(Path(model).resolve())
     cfg = apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop)
     info = weight.analyse(model)
-    if cfg.common.quant_type == "FULL_QUANT":
-        summary = _full(model, cfg, info, output, inputs, dask_address)
-    elif cfg.common.quant_type == "DYNAMIC_QUANT":
-        summary = _dynamic(model, cfg, info, output, inputs)
-    else:
-        summary = _weight(model, cfg, info, output, inputs)
+    summary = quantize_steps(model, cfg, info, output, inputs, dask_address)
     if cfg.common.debug_info_save_path:
         summary.debug = _debug(model, cfg, info, summary, inputs, dask_address)
     summary.wall_time_s = time.perf_counter() - start
     publish(summary)
     return summary
+
+
+def quantize_steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None = None) -> Summary:
+    """The cached tasks after config and analysis; the sweep flow runs the same steps for each point."""
+    if cfg.common.quant_type == "FULL_QUANT":
+        return _full(model, cfg, info, output, inputs, dask_address)
+    if cfg.common.quant_type == "DYNAMIC_QUANT":
+        return _dynamic(model, cfg, info, output, inputs)
+    return _weight(model, cfg, info, output, inputs)
 
 
 def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary:
@@ -87,7 +91,19 @@ def publish(summary: Summary) -> None:
     """The summary table and totals as Prefect artifacts, for the dashboard."""
     create_table_artifact(key="quantize-layers", table=summary.rows(),
                           description=f"Per-layer decisions for {Path(summary.model).name}")
+    worst = worst_layers(summary.rows())
+    if worst:
+        create_table_artifact(key="quantize-worst-layers", table=worst,
+                              description=f"Quantized layers with the lowest weight cosine in {Path(summary.model).name}")
     totals = summary.totals()
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in totals.items()]
     create_markdown_artifact(key="quantize-summary", markdown="\n".join(lines),
                              description=f"Summary for {Path(summary.model).name}")
+
+
+def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:
+    """The ``n`` quantized layers whose dequantized weights are furthest from FP32 (lowest weight cosine)."""
+    scored = [r for r in rows if r["status"] == "quantized" and r.get("weight_cosine") is not None]
+    scored.sort(key=lambda r: (r["weight_cosine"], r["node"]))
+    keep = ("node", "op", "shape", "bits", "encoding", "weight_cosine", "bytes_fp32", "bytes_stored")
+    return [{k: r[k] for k in keep} for r in scored[:n]]

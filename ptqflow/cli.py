@@ -53,8 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
                            "calibration set is at most X, in [0, 1] (overrides [ptqflow] max_drop)")
     conv.add_argument("--no-flow", action="store_true",
                       help="run the steps directly in this process, without Prefect or Dask")
+    _add_sweep(sub)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _add_sweep(sub) -> None:
+    sw = sub.add_parser("sweep", help="quantize at every point of a config grid; Pareto table, plot, best .cfg",
+                        allow_abbrev=False)
+    _flag(sw, "fmk", "fmk", default="ONNX", help="source framework; only ONNX")
+    _flag(sw, "modelFile", "model-file", dest="model_file", required=True, help="input .onnx model")
+    _flag(sw, "configFile", "config-file", dest="config_file", required=True, help="base converter_lite config")
+    sw.add_argument("--grid", required=True,
+                    help='JSON or TOML file (or inline JSON) mapping section.key to a list of values, e.g. '
+                         '{"mixed_bit_weight_quant_param.init_scale": [0.01, 0.02, 0.05]}')
+    _flag(sw, "outputDir", "output-dir", dest="output_dir", required=True,
+          help="folder for point_<k>.onnx/.cfg, sweep.parquet, pareto.svg, best.cfg")
+    _flag(sw, "inputShape", "input-shape", dest="input_shape", default="", help="shapes for dynamic inputs")
+    _flag(sw, "inputDataFormat", "input-data-format", dest="input_data_format", default="NCHW",
+          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files")
+    sw.add_argument("--dask-address", "--daskAddress", dest="dask_address",
+                    default=os.environ.get("PTQFLOW_DASK_ADDRESS") or None,
+                    help="existing Dask scheduler for FULL_QUANT statistics")
+    sw.add_argument("--parallel", type=int, default=2, help="points quantized at once (default 2)")
+    sw.add_argument("--pick", choices=("size", "latency", "cosine"), default="size",
+                    help="best point among the Pareto points within --tolerance of the best cosine: the smallest "
+                         "(default), the fastest, or the most accurate")
+    sw.add_argument("--tolerance", type=float, default=0.002, help="cosine tolerance for --pick (default 0.002)")
+    sw.add_argument("--latency-runs", type=int, default=20, help="timed onnxruntime runs per point (default 20)")
+
+
 
 
 def _max_drop(text: str) -> float:
@@ -108,6 +136,39 @@ def _convert(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    """Everything the user gave is checked (grid, every point's config, the model) before the flow starts."""
+    from ptq_core.config import check_runnable
+    from ptq_core.pipeline import resolve_config
+    from ptq_core.sweep import expand, load_grid
+    from ptqflow import report
+
+    if args.parallel < 1:
+        raise PtqError(f"--parallel={args.parallel}: must be at least 1")
+    if args.latency_runs < 1:
+        raise PtqError(f"--latency-runs={args.latency_runs}: must be at least 1")
+    if not 0 <= args.tolerance < 1:
+        raise PtqError(f"--tolerance={args.tolerance}: must be in [0, 1)")
+    grid = load_grid(args.grid)
+    cfg = resolve_config(args.config_file)
+    points = expand(Path(args.config_file).read_text(encoding="utf-8"), str(args.config_file), grid)
+    for point in points:
+        check_runnable(point.config)
+    _validate_paths(args)
+    _precheck_model(args.model_file, cfg)
+    for notice in cfg.notices:
+        report.notice(notice)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from ptqflow.flows.sweep import sweep
+
+    flow = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
+    result = flow(str(args.model_file), str(args.config_file), args.grid, str(args.output_dir), args.input_shape,
+                  args.input_data_format, args.dask_address, args.tolerance, args.pick, args.latency_runs)
+    report.print_sweep(result)
+    return 0
+
+
 def _precheck_model(model_file: str, cfg):
     """Read the model once, cheaply, so that bad models and unknown skip names fail before the flow starts."""
     from ptq_core.graph import analyse_model, check_skip_nodes
@@ -124,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "version":
             print(f"ptqflow {ptqflow.__version__}")
             return 0
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command != "convert":
             parser.print_help()
             return 2

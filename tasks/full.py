@@ -6,6 +6,8 @@ import os
 import pickle
 
 from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.locking.filesystem import FileSystemLockManager
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ptq_core import collect, full_pipeline
@@ -26,15 +28,46 @@ def data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions) -> str:
     return sample_digest(cfg, specs, inputs.data_format)
 
 
+def _locked(key_fn) -> CacheKeyFnPolicy:
+    """A content-key policy whose concurrent runs with one key wait for each other (sweep points run in
+    parallel): the first computes, the others then read its cache record instead of repeating the work."""
+    locks = cache_dir("locks")
+    return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
+        isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=locks))
+
+
 def _shards_key(ctx, params) -> str:
     return content_key("calibration_shards", params["digest"])
 
 
-@task(name="preprocess_calibration", cache_key_fn=_shards_key, persist_result=True)
+@task(name="preprocess_calibration", cache_policy=_locked(_shards_key), persist_result=True)
 def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptions, digest: str) -> list[collect.Round]:
     """Decode and preprocess the calibration set once into content-addressed .npy shards."""
     model = full_pipeline.prepare_full_model(model_path)
     return full_pipeline.calibration_rounds(cfg, model, inputs, cache_dir("shards"))
+
+
+def _stats_key(ctx, params) -> str:
+    # Activation statistics depend on the FP32 model, the calibration samples (digest covers files and
+    # shapes), the method and which tensors are observed; not on per_channel, bias_correction or target.
+    return content_key("statistics", params["model_sha"], params["method"], params["digest"],
+                       sorted(params["tensors"]))
+
+
+@task(name="collect_statistics", cache_policy=_locked(_stats_key), persist_result=True)
+def collect_statistics(model_sha: str, digest: str, exposed_path: str, tensors: tuple[str, ...],
+                       rounds: list[collect.Round], method: str, collector) -> dict:
+    """One statistics pass, cached on its own so a sweep collects once per method, not once per point."""
+    return collector(exposed_path, tensors, rounds, method)
+
+
+def cached_collector(model_sha: str, digest: str, collector):
+    """A ``collector`` for ptq_core's quantize_full that goes through the cached statistics task."""
+
+    def run(exposed_path, tensors, rounds, method):
+        return collect_statistics(model_sha, digest, exposed_path, tuple(tensors), rounds, method, collector)
+
+    return run
 
 
 def _full_key(ctx, params) -> str:
@@ -65,7 +98,8 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
                 merged = {k: merged[k].merge(other[k]) for k in merged}
             return merged
 
-        result = full_pipeline.quantize_full(model_path, cfg, inputs, cache_dir("work"), collector, bias_runner, rounds)
+        result = full_pipeline.quantize_full(model_path, cfg, inputs, cache_dir("work"),
+                                             cached_collector(info.sha256, digest, collector), bias_runner, rounds)
     key = content_key("full-result", info.sha256, cfg.fingerprint(), inputs, digest)
     model_file = cache_dir("models") / f"{key}.onnx"
     save_model_atomic(result.quantized, model_file)

@@ -1,0 +1,125 @@
+"""The ``sweep`` flow: quantize one model at every point of a config grid, then keep the Pareto front.
+
+Points run in parallel on Prefect's thread pool and share every cached upstream task: the config
+is resolved and the model analysed once, FULL_QUANT calibration is preprocessed once and its
+statistics collected once per ``activation_quant_method`` (``collect_statistics`` is keyed without
+per_channel or bias_correction). Latency is measured afterwards, one point at a time, so parallel
+points do not slow each other's timings.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from ptq_core.config import check_runnable
+from ptq_core.config.model import parse_config
+from ptq_core.errors import ConfigError
+from ptq_core.runtime import InputOptions
+from ptq_core.sweep import Measured, expand, load_grid, pareto_front, pareto_svg, pick_best
+from ptqflow.tasks import sweep as sweep_tasks
+from ptqflow.tasks import weight
+
+DEFAULT_PARALLEL = 2
+
+
+@contextmanager
+def _cluster_for(quant_type: str | None, address: str | None) -> Iterator[str | None]:
+    """FULL_QUANT without an address: one loopback LocalCluster for the whole sweep, not one per point,
+    so worker processes (and their onnxruntime sessions) are reused."""
+    import os
+
+    from ptqflow.tasks.dask_stats import ADDRESS_ENV
+
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if quant_type != "FULL_QUANT" or address:
+        yield address
+        return
+    from distributed import LocalCluster
+
+    n = max(1, min(2, os.cpu_count() or 1))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", silence_logs=40)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@flow(name="sweep", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_PARALLEL))
+def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shape: str = "",
+          input_data_format: str = "NCHW", dask_address: str | None = None, tolerance: float = 0.002,
+          pick: str = "size", latency_runs: int = 20) -> dict:
+    """Quantize ``model`` at every point of ``grid`` over ``config``; write the table, plot and best config.
+
+    ``grid`` is a path to a .json/.toml file, inline JSON, or a dict mapping ``section.key`` to values.
+    Writes ``output_dir``/point_<k>.onnx and .cfg, sweep.parquet, pareto.svg and best.cfg.
+    """
+    start = time.perf_counter()
+    if pick not in ("size", "latency", "cosine"):
+        pick_best([], rule=pick)  # raises the one-line error
+    grid_obj = load_grid(grid)
+    config_path = Path(config).resolve()
+    model = str(Path(model).resolve())
+    base = weight.resolve_config(str(config_path))
+    points = expand(config_path.read_text(encoding="utf-8"), str(config_path), grid_obj)
+    for point in points:
+        check_runnable(point.config)
+    info = weight.analyse(model)
+    inputs = InputOptions.from_flags(input_shape, input_data_format)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_paths = [sweep_tasks.write_text_atomic(out_dir / f"point_{p.index}.cfg", p.text) for p in points]
+    keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
+
+    with _cluster_for(base.common.quant_type, dask_address) as address:
+        futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
+                   for path, key in zip(cfg_paths, keys)]
+        records = [f.result() for f in futures]
+        for i, record in enumerate(records):  # a cache entry can outlive the file it points to
+            if not Path(record["model_path"]).exists():
+                records[i] = sweep_tasks.quantize_point.with_options(refresh_cache=True)(
+                    model, str(cfg_paths[i].resolve()), inputs, address, keys[i])
+
+    measured: list[Measured] = []
+    rows: list[dict] = []
+    for point, record in zip(points, records):
+        target = sweep_tasks.copy_atomic(record["model_path"], out_dir / f"point_{point.index}.onnx")
+        ms = sweep_tasks.measure_latency(str(target), info, inputs, latency_runs)
+        summary = record["summary"]
+        measured.append(Measured(point.index, int(summary.size_after), float(ms), float(summary.output_cosine)))
+        rows.append({"point": point.index, **{k: v for k, v in point.overrides.items()},
+                     "size_bytes": int(summary.size_after), "latency_ms": round(float(ms), 4),
+                     "cosine": round(float(summary.output_cosine), 6),
+                     "compression_ratio": round(summary.ratio, 3), "model": str(target),
+                     "config": str(cfg_paths[point.index])})
+    front = pareto_front(measured)
+    best = pick_best(measured, tolerance, pick)
+    for row in rows:
+        row["pareto"] = row["point"] in front
+        row["best"] = row["point"] == best.index
+
+    best_point = points[best.index]
+    best_cfg = sweep_tasks.write_text_atomic(out_dir / "best.cfg", best_point.text)
+    if parse_config(best_cfg.read_text(encoding="utf-8"), str(best_cfg)).fingerprint() != best_point.config.fingerprint():
+        raise ConfigError(f"{best_cfg}: the written config does not read back as point {best.index}")
+    labels = {p.index: p.label for p in points}
+    title = f"{Path(model).name}: {len(points)} points, {grid_obj.source}"
+    sweep_tasks.write_text_atomic(out_dir / "pareto.svg", pareto_svg(measured, labels, best.index, title))
+    sweep_tasks.write_parquet(rows, out_dir / "sweep.parquet")
+
+    create_table_artifact(key="sweep-pareto", table=rows,
+                          description=f"Sweep of {Path(model).name} over {', '.join(grid_obj.names)}")
+    create_markdown_artifact(key="sweep-best", markdown="\n".join([
+        f"**Best point {best.index}** ({best_point.label}) by `{pick}` within cosine tolerance {tolerance}:",
+        f"size {best.size_bytes} B, latency {best.latency_ms:.3f} ms, cosine {best.cosine:.6f}.",
+        f"Config: `{best_cfg}`; table: `{out_dir / 'sweep.parquet'}`; plot: `{out_dir / 'pareto.svg'}`.",
+    ]), description="The picked sweep point")
+    return {"rows": rows, "best": best.index, "best_config": str(best_cfg), "pareto": sorted(front),
+            "wall_time_s": time.perf_counter() - start}

@@ -1,0 +1,78 @@
+"""Tasks of the sweep flow: one cached task per grid point, one cached latency measurement per model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+
+from ptq_core.config import QuantConfig
+from ptq_core.graph import ModelInfo
+from ptq_core.runtime import InputOptions, input_specs, random_feeds
+from ptq_core.sweep import latency_ms
+from ptqflow._env import cache_dir
+from ptqflow.tasks import weight
+from ptqflow.tasks.caching import content_key, file_digest
+
+
+def point_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions) -> str:
+    """What a point's result depends on: model bytes, resolved settings, shapes and calibration bytes."""
+    digest = None
+    if cfg.common.quant_type == "FULL_QUANT":
+        from ptqflow.tasks.full import data_digest
+
+        digest = data_digest(cfg, info, inputs)
+    else:
+        digest = weight._data_digest(cfg, info, inputs)
+    return content_key("sweep_point", info.sha256, cfg.fingerprint(), inputs, digest)
+
+
+def _point_cache_key(ctx, params) -> str:
+    return params["key"]
+
+
+@task(name="sweep_point", cache_key_fn=_point_cache_key, persist_result=True)
+def quantize_point(model: str, config_path: str, inputs: InputOptions, dask_address: str | None, key: str) -> dict:
+    """One grid point through the quantize flow's cached steps; the model lands in the content cache."""
+    from ptqflow.flows.quantize import quantize_steps
+
+    cfg = weight.resolve_config(config_path)
+    info = weight.analyse(model)  # cached by model bytes: runs once for the whole sweep
+    summary = quantize_steps(model, cfg, info, str(cache_dir("sweep") / f"{key}.onnx"), inputs, dask_address)
+    return {"summary": summary, "model_path": str(summary.output)}
+
+
+def _latency_key(ctx, params) -> str:
+    return content_key("latency", file_digest(params["model_path"]), params["inputs"], params["runs"])
+
+
+@task(name="measure_latency", cache_key_fn=_latency_key, persist_result=True)
+def measure_latency(model_path: str, info: ModelInfo, inputs: InputOptions, runs: int = 20) -> float:
+    """Median ms on one onnxruntime thread with generated inputs (the values do not change the time)."""
+    feeds = random_feeds(input_specs(info.inputs, inputs.shape_map))
+    return latency_ms(model_path, feeds, runs=runs)
+
+
+def copy_atomic(source: str | Path, target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    return target
+
+
+def write_text_atomic(target: Path, text: str) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def write_parquet(rows: list[dict], target: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    tmp.replace(target)
+    return target
