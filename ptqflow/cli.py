@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-flow", action="store_true",
                       help="run the steps directly in this process, without Prefect or Dask")
     _add_sweep(sub)
+    _add_report(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -83,6 +84,13 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--latency-runs", type=int, default=20, help="timed onnxruntime runs per point (default 20)")
 
 
+
+
+def _add_report(sub) -> None:
+    rp = sub.add_parser("report", help="rank the nodes of a debug folder (debug_info_save_path) by quantization "
+                        "damage and propose a skip_quant_node line", allow_abbrev=False)
+    rp.add_argument("folder", metavar="DIR", help="the debug_info_save_path of a conversion")
+    rp.add_argument("--top", type=int, default=15, help="rows to print (default 15)")
 
 
 def _max_drop(text: str) -> float:
@@ -133,6 +141,9 @@ def _convert(args) -> int:
     summary.wall_time_s = time.perf_counter() - start
     report.print_summary(summary)
     print(f"wrote {output_file(args.output_file)}")
+    from ptqflow.debug_report import print_debug_location
+
+    print_debug_location(getattr(summary, "debug", None))
     return 0
 
 
@@ -187,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "report":
+            from ptqflow.debug_report import report_command
+
+            return report_command(args.folder, args.top)
         if args.command != "convert":
             parser.print_help()
             return 2

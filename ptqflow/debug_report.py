@@ -1,0 +1,43 @@
+"""Terminal output of the debug reports: ``ptq report DIR`` and the line after a debug conversion."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ptq_core.debug.rank import NodeDamage, propose_skip_line, rank_nodes
+
+
+def print_ranking(ranked: list[NodeDamage], skip_line: str, folder: str, top: int = 15) -> None:
+    console = Console()
+    table = Table(title=f"Nodes ranked by quantization damage ({folder})")
+    for col, justify in (("#", "right"), ("node", "left"), ("op", "left"), ("score", "right"), ("out cos", "right"),
+                         ("worst", "right"), ("drop", "right"), ("clip", "right"), ("range bits", "right"),
+                         ("int8", "left"), ("why", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for i, d in enumerate(ranked[:top], start=1):
+        table.add_row(str(i), d.node, d.op_type, f"{d.score:.4f}", f"{d.output_cosine:.6f}",
+                      f"{d.min_output_cosine:.6f}", f"{d.cosine_drop:.6f}", f"{100 * d.clip:.2f}%",
+                      f"{d.range_bits:.1f}", "yes" if d.quantized else "no", d.reason)
+    console.print(table)
+    if skip_line:
+        console.print("Proposed for [common_quant_param]:")
+        print(skip_line)
+    else:
+        console.print("No quantized node stands out; nothing to skip.")
+
+
+def report_command(folder: str, top: int) -> int:
+    ranked = rank_nodes(folder)
+    print_ranking(ranked, propose_skip_line(ranked), folder, top)
+    return 0
+
+
+def print_debug_location(debug: dict | None) -> None:
+    """After ``ptq convert`` with debug_info_save_path: where the reports went and what to skip."""
+    if not debug:
+        return
+    print(f"debug reports ({debug['rounds']} round(s), {debug['seconds']:.1f} s): {debug['folder']} "
+          f"-- page {debug['page']}; ranking: ptq report {debug['folder']}")
+    if debug.get("skip_line"):
+        print(f"proposed: {debug['skip_line']}")
