@@ -1,0 +1,55 @@
+"""The debug page renders offline in headless Chromium, with the per-layer cosine chart visible."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+
+import debug_models as dm
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from ptq_core.pipeline import convert_direct
+
+    tmp = tmp_path_factory.mktemp("html")
+    onnx.save(dm.detection_head_model(), str(tmp / "det.onnx"))
+    bins = dm.write_bins(tmp / "bins", (1, 3, 16, 16), 3)
+    cfg = dm.full_quant_config(tmp / "c.cfg", "x", bins, 3, tmp / "debug")
+    convert_direct(tmp / "det.onnx", cfg, tmp / "out")
+    return tmp / "debug" / "debug_report.html", tmp
+
+
+def test_page_is_self_contained(page):
+    html = page[0].read_text()
+    assert '<svg id="cosine-chart"' in html and 'class="histogram"' in html
+    assert "concat_0" in html and "skip_quant_node=" in html
+    for external in ("http://", "https://", "<script", "<link", "src="):  # xmlns is the only URL, an identifier
+        assert external not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)")
+def test_chromium_renders_the_cosine_chart(page):
+    from PIL import Image
+
+    path, tmp = page
+    profile = tmp / "profile"
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert 'id="cosine-chart"' in dom.stdout and dom.stdout.count('class="bar"') >= 8
+    shot = tmp / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,900",
+                    path.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists()
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    chart = image[90:420, 60:1150]  # below the title and caption: where the SVG chart is drawn
+    colored = np.abs(chart[..., 0] - chart[..., 2]) > 60  # red/blue bars, not grey text or white
+    assert chart.std() > 20 and colored.mean() > 0.01
