@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -236,7 +236,9 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     if _guard_applies(cfg, target):
         table = SpeedTable(speed_table_path())
         # decisions are remembered per model and config, so the same inputs give the same model
-        decision_key = f"model|{model_key(model)}|{cfg.fingerprint()}|{sorted(v.shape for v in feeds0.values())}"
+        # max_drop is left out: its loop runs after the guard and must start from the same int8 model
+        guard_cfg = replace(cfg, ptqflow=replace(cfg.ptqflow, max_drop=None))
+        decision_key = f"model|{model_key(model)}|{guard_cfg.fingerprint()}|{sorted(v.shape for v in feeds0.values())}"
         remembered = table.decisions.get(decision_key)
         shapes = tensor_shapes(model, {k: v.shape for k, v in feeds0.items()})
         losers, timings = int8_losers(model, cfg, target, place.nodes, shapes, table)
@@ -311,8 +313,6 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         demoted = dict(speed["demoted"]) if speed else {}
 
         def rebuild(extra: tuple[str, ...], reasons: dict[str, str]) -> Build:
-            from dataclasses import replace
-
             kept = _with_reasons(place_qdq(model, target, skip=skip + extra), demoted)
             kept = replace(kept, kept_float={**kept.kept_float, **reasons})
             missing = [t for t in observed_tensors(kept) if t not in observers]

@@ -53,6 +53,7 @@ class NodeDamage:
 
 @dataclass(frozen=True)
 class Step:
+    action: str  # "all int8", "keep first k", "give back <node>"
     kept: int
     cosine: float
     drop: float
@@ -100,6 +101,14 @@ class MaxDropResult:
         d["int8_weight_fraction"] = self.int8_fraction
         d["ranking"] = d["ranking"][:20]
         return d
+
+
+def weight_params_by_node(plan) -> dict[str, int]:
+    """Parameters of each node's int8 weights (a shared tensor counts for every node that reads it)."""
+    out: dict[str, int] = {}
+    for w in plan.weights:
+        out[w.node] = out.get(w.node, 0) + int(np.asarray(w.q).size)
+    return out
 
 
 def weight_params(plan) -> int:
@@ -189,6 +198,7 @@ def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: S
     inits = {t.name for t in fp32.graph.initializer}
     node_tensor: dict[str, str] = {}
     node_inputs: dict[str, list[str]] = {}
+    folded: set[str] = set()  # a Relu/Clip the emitter folded into its producer's Q: the producer owns the error
     for name in candidates:
         node = by_name[name]
         t = _node_tensor(fp32, node, visible)
@@ -196,6 +206,8 @@ def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: S
             continue
         node_tensor[name] = t
         node_inputs[name] = [i for i in node.input if i and i not in inits and i in visible]
+        if node.op_type in ("Relu", "Clip") and node.input and node.input[0] not in visible:
+            folded.add(name)
     wanted = sorted(set(node_tensor.values()) | {i for ins in node_inputs.values() for i in ins})
     if not wanted:
         return []
@@ -223,7 +235,8 @@ def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: S
     for name, t in node_tensor.items():
         cos = concat_sums[name] / n if name in concat_sums else mean[t]
         inherited = max((1.0 - mean[i] for i in node_inputs[name]), default=0.0)
-        damage.append(NodeDamage(name, by_name[name].op_type, cos, max(0.0, (1.0 - cos) - inherited)))
+        own = 0.0 if name in folded else max(0.0, (1.0 - cos) - inherited)
+        damage.append(NodeDamage(name, by_name[name].op_type, cos, own))
     return damage
 
 
@@ -277,43 +290,48 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
     """Keep the worst nodes of ``base`` in FP32 until ``1 - cosine <= bound``; returns the report and the build.
 
     ``rebuild(extra_skip, reasons)`` re-places Q/DQ with ``extra_skip`` kept FP32 (reasons for the
-    layer table) and returns the new build without recollecting statistics.
+    layer table) and returns the new build without recollecting statistics. After the smallest
+    worst-first prefix is found, each kept node that has weights is tried back in int8, largest
+    first, and stays int8 when the bound still holds (the ranking is greedy; this keeps more
+    weights in int8 for a few more builds).
     """
     evaluator = Evaluator(fp32, rounds)
     candidates = list(base.place.nodes)
     cos0 = evaluator.cosine(base.quantized)
-    steps = [Step(0, cos0, max(0.0, 1.0 - cos0), 1.0 - cos0 <= bound + TOLERANCE)]
+    steps = [Step("all int8", 0, cos0, max(0.0, 1.0 - cos0), 1.0 - cos0 <= bound + TOLERANCE)]
     damage_rounds = [r.index for r in list(rounds)[:DAMAGE_ROUNDS]]
     ranking: list[NodeDamage] = []
-    builds: dict[int, Build] = {0: base}
+    builds: dict[tuple[str, ...], Build] = {(): base}
+    cosines: dict[tuple[str, ...], float] = {(): cos0}
     notes: list[str] = []
+    kept: tuple[str, ...] = ()
     if not steps[0].within:
         ranking = rank_nodes(node_damage(fp32, base.quantized, candidates, rounds), [n.name for n in fp32.graph.node])
         seen = {d.node for d in ranking}
         order = [d.node for d in ranking] + [n for n in candidates if n not in seen]
+        rank_of = {n: k for k, n in enumerate(order, start=1)}
+        dmg = {d.node: d for d in ranking}
 
-        def reasons(k: int) -> dict[str, str]:
-            dmg = {d.node: d for d in ranking}
+        def reasons(nodes: tuple[str, ...]) -> dict[str, str]:
             out = {}
-            for rank, node in enumerate(order[:k], start=1):
+            for node in nodes:
                 d = dmg.get(node)
                 part = "worst part's " if d and d.op_type == "Concat" else ""
                 what = f"{part}output cosine {d.cosine:.4f} in the int8 model" if d else "not measured"
-                out[node] = (f"max_drop: kept FP32 (rank {rank}, {what}; int8 model's drop "
+                out[node] = (f"max_drop: kept FP32 (rank {rank_of[node]}, {what}; int8 model's drop "
                              f"{max(0.0, 1 - cos0):.4g} > {bound:g})")
             return out
 
-        def trial(k: int) -> Step:
-            builds[k] = rebuild(tuple(order[:k]), reasons(k))
-            cos = evaluator.cosine(builds[k].quantized)
-            step = Step(k, cos, max(0.0, 1.0 - cos), 1.0 - cos <= bound + TOLERANCE)
-            steps.append(step)
-            return step
+        def trial(nodes: tuple[str, ...], action: str) -> bool:
+            builds[nodes] = rebuild(nodes, reasons(nodes))
+            cos = cosines[nodes] = evaluator.cosine(builds[nodes].quantized)
+            steps.append(Step(action, len(nodes), cos, max(0.0, 1.0 - cos), 1.0 - cos <= bound + TOLERANCE))
+            return steps[-1].within
 
         lo, hi, k = 0, None, 1
-        while hi is None:
+        while hi is None:  # k = 1, 2, 4, ... until within (or everything is kept)
             k = min(k, len(order))
-            if trial(k).within:
+            if trial(tuple(order[:k]), f"keep first {k}"):
                 hi = k
             elif k == len(order):
                 hi = k
@@ -321,32 +339,35 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
                              f"(drop {steps[-1].drop:.4g}); everything that can be kept FP32 was kept")
             else:
                 lo, k = k, 2 * k
-        if steps[-1].within:  # the last trial was k = hi; find the smallest k in (lo, hi] within the bound
+        if steps[-1].within:  # the smallest k in (lo, hi] within the bound
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                if trial(mid).within:
+                if trial(tuple(order[:mid]), f"keep first {mid}"):
                     hi = mid
                 else:
                     lo = mid
-        chosen = hi
-    else:
-        chosen = 0
-        order = []
-    final = builds[chosen]
-    cos_after = next(s.cosine for s in reversed(steps) if s.kept == chosen)
+        kept = tuple(order[:hi])
+        if 1.0 - cosines[kept] <= bound + TOLERANCE:
+            params = weight_params_by_node(base.plan)
+            for node in sorted((n for n in kept if params.get(n)), key=lambda n: (-params[n], rank_of[n])):
+                trial_nodes = tuple(n for n in kept if n != node)
+                if trial_nodes and trial(trial_nodes, f"give back {node}"):
+                    kept = trial_nodes
+    final = builds[kept]
+    cos_after = cosines[kept]
     reached = 1.0 - cos_after <= bound + TOLERANCE
-    if chosen and chosen == len(order) and reached:
-        notes.append(f"max_drop={bound:g} needed every one of the {chosen} candidate nodes in FP32: nothing is left in int8")
+    if kept and reached and not final.place.nodes:
+        notes.append(f"max_drop={bound:g} is met only with no node left in int8: the {len(kept)} kept nodes "
+                     "took the whole int8 region with them (the model is FP32)")
     w_before, w_after = weight_params(base.plan), weight_params(final.plan)
+    ms_before = latency(base.quantized) if latency else 0.0
     result = MaxDropResult(
-        bound=bound, reached=reached, candidates=len(candidates), kept=list(order[:chosen]),
+        bound=bound, reached=reached, candidates=len(candidates), kept=list(kept),
         cosine_before=cos0, cosine_after=cos_after, damage_rounds=damage_rounds if ranking else [],
         eval_rounds=len(evaluator.rounds), ranking=ranking, steps=steps,
         weights_int8_before=w_before, weights_int8_after=w_after,
         size_before=base.quantized.ByteSize(), size_after=final.quantized.ByteSize(),
-        ms_before=latency(base.quantized) if latency else 0.0,
-        ms_after=0.0,
+        ms_before=ms_before, ms_after=latency(final.quantized) if latency and kept else ms_before,
         notes=notes,
     )
-    result.ms_after = latency(final.quantized) if latency and chosen else result.ms_before
     return result, final

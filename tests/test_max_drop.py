@@ -103,12 +103,13 @@ def test_statistics_are_collected_once_whatever_the_loop_tries(head, tmp_path):
     assert len(calls) == 1
 
 
-def test_zero_bound_keeps_every_candidate_fp32_and_says_so(head, tmp_path):
+def test_zero_bound_keeps_going_until_nothing_is_int8_and_says_so(head, tmp_path):
     model, folder = head
-    md = quantize_full(model, _cfg(folder, 0.0), InputOptions(), tmp_path / "work").max_drop
+    result = quantize_full(model, _cfg(folder, 0.0), InputOptions(), tmp_path / "work")
+    md = result.max_drop
     assert md["reached"] and md["kept"][0] == "head_concat"
-    assert len(md["kept"]) == md["candidates"] and md["weights_int8_after"] == 0
-    assert any("every one of the" in n and "nothing is left in int8" in n for n in md["notes"])
+    assert md["weights_int8_after"] == 0 and not result.plan.nodes
+    assert any("only with no node left in int8" in n for n in md["notes"])
     assert [s["kept"] for s in md["steps"]][:4] == [0, 1, 2, 4]  # doubling, then bisection
 
 
@@ -170,3 +171,40 @@ def test_flow_parameter_overrides_the_config_and_reports_the_kept_nodes(head, tm
     assert summary.totals()["max_drop_kept"] == 1
     assert any(r["node"] == "head_concat" and r["detail"].startswith("max_drop") for r in summary.rows())
     assert Path(summary.output).exists()
+
+
+def test_kept_nodes_with_weights_go_back_to_int8_when_the_bound_holds_without_them(monkeypatch):
+    """The ranking is greedy: a heavy node ranked first but not needed is given back, largest first."""
+    from types import SimpleNamespace
+
+    from ptq_core import max_drop
+
+    def model(kept: tuple[str, ...]) -> onnx.ModelProto:
+        m = onnx.ModelProto()
+        m.doc_string = ",".join(kept)
+        return m
+
+    class FakeEvaluator:  # within the bound exactly when "b" is FP32
+        def __init__(self, fp32, rounds):
+            self.rounds = list(rounds)
+
+        def cosine(self, m):
+            return 1.0 if "b" in m.doc_string.split(",") else 0.9
+
+    damage = [max_drop.NodeDamage("a", "Conv", 0.5, 0.5), max_drop.NodeDamage("b", "Conv", 0.6, 0.4),
+              max_drop.NodeDamage("c", "Conv", 0.9, 0.1)]
+    monkeypatch.setattr(max_drop, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(max_drop, "node_damage", lambda *a, **k: damage)
+
+    def plan(int8: tuple[str, ...]):
+        sizes = {"a": 1000, "b": 10, "c": 10}
+        return SimpleNamespace(weights=[SimpleNamespace(node=n, tensor=f"w_{n}", q=np.zeros(sizes[n])) for n in int8])
+
+    def build(kept: tuple[str, ...]) -> max_drop.Build:
+        int8 = tuple(n for n in "abc" if n not in kept)
+        return max_drop.Build(SimpleNamespace(nodes=int8), plan(int8), {}, model(kept))
+
+    result, final = max_drop.keep_until_within(onnx.ModelProto(), build(()), [], 0.01, lambda extra, why: build(extra))
+    assert result.kept == ["b"] and final.quantized.doc_string == "b"
+    assert [s.action for s in result.steps] == ["all int8", "keep first 1", "keep first 2", "give back a"]
+    assert result.weights_int8_after == 1010 and result.weights_int8_before == 1020
