@@ -206,8 +206,8 @@ def render(cmd: str, env: dict, head: dict | None, cls: dict | None, wall: float
                   "input's):", "", "| rank | node | op | output cosine in int8 model | own damage |", "|---|---|---|---|---|"]
             L += [f"| {i} | {d['node']} | {d['op_type']} | {d['cosine']:.4f} | {d['own']:.4g} |"
                   for i, d in enumerate(md["ranking"][:5], start=1)]
-            L += ["", "Steps tried (nodes kept → calibration drop): "
-                  + ", ".join(f"{s['kept']} → {s['drop']:.3g}" for s in md["steps"]), ""]
+            L += ["", "Steps tried (action: calibration drop): "
+                  + ", ".join(f"{s['action']}: {s['drop']:.3g}" for s in md["steps"]), ""]
         if w.get("debug_top"):
             L += ["Debug reports of the model without the loop (`debug_info_save_path`, ptq_core.debug.rank), first "
                   "nodes:", "", "| rank | node | op | score | output cosine | cosine drop | range bits |",
@@ -233,7 +233,8 @@ def render(cmd: str, env: dict, head: dict | None, cls: dict | None, wall: float
             if md and md["ranking"]:
                 L += [f"`{name}`: damage ranking top 5: " + ", ".join(
                     f"{d['node']} ({d['op_type']}, cos {d['cosine']:.4f}, own {d['own']:.2g})" for d in md["ranking"][:5])
-                    + "; steps: " + ", ".join(f"{s['kept']} → {s['drop']:.3g}" for s in md["steps"])
+                    + "; steps (action: calibration drop): "
+                    + ", ".join(f"{s['action']}: {s['drop']:.3g}" for s in md["steps"])
                     + (f"; notes: {' '.join(md['notes'])}" if md["notes"] else ""), ""]
     return "\n".join(L) + "\n"
 

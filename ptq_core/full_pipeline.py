@@ -308,9 +308,10 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     lap("latency_guard_s")
     max_drop = None
     if cfg.ptqflow.max_drop is not None:
-        from ptq_core.max_drop import Build, keep_until_within
+        from ptq_core.max_drop import Build, FinalizeOnce, keep_until_within
 
         demoted = dict(speed["demoted"]) if speed else {}
+        observers.update({t: FinalizeOnce(o) for t, o in observers.items()})  # same ranges in every rebuild
 
         def rebuild(extra: tuple[str, ...], reasons: dict[str, str]) -> Build:
             kept = _with_reasons(place_qdq(model, target, skip=skip + extra), demoted)

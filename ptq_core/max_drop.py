@@ -135,6 +135,24 @@ def border_tensors(model: onnx.ModelProto, target, place, skip: tuple[str, ...])
     return tuple(sorted(wanted))
 
 
+class FinalizeOnce:
+    """An observer that remembers what ``finalize`` returned: the loop rebuilds plans from the same
+    statistics many times, and KL's threshold search is most of a rebuild's time."""
+
+    def __init__(self, observer):
+        self._observer = observer
+        self._ranges: dict = {}
+
+    def finalize(self, qmin: int, qmax: int, symmetric: bool = True):
+        key = (qmin, qmax, symmetric)
+        if key not in self._ranges:
+            self._ranges[key] = self._observer.finalize(qmin, qmax, symmetric)
+        return self._ranges[key]
+
+    def __getattr__(self, name: str):
+        return getattr(self._observer, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # damage pass
 
