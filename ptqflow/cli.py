@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-flow", action="store_true",
                       help="run the steps directly in this process, without Prefect or Dask")
     _add_sweep(sub)
+    _add_serve(sub)
     _add_report(sub)
     sub.add_parser("version", help="print the version")
     return parser
@@ -84,6 +85,34 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--latency-runs", type=int, default=20, help="timed onnxruntime runs per point (default 20)")
 
 
+
+
+def _add_report(sub) -> None:
+    rp = sub.add_parser("report", help="rank the nodes of a debug folder (debug_info_save_path) by quantization "
+                        "damage and propose a skip_quant_node line", allow_abbrev=False)
+    rp.add_argument("folder", metavar="DIR", help="the debug_info_save_path of a conversion")
+    rp.add_argument("--top", type=int, default=15, help="rows to print (default 15)")
+
+
+def _max_drop(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1] (1 - output cosine, e.g. 0.01)")
+    return value
+
+
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="start a local Prefect server (127.0.0.1) with the UI and serve the deployments",
+                        allow_abbrev=False)
+    sv.add_argument("--port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
+    sv.add_argument("--watch", default="", help="folder of *.onnx + sibling .cfg to re-quantize on a schedule")
+    sv.add_argument("--cron", default="*/10 * * * *", help='schedule of the watch deployment (default "*/10 * * * *")')
+    sv.add_argument("--output-dir", "--outputDir", dest="output_dir", default="",
+                    help="where the watcher writes models (default: <watch>/quantized)")
+    sv.add_argument("--api-url", default="", help="use this running Prefect API instead of starting a server")
 
 
 def _add_report(sub) -> None:
@@ -198,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "serve":
+            from ptqflow.deployments.serve import serve_command
+
+            return serve_command(args)
         if args.command == "report":
             from ptqflow.debug_report import report_command
 

@@ -1,0 +1,1 @@
+"""Served Prefect deployments of ptqflow's flows (installed as ``ptqflow.deployments``)."""
