@@ -10,15 +10,14 @@ from ptq_core.debug.rank import NodeDamage, propose_skip_line, rank_nodes
 
 def print_ranking(ranked: list[NodeDamage], skip_line: str, folder: str, top: int = 15) -> None:
     console = Console()
-    table = Table(title=f"Nodes ranked by quantization damage ({folder})")
+    table = Table(title=f"Nodes ranked by quantization damage ({folder}); bits: Add/Concat input range disagreement")
     for col, justify in (("#", "right"), ("node", "left"), ("op", "left"), ("score", "right"), ("out cos", "right"),
-                         ("worst", "right"), ("drop", "right"), ("clip", "right"), ("range bits", "right"),
-                         ("int8", "left"), ("why", "left")):
+                         ("drop", "right"), ("clip", "right"), ("bits", "right"), ("why", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for i, d in enumerate(ranked[:top], start=1):
-        table.add_row(str(i), d.node, d.op_type, f"{d.score:.4f}", f"{d.output_cosine:.6f}",
-                      f"{d.min_output_cosine:.6f}", f"{d.cosine_drop:.6f}", f"{100 * d.clip:.2f}%",
-                      f"{d.range_bits:.1f}", "yes" if d.quantized else "no", d.reason)
+        op = d.op_type if d.quantized else f"{d.op_type} [yellow](fp32)[/]"
+        table.add_row(str(i), d.node, op, f"{d.score:.4f}", f"{d.output_cosine:.6f}", f"{d.cosine_drop:.6f}",
+                      f"{100 * d.clip:.2f}%", f"{d.range_bits:.1f}", d.reason)
     console.print(table)
     if skip_line:
         console.print("Proposed for [common_quant_param]:")

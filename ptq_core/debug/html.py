@@ -31,43 +31,49 @@ def _color(score: float) -> str:
 
 
 def cosine_chart(ranked, width: int = 1100, height: int = 340) -> str:
-    """Bars of each node's mean output cosine in execution order; the y axis starts at the worst value."""
+    """Bars of each node's lost cosine, 1 - mean output cosine, on a log axis, in execution order.
+
+    Quantized outputs sit at 1e-6..1e-3; a broken one at 1e-2 and above, so a log axis is the one where
+    the two are both visible (a linear cosine axis shows every bar full).
+    """
+    import math
+
     nodes = sorted(ranked, key=lambda d: d.order)
     if not nodes:
         return '<svg id="cosine-chart" width="10" height="10"></svg>'
     left, right, top, bottom = 60, 10, 10, 110
     plot_w, plot_h = width - left - right, height - top - bottom
-    low = min(min(d.min_output_cosine for d in nodes), 0.99)
-    low = max(-1.0, low - 0.05 * (1 - low))
-    span = 1.0 - low if 1.0 > low else 1.0
+    floor = -7.0
     step = plot_w / len(nodes)
 
-    def y(v: float) -> float:
-        return top + plot_h * (1.0 - (min(1.0, max(low, v)) - low) / span)
+    def y(cos: float) -> float:
+        lost = max(10 ** floor, min(1.0, 1.0 - cos)) if math.isfinite(cos) else 1.0
+        return top + plot_h * (1.0 - (math.log10(lost) - floor) / -floor)
 
     parts = [f'<svg id="cosine-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="output cosine per node">',
+             f'role="img" aria-label="1 - output cosine per node">',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#999"/>']
-    for k in range(5):
-        v = low + span * k / 4
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.4f}</text>')
+    for e in range(int(floor), 1):
+        yy = top + plot_h * (1.0 - (e - floor) / -floor)
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 4}" y="{yy + 4:.1f}" font-size="10" text-anchor="end">1e{e}</text>')
     label_every = max(1, len(nodes) // 60)
+    bottom_y = top + plot_h
     for i, d in enumerate(nodes):
         x = left + i * step
         bar_top = y(d.output_cosine)
         parts.append(f'<rect class="bar" x="{x + 0.1 * step:.1f}" y="{bar_top:.1f}" width="{max(1.0, 0.8 * step):.1f}" '
-                     f'height="{top + plot_h - bar_top:.1f}" fill="{_color(d.score)}"><title>{escape(d.node)} '
+                     f'height="{max(1.0, bottom_y - bar_top):.1f}" fill="{_color(d.score)}"><title>{escape(d.node)} '
                      f'({escape(d.op_type)}): cosine {d.output_cosine:.6f}, worst {d.min_output_cosine:.6f}, '
                      f'score {d.score:.4f}</title></rect>')
         parts.append(f'<line x1="{x + 0.1 * step:.1f}" x2="{x + 0.9 * step:.1f}" y1="{y(d.min_output_cosine):.1f}" '
                      f'y2="{y(d.min_output_cosine):.1f}" stroke="#000"/>')
         if i % label_every == 0:
             cx = x + step / 2
-            parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 8}" font-size="9" text-anchor="end" '
-                         f'transform="rotate(-60 {cx:.1f} {top + plot_h + 8})">{escape(d.node[:28])}</text>')
+            parts.append(f'<text x="{cx:.1f}" y="{bottom_y + 8}" font-size="9" text-anchor="end" '
+                         f'transform="rotate(-60 {cx:.1f} {bottom_y + 8})">{escape(d.node[:28])}</text>')
     parts.append(f'<text x="14" y="{top + plot_h / 2:.0f}" font-size="11" transform="rotate(-90 14 {top + plot_h / 2:.0f})" '
-                 'text-anchor="middle">output cosine</text></svg>')
+                 'text-anchor="middle">1 - output cosine</text></svg>')
     return "".join(parts)
 
 
@@ -126,9 +132,10 @@ def write_page(folder: Path, title: str, ranked, outputs, worst: list[dict], ski
         "<p>No quantized node stands out; no <code>skip_quant_node</code> proposed.</p>"
     body = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"
-            "<p>Bars: mean output cosine of each node's dequantized output vs FP32 over all rounds "
-            "(execution order; black tick: worst round; red: score &ge; 0.1, orange: &ge; 0.01).</p>"
-            f"<h2>Output cosine per layer</h2>{cosine_chart(ranked)}{skip}"
+            "<p>Bars: 1 &minus; mean cosine of each node's dequantized output vs FP32 over all rounds, log scale, "
+            "execution order (taller = more lost; black tick: worst round; red: score &ge; 0.1, orange: &ge; 0.01; "
+            "a merge node can lose a small input with a tall score but a short bar: see the ranking).</p>"
+            f"<h2>Output cosine lost per layer</h2>{cosine_chart(ranked)}{skip}"
             f"<h2>Model outputs</h2><table><tr><th class=\"l\">tensor</th><th>mean cosine</th><th>worst</th></tr>{out_rows}</table>"
             "<h2>Nodes ranked by damage</h2><table><tr><th>#</th><th class=\"l\">node</th><th class=\"l\">op</th><th>score</th>"
             "<th>output cos</th><th>worst</th><th>drop</th><th>clip</th><th>range bits</th><th>quantized</th>"

@@ -1,0 +1,239 @@
+"""Debug-report benchmark (debug_info_save_path): does the report name the broken nodes, and what does it cost?
+
+    .venv-bench/bin/python benchmarks/bench_debug.py            # full run (100 OCR rounds)
+    .venv-bench/bin/python benchmarks/bench_debug.py --quick    # 20 OCR rounds
+
+1. Naive int8 fails: a detection-style head (``tests/debug_models.detection_head_model``, two levels,
+   3x32x32 input): per level a box branch (~1e3) and a score branch (~1e-2) joined by Concat. One
+   output scale per Concat rounds the scores to zero while the model's output cosine stays ~0.9998
+   (the boxes dominate it). The report must rank the two Concats first; we then apply its proposed
+   ``skip_quant_node`` line and measure the score channels' cosine vs FP32 before and after (64
+   held-out inputs). 32 generated BIN calibration samples, latency_guard=false.
+2. The OCR classifier (PP-OCR ``ch_ppocr_mobile_v2.0_cls_infer.onnx``, rapidocr-onnxruntime wheel),
+   README's recommended setting (KL, per_channel=true), 100 calibration images: the report's top nodes,
+   and the cost of debug: each conversion runs in a fresh process (``convert(..., use_flow=False)``,
+   i.e. ``ptq convert --no-flow``), wall time and peak RSS (ru_maxrss) without debug, with debug at
+   100 rounds, and with debug at 20 rounds (peak RSS must not grow with rounds). The machine's 2
+   cores were shared with other agents running at the same time: wall times are noisy.
+
+Writes benchmarks/results/debug.md and debug.json, and a screenshot of the head's page (if chromium
+is installed) to benchmarks/results/debug_page.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np  # noqa: E402
+
+import harness  # noqa: E402
+
+CLS_SHAPE = "x:1,3,48,192"
+HEAD_SIZE = 32
+
+
+def child(cfg: str, model: str, out: str, shape: str) -> None:
+    """One conversion in this (fresh) process; prints wall time and peak RSS as JSON."""
+    from ptqflow.api import convert
+
+    t0 = time.perf_counter()
+    s = convert(model, cfg, out, input_shape=shape, use_flow=False)
+    wall = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    debug = getattr(s, "debug", None) or {}
+    print("RESULT " + json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb, 1),
+                                  "debug_s": debug.get("seconds"), "rounds": debug.get("rounds"),
+                                  "top": debug.get("top", [])[:8], "skip_line": debug.get("skip_line"),
+                                  "output_cosine": s.output_cosine, "output": str(s.output)}))
+
+
+def run_child(cfg: Path, model: Path, out: Path, shape: str = "") -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(cfg), str(model), str(out), shape],
+                          capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"child failed: {proc.stderr[-2000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def _cfg(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- detection head
+def bench_head(work: Path) -> dict:
+    import onnx
+
+    import debug_models as dm
+    from ptq_core.debug.stats import cosine
+
+    folder = work / "head"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model = folder / "head.onnx"
+    folder.mkdir(parents=True)
+    onnx.save(dm.detection_head_model(levels=2, size=HEAD_SIZE), str(model))
+    calib = dm.write_bins(folder / "calib", (1, 3, HEAD_SIZE, HEAD_SIZE), 32, seed=1)
+    cfg = dm.full_quant_config(folder / "head.cfg", "x", calib, 32, folder / "debug")
+    naive = run_child(cfg, model, folder / "head_int8")
+    skip = naive["skip_line"]
+    fixed_cfg = folder / "head_fixed.cfg"
+    fixed_cfg.write_text(cfg.read_text().replace("[common_quant_param]\n", f"[common_quant_param]\n{skip}\n", 1))
+    fixed = run_child(fixed_cfg, model, folder / "head_fixed") if skip else None
+
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, HEAD_SIZE, HEAD_SIZE)).astype(np.float32)} for _ in range(64)]
+    ref = harness.make_session(model, threads=1)
+
+    def channel_cos(path: str) -> dict:
+        sess = harness.make_session(path, threads=1)
+        box, score, whole = [], [], []
+        for f in feeds:
+            for a, b in zip(ref.run(None, f), sess.run(None, f)):
+                box.append(cosine(a[:, :4], b[:, :4]))
+                score.append(cosine(a[:, 4:], b[:, 4:]))
+                whole.append(cosine(a, b))
+        return {"output": float(np.mean(whole)), "box": float(np.mean(box)), "score": float(np.mean(score))}
+
+    result = {"naive": naive, "naive_eval": channel_cos(naive["output"]), "skip_line": skip}
+    if fixed:
+        result["fixed"] = fixed
+        result["fixed_eval"] = channel_cos(fixed["output"])
+    result["page"] = screenshot(folder / "debug" / "debug_report.html", HERE / "results" / "debug_page.png")
+    return result
+
+
+def screenshot(page: Path, png: Path) -> str | None:
+    chromium = shutil.which("chromium")
+    if chromium is None or not page.exists():
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,900", page.as_uri()],
+                       capture_output=True, timeout=120)
+    return str(png.relative_to(ROOT)) if png.exists() else None
+
+
+# --------------------------------------------------------------------------- OCR classifier
+def bench_cls(args, work: Path) -> dict:
+    import models
+    import ocr_cls_data
+
+    root = Path(args.cls_root)
+    ocr_cls_data.build(root, n_calib=max(args.rounds, 1000), n_eval=1000, seed=0)
+    fp32 = models.rapidocr_models()["cls"]
+    folder = work / "cls"
+    calib_dir = (root / "calib").resolve()
+
+    def cfg(name: str, rounds: int, debug: Path | None) -> Path:
+        common = ["[common_quant_param]", "quant_type=FULL_QUANT", "bit_num=8"]
+        if debug is not None:
+            common.append(f"debug_info_save_path={debug}")
+        return _cfg(folder / f"{name}.cfg", common + [
+            "[data_preprocess_param]", f"calibrate_path=x:{calib_dir}", f"calibrate_size={rounds}", "input_type=IMAGE",
+            "image_to_format=BGR", "normalize_mean=[127.5,127.5,127.5]", "normalize_std=[127.5,127.5,127.5]",
+            "[full_quant_param]", "activation_quant_method=KL", "per_channel=true", "bias_correction=true"])
+
+    few = max(2, args.rounds // 5)
+    runs = {}
+    runs["without debug"] = run_child(cfg("nodebug", args.rounds, None), fp32, folder / "out_nodebug", CLS_SHAPE)
+    runs[f"debug, {args.rounds} rounds"] = run_child(cfg("debug", args.rounds, folder / "debug"), fp32,
+                                                     folder / "out_debug", CLS_SHAPE)
+    runs[f"debug, {few} rounds"] = run_child(cfg("debug_few", few, folder / "debug_few"), fp32,
+                                             folder / "out_debug_few", CLS_SHAPE)
+    report_bytes = sum(p.stat().st_size for p in (folder / "debug").rglob("*") if p.is_file())
+    return {"rounds": args.rounds, "few": few, "runs": runs, "report_bytes": report_bytes}
+
+
+# --------------------------------------------------------------------------- report
+def render(cmd: str, env: dict, head: dict, cls: dict | None, wall: float) -> str:
+    L = ["# Debug-report benchmark", "", "```", cmd, "```", "",
+         f"{env['date']} · git {env['git']} · {env['cpu']} ({env['cores']} cores, shared with other agents "
+         "running at the same time: wall times are noisy) · Python " + env["python"] + " · "
+         + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v) + f" · total wall {wall:.0f} s", ""]
+    n, ne = head["naive"], head["naive_eval"]
+    L += ["## A model where naive int8 fails: detection head (Concat of ~1e3 boxes and ~1e-2 scores, 2 levels)", "",
+          "Ranking from the debug report (32 calibration rounds), top 5:", "",
+          "| # | node | op | score | output cosine | cosine drop | range bits | why |", "|---|---|---|---|---|---|---|---|"]
+    for i, d in enumerate(n["top"][:5], start=1):
+        L.append(f"| {i} | {d['node']} | {d['op']} | {d['score']:.4f} | {d['output_cosine']:.6f} | "
+                 f"{d['cosine_drop']:.6f} | {d['range_bits']:.1f} | {d['reason']} |")
+    L += ["", f"Proposed line: `{head['skip_line']}`", "",
+          "Cosine vs FP32 on 64 held-out inputs (mean over both outputs):", "",
+          "| model | whole output | box channels | score channels |", "|---|---|---|---|",
+          f"| all int8 (naive) | {ne['output']:.6f} | {ne['box']:.6f} | {ne['score']:.6f} |"]
+    if "fixed_eval" in head:
+        fe = head["fixed_eval"]
+        L.append(f"| with the proposed skip_quant_node | {fe['output']:.6f} | {fe['box']:.6f} | {fe['score']:.6f} |")
+    if head.get("page"):
+        L += ["", f"Page screenshot: `{head['page']}`"]
+    if cls:
+        runs = cls["runs"]
+        base = runs["without debug"]
+        L += ["", f"## OCR text-direction classifier, KL per-channel, {cls['rounds']} calibration rounds", "",
+              "Each row: one `convert(..., use_flow=False)` in a fresh process (statistics and debug rounds serial).", "",
+              "| run | wall s | × without | of which debug s | peak RSS MB | × without |", "|---|---|---|---|---|---|"]
+        for name, r in runs.items():
+            L.append(f"| {name} | {r['wall_s']:.1f} | {r['wall_s'] / base['wall_s']:.2f} | "
+                     f"{r['debug_s'] if r['debug_s'] is not None else '-'} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")
+        top = runs[f"debug, {cls['rounds']} rounds"]["top"][:5]
+        L += ["", f"Reports for {cls['rounds']} rounds: {cls['report_bytes'] / 2**20:.1f} MiB on disk (CSV + Parquet + page). "
+              "Top of the ranking:", "", "| # | node | op | score | output cosine | cosine drop | clip | why |",
+              "|---|---|---|---|---|---|---|---|"]
+        for i, d in enumerate(top, start=1):
+            L.append(f"| {i} | {d['node']} | {d['op']} | {d['score']:.4f} | {d['output_cosine']:.6f} | "
+                     f"{d['cosine_drop']:.6f} | {100 * d['clip']:.2f}% | {d['reason']} |")
+        skip = runs[f"debug, {cls['rounds']} rounds"]["skip_line"]
+        L += ["", f"Proposed line: `{skip}`" if skip else "No node proposed for skipping."]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        child(*argv[1:5])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="20 OCR rounds")
+    p.add_argument("--rounds", type=int, default=100)
+    p.add_argument("--skip-cls", action="store_true")
+    p.add_argument("--cls-root", default=str(HERE / "work" / "cls"))
+    p.add_argument("--out", default=str(HERE / "results" / "debug"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = 20
+    t0 = time.perf_counter()
+    work = HERE / "work" / "debug"
+    head = bench_head(work)
+    cls = None if args.skip_cls else bench_cls(args, work)
+    env = harness.environment(("onnx", "onnxruntime", "pyarrow", "rapidocr-onnxruntime", "numpy", "ptqflow"))
+    cmd = ".venv-bench/bin/python benchmarks/bench_debug.py" + ("" if not argv else " " + shlex.join(argv))
+    wall = time.perf_counter() - t0
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "head": head, "cls": cls}, indent=1, default=str))
+    out.with_suffix(".md").write_text(render(cmd, env, head, cls, wall))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
