@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean serve
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench:
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_dynamic_quant.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_orchestration.py
+
+# Local Prefect server + UI on 127.0.0.1:$(PORT) serving the quantize, sweep and (with WATCH=dir) watch-folder flows
+PORT ?= 4200
+CRON ?= */10 * * * *
+serve: $(STAMP)
+	$(BIN)/ptq serve --port $(PORT) --cron "$(CRON)" $(if $(WATCH),--watch $(WATCH))
 
 clean:
 	rm -rf $(VENV) .ptqflow out

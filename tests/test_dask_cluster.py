@@ -70,3 +70,32 @@ def test_statistics_on_an_external_cluster_equal_the_serial_run(tmp_path, cluste
         remote = quantize_full(model_path, cfg, InputOptions(), tmp_path / "remote",
                                collector=lambda m, t, r, meth: collect_distributed(client, m, t, r, meth))
     assert serial.quantized.SerializeToString(deterministic=True) == remote.quantized.SerializeToString(deterministic=True)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_runs_statistics_bias_and_debug_rounds_on_the_given_cluster(tmp_path, cluster):
+    """``dask_address`` reaches every Dask step of the flow (statistics, bias correction, debug-report rounds)
+    and the model equals a direct serial run."""
+    from dask.utils import key_split
+    from distributed import Client
+
+    from modelgen import write_config
+    from ptq_core.pipeline import convert_direct
+    from ptqflow.flows.quantize import quantize
+
+    model_path = save(cnn_model(seed=7), tmp_path / "m.onnx")
+    folder = calib_folder(tmp_path, n=8)
+    text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n{debug}"
+            f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
+            "[full_quant_param]\nactivation_quant_method=KL\n[ptqflow]\nlatency_guard=false\n")
+    cfg = write_config(tmp_path / "f.cfg", text.format(debug=f"debug_info_save_path={tmp_path / 'dbg'}\n"))
+    plain = write_config(tmp_path / "plain.cfg", text.format(debug=""))
+    with Client(cluster) as client:
+        client.get_task_stream()  # installs the scheduler's task recorder, which sees every client's tasks
+        start = time.time()
+        summary = quantize(str(model_path), str(cfg), str(tmp_path / "flow"), dask_address=cluster)
+        ran = {key_split(t["key"]) for t in client.get_task_stream(start=start)}
+    assert {"ptq-stats", "accumulate_bias", "run_round"} <= ran, ran
+    assert any((tmp_path / "dbg").iterdir())
+    direct = convert_direct(model_path, plain, tmp_path / "direct")
+    assert Path(summary.output).read_bytes() == Path(direct.output).read_bytes()
