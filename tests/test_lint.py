@@ -12,5 +12,5 @@ def test_pyflakes_rules_pass():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is part of the test extra"
     proc = subprocess.run([ruff, "check", "--select", "F", "--no-cache", "ptq_core", "ptqflow", "flows", "tasks",
-                           "tests"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "deployments", "tests"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
