@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ def machine_key() -> str:
     return f"ort{ort.__version__}|{cpu}"
 
 
+_SAVE_LOCK = threading.Lock()
+
+
 class SpeedTable:
     """JSON map of op signature -> [fp32 µs, int8 µs], one file per machine key."""
 
@@ -137,13 +141,19 @@ class SpeedTable:
         self.data[signature] = [round(fp32_us, 3), round(int8_us, 3)]
 
     def save(self) -> None:
+        """Merge into what is on disk, then write atomically: parallel sweep points (threads) and runs
+        (processes) share one table, and none may drop another's timings or decisions."""
         if not self.path:
             return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"machine": machine_key(), "ops": self.data, "decisions": self.decisions}, fh, sort_keys=True,
-                      indent=0)
-        os.replace(tmp, self.path)
+        with _SAVE_LOCK:
+            on_disk = SpeedTable(self.path)
+            self.data = {**on_disk.data, **self.data}
+            self.decisions = {**on_disk.decisions, **self.decisions}
+            tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump({"machine": machine_key(), "ops": self.data, "decisions": self.decisions}, fh,
+                          sort_keys=True, indent=0)
+            os.replace(tmp, self.path)
 
 
 def _kernel_sum(times: dict[str, float], exclude: tuple[str, ...]) -> float:

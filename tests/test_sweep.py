@@ -153,3 +153,26 @@ def test_cli_sweep_rejects_a_bad_grid_in_one_line_before_running(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and f"{grid}:1: [mixed_bit_weight_quant_param] init_scale=0" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_parallel_points_saving_the_speed_table_keep_each_others_entries(tmp_path):
+    import threading
+
+    from ptq_core.speed import SpeedTable
+
+    path = str(tmp_path / "speed-table.json")
+    tables = [SpeedTable(path) for _ in range(8)]  # all loaded before anyone saves, as parallel points do
+
+    def work(i: int) -> None:
+        tables[i].put(f"op{i}", 1.0, 0.5)
+        tables[i].decisions[f"model|{i}"] = {"demoted": {}}
+        tables[i].save()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    merged = SpeedTable(path)
+    assert set(merged.data) == {f"op{i}" for i in range(8)}
+    assert set(merged.decisions) == {f"model|{i}" for i in range(8)}
