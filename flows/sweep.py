@@ -22,7 +22,7 @@ from ptq_core.config import check_runnable
 from ptq_core.config.model import parse_config
 from ptq_core.errors import ConfigError
 from ptq_core.runtime import InputOptions
-from ptq_core.sweep import Measured, expand, load_grid, pareto_front, pareto_svg, pick_best
+from ptq_core.sweep import Measured, check_pick, expand, load_grid, pareto_front, pareto_svg, pick_best
 from ptqflow.tasks import sweep as sweep_tasks
 from ptqflow.tasks import weight
 
@@ -62,8 +62,7 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     Writes ``output_dir``/point_<k>.onnx and .cfg, sweep.parquet, pareto.svg and best.cfg.
     """
     start = time.perf_counter()
-    if pick not in ("size", "latency", "cosine"):
-        pick_best([], rule=pick)  # raises the one-line error
+    check_pick(pick)
     grid_obj = load_grid(grid)
     config_path = Path(config).resolve()
     model = str(Path(model).resolve())

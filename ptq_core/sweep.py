@@ -244,12 +244,16 @@ def pareto_front(points: list[Measured]) -> set[int]:
     return {p.index for p in points if not any(dominates(q, p) for q in points if q.index != p.index)}
 
 
+def check_pick(rule: str) -> None:
+    if rule not in PICK_RULES:
+        raise ConfigError(f"--pick={rule}: must be one of {', '.join(PICK_RULES)}{did_you_mean(rule, PICK_RULES)}")
+
+
 def pick_best(points: list[Measured], tolerance: float = 0.002, rule: str = "size") -> Measured:
     """Among Pareto points whose cosine is within ``tolerance`` of the best cosine, the smallest
     (``rule=size``), the fastest (``latency``) or simply the most accurate (``cosine``); ties go to the
     other objectives, then to the lower index, so the pick is deterministic."""
-    if rule not in PICK_RULES:
-        raise ConfigError(f"--pick={rule}: must be one of {', '.join(PICK_RULES)}{did_you_mean(rule, PICK_RULES)}")
+    check_pick(rule)
     if not points:
         raise ValueError("no points")
     front = pareto_front(points)
@@ -275,8 +279,10 @@ def pareto_svg(points: list[Measured], labels: dict[int, str], best: int, title:
     Hand-written SVG: no plotting dependency, and the file is deterministic for the same numbers.
     """
     width, height, margin = 640, 420, 60
+    left = 96  # room for 5-decimal cosine labels and the rotated axis title
     front = pareto_front(points)
-    xs = [p.size_bytes / 1e6 for p in points]
+    unit, scale = ("MB", 1e6) if max(p.size_bytes for p in points) >= 1e6 else ("KB", 1e3)
+    xs = [p.size_bytes / scale for p in points]
     ys = [p.cosine for p in points]
     x_lo, x_hi = min(xs), max(xs)
     y_lo, y_hi = min(ys), max(ys)
@@ -285,7 +291,7 @@ def pareto_svg(points: list[Measured], labels: dict[int, str], best: int, title:
     x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo - y_pad, y_hi + y_pad
 
     def sx(v: float) -> float:
-        return margin + (v - x_lo) / (x_hi - x_lo) * (width - 2 * margin)
+        return left + (v - x_lo) / (x_hi - x_lo) * (width - left - margin)
 
     def sy(v: float) -> float:
         return height - margin - (v - y_lo) / (y_hi - y_lo) * (height - 2 * margin)
@@ -294,22 +300,18 @@ def pareto_svg(points: list[Measured], labels: dict[int, str], best: int, title:
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            f'<text x="{width / 2:.1f}" y="22" text-anchor="middle" font-size="14">{_esc(title)}</text>',
-           f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
-           f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
-           f'<text x="{width / 2:.1f}" y="{height - 18}" text-anchor="middle">model size (MB)</text>',
+           f'<line x1="{left}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
+           f'<line x1="{left}" y1="{margin}" x2="{left}" y2="{height - margin}" stroke="black"/>',
+           f'<text x="{(left + width - margin) / 2:.1f}" y="{height - 18}" text-anchor="middle">model size ({unit})</text>',
            f'<text x="16" y="{height / 2:.1f}" text-anchor="middle" transform="rotate(-90 16 {height / 2:.1f})">'
            'output cosine vs FP32</text>']
     for i in range(5):
         xv = x_lo + (x_hi - x_lo) * i / 4
         yv = y_lo + (y_hi - y_lo) * i / 4
         out.append(f'<text x="{sx(xv):.1f}" y="{height - margin + 16}" text-anchor="middle">{xv:.3g}</text>')
-        out.append(f'<text x="{margin - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.5f}</text>')
-    ordered = sorted((p for p in points if p.index in front), key=lambda p: p.size_bytes)
-    if len(ordered) > 1:
-        path = " ".join(f"{sx(p.size_bytes / 1e6):.1f},{sy(p.cosine):.1f}" for p in ordered)
-        out.append(f'<polyline points="{path}" fill="none" stroke="#1f77b4" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.5f}</text>')
     for p in points:
-        x, y = sx(p.size_bytes / 1e6), sy(p.cosine)
+        x, y = sx(p.size_bytes / scale), sy(p.cosine)
         fill = "#1f77b4" if p.index in front else "white"
         tip = _esc(f"point {p.index}: {labels.get(p.index, '')}; {p.size_bytes} B, {p.latency_ms:.3f} ms, "
                    f"cosine {p.cosine:.6f}")
