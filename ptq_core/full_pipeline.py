@@ -314,6 +314,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         observers.update({t: FinalizeOnce(o) for t, o in observers.items()})  # same ranges in every rebuild
 
         def rebuild(extra: tuple[str, ...], reasons: dict[str, str]) -> Build:
+            lap("max_drop_s")  # the damage pass and the evaluations since the last build
             kept = _with_reasons(place_qdq(model, target, skip=skip + extra), demoted)
             kept = replace(kept, kept_float={**kept.kept_float, **reasons})
             missing = [t for t in observed_tensors(kept) if t not in observers]
