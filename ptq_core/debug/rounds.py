@@ -134,6 +134,10 @@ def round_rows(job: DebugJob, feeds: dict[str, np.ndarray]) -> tuple[list[dict],
     outputs: list[tuple[str, float]] = []
     candidates: list[tuple[float, dict]] = []
     index = 0
+    # a tensor is the output of one node and the input of the next: compute its figures once per round
+    o_stats: dict[str, dict] = {}
+    q_stats: dict[str, dict] = {}
+    pairs: dict[tuple[str, str], tuple] = {}
     for rec in plan.records:
         for ref in rec.tensors:
             qv = _numeric(q_vals.get(ref.quant, ctx.quant_inits.get(ref.quant)))
@@ -145,18 +149,26 @@ def round_rows(job: DebugJob, feeds: dict[str, np.ndarray]) -> tuple[list[dict],
             base = {"NodeName": rec.node, "NodeType": rec.op_type, "TensorName": ref.name,
                     "InOutFlag": ref.inout, "TensorTypeFlag": ref.kind}
             if ov is not None:
-                rows.append({"Index": index, **base, "DataTypeFlag": "Origin", **tensor_stats(ov),
+                if ref.origin not in o_stats:
+                    o_stats[ref.origin] = tensor_stats(ov)
+                rows.append({"Index": index, **base, "DataTypeFlag": "Origin", **o_stats[ref.origin],
                              "Clip": np.float32(0.0), "CosineSimilarity": 1.0})
                 index += 1
-                clip, cos = clip_rate(ov, qv), cosine(ov, qv)
+                key = (ref.origin, ref.quant)
+                if key not in pairs:
+                    pairs[key] = (clip_rate(ov, qv), cosine(ov, qv))
+                clip, cos = pairs[key]
             else:
                 clip, cos = np.float32(0.0), 1.0
-            rows.append({"Index": index, **base, "DataTypeFlag": "Dequant", **tensor_stats(qv),
+            if ref.quant not in q_stats:
+                q_stats[ref.quant] = tensor_stats(qv)
+            rows.append({"Index": index, **base, "DataTypeFlag": "Dequant", **q_stats[ref.quant],
                          "Clip": clip, "CosineSimilarity": cos})
             index += 1
             if ref.inout == "Output" and ref.name in plan.origin_outputs:
                 outputs.append((ref.name, cos))
-            if ov is not None and ref.kind == "Activation" and np.issubdtype(qv.dtype, np.floating):
+            if ov is not None and ref.kind == "Activation" and np.issubdtype(qv.dtype, np.floating) \
+                    and ref.inout == "Output":  # each activation once: as the output of its producer
                 candidates.append((cos, {"node": rec.node, "tensor": ref.name, "inout": ref.inout, "ov": ov, "qv": qv}))
     candidates.sort(key=lambda c: c[0])
     worst = []
