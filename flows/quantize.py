@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ptq_core.pipeline import Summary, apply_max_drop
+from ptq_core.preflight import check_output
 from ptq_core.runtime import InputOptions
 from ptqflow.tasks import debug, dynamic, full, weight
 
@@ -25,6 +26,7 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     inputs = InputOptions.from_flags(input_shape, input_data_format)
     model = str(Path(model).resolve())
     cfg = apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop)
+    check_output(output, model)
     info = weight.analyse(model)
     summary = quantize_steps(model, cfg, info, output, inputs, dask_address)
     if cfg.common.debug_info_save_path:

@@ -82,6 +82,7 @@ class Round:
 
     index: int
     shards: tuple[tuple[str, str], ...]  # (input name, path)
+    sources: tuple[str, ...] = ()  # the user's calibration files behind the shards, for error messages
 
     def feeds(self) -> dict[str, np.ndarray]:
         return {name: np.load(path, allow_pickle=False) for name, path in self.shards}
@@ -104,9 +105,12 @@ def accumulate(model_path: str, tensors: tuple[str, ...], rounds: Iterable[Round
         for name in tensors:
             x = values[name]
             if not np.all(np.isfinite(x)):
+                files = rnd.sources or tuple(p for _, p in rnd.shards)
+                bad = int(np.count_nonzero(~np.isfinite(x)))
                 raise DataError(
-                    f"calibration sample {rnd.index}: tensor {name!r} has NaN or Inf values; check the input "
-                    f"files of that sample ({', '.join(p for _, p in rnd.shards)})"
+                    f"calibration sample {rnd.index} ({', '.join(files)}): tensor {name!r} has {bad} NaN or Inf "
+                    f"value{'s' if bad != 1 else ''} of {x.size}, although the inputs are finite; the FP32 model "
+                    "overflows on this sample (check the sample's preprocessing and the model)"
                 )
             observers[name].update(x, pass_index)
     return observers

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ptq_core import collect
-from ptq_core.calibration import check_inputs, write_shards
+from ptq_core.calibration import check_inputs, list_calibration_files, write_shards
 from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import emit_qdq
 from ptq_core.errors import ConfigError
@@ -66,11 +66,17 @@ def calibration_rounds(cfg: QuantConfig, model: onnx.ModelProto, inputs: InputOp
 
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
-    specs = input_specs(model_inputs, calibration_shapes(cfg, inputs))
+    from ptq_core.preflight import check_calibration_shapes
+
+    shapes = calibration_shapes(cfg, inputs)
+    check_calibration_shapes(model_inputs, shapes, cfg.source)
+    specs = input_specs(model_inputs, shapes)
     check_inputs(cfg, specs)
     paths = write_shards(cfg, specs, shard_dir, inputs.data_format)
+    files = list_calibration_files(cfg)
     k = len(specs)
-    return [collect.Round(i, tuple((specs[j].name, str(paths[i * k + j])) for j in range(k)))
+    return [collect.Round(i, tuple((specs[j].name, str(paths[i * k + j])) for j in range(k)),
+                          tuple(str(files[s.name][i]) for s in specs))
             for i in range(cfg.data.calibrate_size)]
 
 

@@ -121,11 +121,57 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    for location in _external_locations(path):
+        h.update(b"\x00external:" + location.encode())
+        with open(Path(path).parent / location, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX model with its external data, turning every failure into a one-line error."""
+def _external_locations(path: str | Path) -> list[str]:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    found = []
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location and location not in found:
+                found.append(location)
+    return found
+
+
+def _check_external(tensor: onnx.TensorProto, base: Path, path: Path) -> None:
+    """External data must stay inside the model's folder (no ``..``, no absolute path, no link out)
+    and the file must hold the bytes the tensor claims."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    target = (base / location).resolve()
+    if base not in target.parents and target != base:
+        raise ModelError(
+            f"{path}: initializer {tensor.name!r} points to external data {location!r} outside the model's folder"
+        )
+    if not target.is_file():
+        raise ModelError(f"{path}: initializer {tensor.name!r} needs external data file {location!r}, which is missing")
+    try:
+        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+    except ValueError:
+        raise ModelError(f"{path}: initializer {tensor.name!r} has a malformed external data offset") from None
+    size = target.stat().st_size
+    if length is not None and (not length.isdigit() or offset + int(length) > size):
+        raise ModelError(f"{path}: initializer {tensor.name!r} needs bytes {offset}..{offset + int(length or 0)} of "
+                         f"{location!r}, which has {size} bytes")
+
+
+def load_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data, turning every failure into a one-line error.
+
+    ``load_data=False`` checks the external data but leaves it on disk (tensors stay EXTERNAL):
+    analysis and the weight quantizer read one tensor at a time with :func:`initializer_array`, so a
+    model over 2 GB is never held in memory whole.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model file not found")
@@ -138,19 +184,12 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     base = path.parent.resolve()
     for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in tensor.external_data}
-            location = info.get("location", "")
-            target = (base / location).resolve()
-            if base not in target.parents and target != base:
-                raise ModelError(
-                    f"{path}: initializer {tensor.name!r} points to external data {location!r} outside the model's folder"
-                )
-            if not target.exists():
-                raise ModelError(f"{path}: initializer {tensor.name!r} needs external data file {location!r}, which is missing")
-    try:
-        onnx.load_external_data_for_model(model, str(base))
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read external data ({exc})") from None
+            _check_external(tensor, base, path)
+    if load_data:
+        try:
+            onnx.load_external_data_for_model(model, str(base))
+        except Exception as exc:
+            raise ModelError(f"{path}: cannot read external data ({exc})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: the model's graph has no nodes")
     return model
@@ -227,9 +266,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def prepare_model(path: str | Path) -> onnx.ModelProto:
-    """Load and normalize a model the same way for analysis and emission."""
-    model = load_model(path)
+def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
+    """Load and normalize a model the same way for analysis and emission (see :func:`load_model`)."""
+    model = load_model(path, load_data)
     default_opset(model)
     constants_to_initializers(model)
     assign_node_names(model)
@@ -300,7 +339,10 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple:
 
 def analyse_model(path: str | Path) -> ModelInfo:
     """Load a model and describe it: names, quantizable weights, inputs and outputs."""
-    model = prepare_model(path)
+    from ptq_core.preflight import check_graph
+
+    model = prepare_model(path, load_data=False)  # names, dims and types only: weights stay on disk
+    check_graph(model, path)
     inits = {t.name for t in model.graph.initializer}
     float_bytes = sum(
         int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
@@ -332,12 +374,31 @@ def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> Non
             )
 
 
-def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray:
+def initializer_array(model: onnx.ModelProto, name: str, base_dir: str | Path | None = None) -> np.ndarray:
+    """One initializer as an array; an EXTERNAL one (``load_data=False``) is read from ``base_dir``
+    without filling the proto, so reading every weight in turn holds one at a time."""
     for tensor in model.graph.initializer:
         if tensor.name == name:
-            array = numpy_helper.to_array(tensor)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                array = _read_external(tensor, Path(base_dir or "."))
+            else:
+                array = numpy_helper.to_array(tensor)
             return array.astype(np.float32) if array.dtype == np.float16 else array
     raise ModelError(f"initializer {name!r} not found")
+
+
+def _read_external(tensor: onnx.TensorProto, base: Path) -> np.ndarray:
+    info = {e.key: e.value for e in tensor.external_data}
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    path = base / info["location"]
+    try:
+        array = np.fromfile(path, dtype=dtype, count=count, offset=int(info.get("offset", 0) or 0))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read initializer {tensor.name!r}: {exc}") from None
+    if array.size != count:
+        raise ModelError(f"{path}: initializer {tensor.name!r} needs {count} values, the file has {array.size}")
+    return array.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -18,6 +18,7 @@ from ptq_core.emit_weight import emit_weight_only, save_model_atomic
 from ptq_core.errors import ConfigError
 from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes, prepare_model
 from ptq_core.mixed_bit import TuneResult, auto_tune
+from ptq_core.preflight import check_output
 from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
 from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
 
@@ -95,8 +96,9 @@ def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, 
                      progress: Progress | None = None) -> tuple[WeightPlan, TuneResult | None, str | None]:
     """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
-    model = prepare_model(model_path)
-    if cfg.common.bit_num == 0 and cfg.mixed.auto_tune:
+    tuning = cfg.common.bit_num == 0 and cfg.mixed.auto_tune
+    model = prepare_model(model_path, load_data=tuning)  # without auto_tune, weights are read one at a time
+    if tuning:
         ref = reference_inputs(cfg, info, inputs)
         fp32_out = run(make_session(model), ref.feeds)
 
@@ -109,12 +111,33 @@ def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, 
         tuned = auto_tune(evaluate, budget=max(4, cfg.mixed.max_iterations // 4))
         plan = plan_weight_quant(model, cfg, init_scale=tuned.init_scale, progress=progress)
         return plan, tuned, ref.source
-    return plan_weight_quant(model, cfg, progress=progress), None, None
+    return plan_weight_quant(model, cfg, progress=progress, base_dir=Path(model_path).parent), None, None
 
 
 def emit_model(model_path: str | Path, plan: WeightPlan, output: str | Path) -> Path:
-    model = prepare_model(model_path)
-    return save_model_atomic(emit_weight_only(model, plan), output_file(output))
+    """Write the weight-only model. The FP32 weights the plan replaces are never read again: only the
+    tensors that stay as they are come off disk, so a model over 2 GB is not held twice."""
+    base = Path(model_path).parent
+    model = prepare_model(model_path, load_data=False)
+    load_external(model, base, skip={qw.tensor for qw in plan.weights})
+    quantized = emit_weight_only(model, plan)
+    del model
+    load_external(quantized, base)  # a replaced weight that another op still reads stays, with its data
+    return save_model_atomic(quantized, output_file(output))
+
+
+def load_external(model: onnx.ModelProto, base_dir: Path, skip: set[str] = frozenset()) -> None:
+    """Fill in the external data of every tensor not named in ``skip``, in place."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    from ptq_core.graph import _all_tensors
+
+    replaced = skip
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in replaced:
+            load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.ClearField("data_location")  # as if it had been stored inline: same bytes out
+            del tensor.external_data[:]
 
 
 @dataclass
@@ -244,6 +267,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     """
     start = time.perf_counter()
     cfg = resolve_config(config, max_drop)
+    check_output(output, model)
     info = info or analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)

@@ -7,6 +7,7 @@ summary, reports and sweeps can reason about it without touching a graph.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -145,8 +146,13 @@ def plan_weight_quant(
     cfg: QuantConfig,
     init_scale: float | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    base_dir: str | Path | None = None,
 ) -> WeightPlan:
-    """Decide and quantize every weight site of ``model`` under ``cfg`` (WEIGHT_QUANT)."""
+    """Decide and quantize every weight site of ``model`` under ``cfg`` (WEIGHT_QUANT).
+
+    Weights left on disk (``prepare_model(..., load_data=False)``) are read one at a time from
+    ``base_dir``, the model's folder, so memory holds one FP32 weight plus the packed results.
+    """
     bits = cfg.common.bit_num
     target = init_scale if init_scale is not None else cfg.mixed.init_scale
     plan = WeightPlan(init_scale=target if bits == 0 else None)
@@ -172,7 +178,7 @@ def plan_weight_quant(
                               first.weight_cosine)
             )
             continue
-        w = initializer_array(model, site.tensor).astype(np.float32)
+        w = initializer_array(model, site.tensor, base_dir).astype(np.float32)
         shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
         per_channel = cfg.weight.per_channel and not shared_matmul
         axis = site.axis if per_channel else None

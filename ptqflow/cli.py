@@ -144,13 +144,16 @@ def _validate_paths(args) -> None:
 
 def _convert(args) -> int:
     from ptq_core.pipeline import output_file, resolve_config
-    from ptq_core.runtime import InputOptions
+    from ptq_core.preflight import check_output
+    from ptq_core.runtime import InputOptions, input_specs
     from ptqflow import report
 
     cfg = resolve_config(args.config_file, args.max_drop)  # validated in full before the model is read
     inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
+    check_output(args.output_file, args.model_file)  # before any work: nothing to lose at the end
     info = _precheck_model(args.model_file, cfg)
+    input_specs(info.inputs, inputs.shape_map)  # --inputShape names real inputs of the right rank
     for notice in cfg.notices:
         report.notice(notice)
     start = time.perf_counter()
@@ -161,9 +164,12 @@ def _convert(args) -> int:
             summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress,
                                      info=info, max_drop=args.max_drop)
         else:
+            from ptqflow._guard import quiet_console, watch_children
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
 
+            watch_children()  # Prefect's temporary server must not outlive a killed run
+            quiet_console()
             with terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
                                    args.input_shape, args.input_data_format, args.dask_address, args.max_drop)
@@ -219,6 +225,13 @@ def _precheck_model(model_file: str, cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ptqflow._guard import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a kill unwinds like Ctrl-C: clusters closed, temp files removed
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -242,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     except PtqError as exc:
         print(f"ptq: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("ptq: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = getattr(exc, "exit_code", None)
+        print(f"ptq: {'terminated' if terminated else 'interrupted'}; nothing was written", file=sys.stderr)
+        return terminated or 130
     except Exception as exc:  # a bug, not bad input: one line unless asked for more
         if os.environ.get("PTQ_DEBUG"):
             raise

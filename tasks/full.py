@@ -7,7 +7,6 @@ import pickle
 
 from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ptq_core import collect, full_pipeline
@@ -20,6 +19,7 @@ from ptq_core.runtime import InputOptions, input_specs
 from ptqflow._env import cache_dir
 from ptqflow._progress import report as terminal_report
 from ptqflow.tasks.caching import content_key
+from ptqflow.tasks.locks import ProcessLockManager
 from ptqflow.tasks.dask_stats import collect_distributed, dask_client
 
 
@@ -33,7 +33,7 @@ def _locked(key_fn) -> CacheKeyFnPolicy:
     parallel): the first computes, the others then read its cache record instead of repeating the work."""
     locks = cache_dir("locks")
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
-        isolation_level="SERIALIZABLE", lock_manager=FileSystemLockManager(lock_files_directory=locks))
+        isolation_level="SERIALIZABLE", lock_manager=ProcessLockManager(lock_files_directory=locks))
 
 
 def _shards_key(ctx, params) -> str:

@@ -443,6 +443,9 @@ def load_config(path: str | Path) -> QuantConfig:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} is invalid)") from None
     if "\x00" in text:
         raise ConfigError(f"{path}: contains NUL bytes; a config file is plain text")
+    if text.startswith("\ufeff"):
+        raise ConfigError(f"{path}: starts with a byte-order mark, which converter_lite reads as part of the first "
+                          "line; save the file as UTF-8 without BOM")
     return parse_config(text, str(path))
 
 

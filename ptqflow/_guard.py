@@ -1,0 +1,144 @@
+"""What keeps an interrupted ``ptq`` run clean: SIGTERM handling, a child-process watchdog, one-line errors.
+
+* SIGTERM becomes :class:`Terminated` (a ``KeyboardInterrupt``), so a ``kill`` unwinds exactly like
+  Ctrl-C: context managers close the Dask cluster, temporary files are removed, Prefect's atexit hook
+  stops its temporary server, and the process exits 143.
+* SIGKILL runs no code at all, so a small watchdog process (``python -m ptqflow._watchdog``) tracks
+  the CLI's descendants and ends them when the CLI disappears. Dask's worker processes already exit
+  when their parent dies; Prefect's temporary server (a uvicorn subprocess) would not.
+* In flow runs Prefect logs a failing task's exception with its traceback on the console; for our own
+  user-facing errors that is noise around the one line the CLI prints, so the console (only) drops it.
+  The records still reach the Prefect API and the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from ptq_core.errors import PtqError
+
+_ERROR_NAMES = ("PtqError", "ConfigError", "ModelError", "DataError")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread; exit code 128 + 15 like a process the signal ended."""
+
+    exit_code = 143
+
+
+#: Seconds an interrupted run may spend unwinding before it ends itself and its children.
+GRACE_S = 20.0
+_finished = threading.Event()
+_armed = threading.Event()
+
+
+def _end_children() -> None:
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=3)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _arm_deadline(code: int) -> None:
+    """Unwinding can stall: Ctrl-C also stops Prefect's server, and Prefect then retries its API calls
+    for minutes. After GRACE_S the run ends its children and exits, still without writing anything."""
+    if _armed.is_set():
+        return
+    _armed.set()
+
+    def deadline() -> None:
+        if _finished.wait(GRACE_S):
+            return
+        print(f"ptq: {'terminated' if code == 143 else 'interrupted'}; cleanup took over {GRACE_S:.0f} s, "
+              "ending now; nothing was written", file=sys.stderr, flush=True)
+        _end_children()
+        os._exit(code)
+
+    threading.Thread(target=deadline, name="ptq-deadline", daemon=True).start()
+
+
+def _on_sigterm(signum, frame) -> None:
+    _arm_deadline(Terminated.exit_code)
+    raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    _arm_deadline(130)
+    raise KeyboardInterrupt()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM unwinds the stack like Ctrl-C (and both have a deadline); the previous
+    handlers come back after."""
+    _finished.clear()
+    _armed.clear()
+    try:
+        previous = {sig: signal.signal(sig, handler)
+                    for sig, handler in ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, _on_sigint))}
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        _finished.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_watchdog: subprocess.Popen | None = None
+
+
+def watch_children() -> None:
+    """Start the watchdog once per process: it ends our descendants if we die without cleaning up."""
+    global _watchdog
+    if _watchdog is not None and _watchdog.poll() is None:
+        return
+    _watchdog = subprocess.Popen([sys.executable, "-m", "ptqflow._watchdog", str(os.getpid())],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 close_fds=True)
+
+
+class _HideUserErrors(logging.Filter):
+    """Drop console records that only repeat one of our one-line errors (with a traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PtqError):
+            return False
+        if record.levelno >= logging.ERROR:
+            text = str(record.msg)
+            if any(name in text for name in _ERROR_NAMES):
+                return False
+        return True
+
+
+def quiet_console() -> None:
+    """Attach the filter to Prefect's console handlers (call after Prefect has set up logging)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()  # Prefect configures logging lazily; the handlers must exist to be filtered
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                    isinstance(f, _HideUserErrors) for f in handler.filters):
+                handler.addFilter(_HideUserErrors())

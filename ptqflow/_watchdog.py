@@ -1,0 +1,60 @@
+"""``python -m ptqflow._watchdog PID``: end PID's descendants once PID is gone.
+
+Started by the CLI with a pipe on stdin; the pipe closes when the CLI exits for any reason,
+SIGKILL included. Until then it notes the CLI's descendants every half second; afterwards it
+terminates (then kills) those still running. psutil's process handles remember each process's
+start time, so a reused PID is never touched. It ignores SIGINT and SIGTERM: a Ctrl-C or a kill
+of the whole process group is the CLI's to handle, and the watchdog must outlive it to check.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+import psutil
+
+
+def watch(parent_pid: int, interval: float = 0.5) -> int:
+    try:
+        parent = psutil.Process(parent_pid)
+    except psutil.NoSuchProcess:
+        return 0
+    me = os.getpid()
+    tracked: dict[int, psutil.Process] = {}
+    stdin = sys.stdin.fileno()
+    while True:
+        try:
+            for child in parent.children(recursive=True):
+                if child.pid != me:
+                    tracked.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            break
+        ready, _, _ = select.select([stdin], [], [], interval)
+        if ready and not os.read(stdin, 4096):
+            break  # EOF: the CLI has exited
+    left = [p for p in tracked.values() if p.is_running()]
+    for proc in left:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return 0
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return watch(int(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Interrupted runs: a SIGTERM or SIGKILL during calibration leaves no output, no temporary file and no
+process behind (Prefect's temporary server, Dask scheduler and workers); a rerun resumes from the
+cached tasks. Services listen on loopback only. Two runs writing one output path leave one valid model.
+
+These run the real ``ptq`` console script in its own session, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import psutil
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+PTQ = shutil.which("ptq", path=str(Path(sys.executable).parent))
+N_SAMPLES = 160
+
+
+def slow_cnn(path: Path) -> Path:
+    """Four 3x3 convolutions on 1x3x96x96: a few seconds of KL calibration over N_SAMPLES on 2 workers."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev, cin = [], [], "x", 3
+    for i, cout in enumerate((16, 32, 32, 32)):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.2, (cout, cin, 3, 3)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        prev, cin = f"r{i}", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["y"], name="gap"))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 96, 96])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupt")
+    calib = root / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(N_SAMPLES):
+        (calib / f"{i:04d}.bin").write_bytes(rng.normal(0, 1, (1, 3, 96, 96)).astype(np.float32).tobytes())
+    cfg = root / "full.cfg"
+    cfg.write_text("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                   f"[data_preprocess_param]\ncalibrate_path=x:{calib}\ncalibrate_size={N_SAMPLES}\ninput_type=BIN\n"
+                   "[full_quant_param]\nactivation_quant_method=KL\n[ptqflow]\nlatency_guard=false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PTQFLOW_HOME=str(root / "home"), DO_NOT_TRACK="1", PYTHONFAULTHANDLER="1")
+    return {"root": root, "model": slow_cnn(root / "m.onnx"), "cfg": cfg, "out": root / "out" / "q", "env": env}
+
+
+def _start(job) -> subprocess.Popen:
+    args = [PTQ, "convert", f"--modelFile={job['model']}", f"--configFile={job['cfg']}", f"--outputFile={job['out']}"]
+    return subprocess.Popen(args, env=job["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+def _dask_workers(proc: psutil.Process) -> list[psutil.Process]:
+    workers = []
+    for child in proc.children(recursive=True):
+        try:
+            if "multiprocessing" in " ".join(child.cmdline()):
+                workers.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return workers
+
+
+def _wait_for_calibration(popen: subprocess.Popen, timeout: float = 240) -> psutil.Process:
+    """Until the Dask workers of the quantize_full task are up and calibrating."""
+    proc = psutil.Process(popen.pid)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert popen.poll() is None, popen.communicate()
+        if len(_dask_workers(proc)) >= 2:
+            time.sleep(2.0)  # the task prepares the model, then maps rounds to the workers
+            assert popen.poll() is None, "calibration finished before it could be interrupted"
+            return proc
+        time.sleep(0.2)
+    raise AssertionError("calibration never started")
+
+
+def _communicate(popen: subprocess.Popen, timeout: float) -> str:
+    """stderr of the finished run; a run that hangs is made to dump its Python stacks (faulthandler)."""
+    try:
+        return popen.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        popen.send_signal(signal.SIGABRT)
+        raise AssertionError("the run did not exit; its stacks:\n" + popen.communicate(timeout=30)[1][-20000:])
+
+
+def _listening(proc: psutil.Process) -> list[tuple[str, int]]:
+    sockets = []
+    for p in [proc] + proc.children(recursive=True):
+        try:
+            sockets += [c.laddr[:2] for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    return sockets
+
+
+def _no_process_left(pgid: int, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while _group(pgid) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in _group(pgid)]
+    assert left == [], f"processes outlived the run: {left}"
+
+
+def _nothing_written(job) -> None:
+    out_dir = job["out"].parent
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def _shards(job) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (Path(job["env"]["PTQFLOW_HOME"]) / "cache" / "shards").glob("*.npy")}
+
+
+def _task_states(job, name: str) -> list[str]:
+    db = Path(job["env"]["PTQFLOW_HOME"]) / "prefect" / "prefect.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT state_name FROM task_run WHERE name LIKE ? ORDER BY created", (name + "%",))
+        return [r[0] for r in rows]
+
+
+@pytest.mark.skipif(PTQ is None, reason="the ptq console script is installed with the package")
+def test_sigterm_then_sigkill_during_calibration_leave_nothing_and_a_rerun_resumes(job):
+    # 1. SIGTERM: the run unwinds like Ctrl-C, services listened on loopback only
+    popen = _start(job)
+    proc = _wait_for_calibration(popen)
+    listening = _listening(proc)
+    assert len(listening) >= 3, listening  # Prefect's server, the Dask scheduler, its dashboard, workers
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+    popen.send_signal(signal.SIGTERM)
+    err = _communicate(popen, 90)
+    assert popen.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    _no_process_left(popen.pid)
+    _nothing_written(job)
+    shards = _shards(job)
+    assert len(shards) == N_SAMPLES  # preprocessing had finished and is cached
+
+    # 2. SIGKILL: no code runs in the CLI; Dask workers and the watchdog end what it started
+    popen = _start(job)
+    _wait_for_calibration(popen)
+    popen.send_signal(signal.SIGKILL)
+    popen.communicate(timeout=60)
+    _no_process_left(popen.pid)
+    _nothing_written(job)
+
+    # 3. the rerun completes, reusing the preprocessed shards and the cached task
+    popen = _start(job)
+    out, err = popen.communicate(timeout=600)
+    assert popen.returncode == 0, err
+    assert _shards(job) == shards  # not one shard rewritten
+    assert _task_states(job, "preprocess_calibration")[-2:] == ["Cached", "Cached"]
+    model = job["out"].with_name("q.onnx")
+    ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [p.name for p in model.parent.iterdir()] == ["q.onnx"]
+    _no_process_left(popen.pid)
+
+
+@pytest.mark.skipif(PTQ is None, reason="the ptq console script is installed with the package")
+def test_two_runs_writing_one_output_leave_one_complete_model(tmp_path):
+    from modelgen import mixed_ops_model, save, write_config
+
+    model = save(mixed_ops_model(), tmp_path / "m.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n")
+    out = tmp_path / "out" / "q"
+    args = [PTQ, "convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={out}", "--no-flow"]
+    env = dict(os.environ, PTQFLOW_HOME=str(tmp_path / "home"))
+    runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert [p.name for p in out.parent.iterdir()] == ["q.onnx"]  # no temporary file left
+    single = tmp_path / "single"
+    subprocess.run(args[:-2] + [f"--outputFile={single}", "--no-flow"], env=env, check=True, capture_output=True)
+    assert (out.parent / "q.onnx").read_bytes() == (tmp_path / "single.onnx").read_bytes()
