@@ -13,7 +13,9 @@
    README's recommended setting (KL, per_channel=true), 100 calibration images: the report's top nodes,
    and the cost of debug: each conversion runs in a fresh process (``convert(..., use_flow=False)``,
    i.e. ``ptq convert --no-flow``), wall time and peak RSS (ru_maxrss) without debug, with debug at
-   100 rounds, and with debug at 20 rounds (peak RSS must not grow with rounds). The machine's 2
+   100 rounds, and with debug at 20 rounds (peak RSS must not grow with rounds); then the ranking is
+   checked: its top 2 quantized nodes kept in FP32 vs its bottom 2 (control), output cosine and accuracy
+   on the 1000 labelled evaluation images of ``ocr_cls_data.py``. The machine's 2
    cores were shared with other agents running at the same time: wall times are noisy.
 
 Writes benchmarks/results/debug.md and debug.json, and a screenshot of the head's page (if chromium
@@ -93,7 +95,8 @@ def bench_head(work: Path) -> dict:
     naive = run_child(cfg, model, folder / "head_int8")
     skip = naive["skip_line"]
     fixed_cfg = folder / "head_fixed.cfg"
-    fixed_cfg.write_text(cfg.read_text().replace("[common_quant_param]\n", f"[common_quant_param]\n{skip}\n", 1))
+    fixed_cfg.write_text(cfg.read_text().replace("[common_quant_param]\n", f"[common_quant_param]\n{skip}\n", 1)
+                         .replace(str(folder / "debug"), str(folder / "debug_fixed")))
     fixed = run_child(fixed_cfg, model, folder / "head_fixed") if skip else None
 
     rng = np.random.default_rng(2)
@@ -160,7 +163,34 @@ def bench_cls(args, work: Path) -> dict:
     runs[f"debug, {few} rounds"] = run_child(cfg("debug_few", few, folder / "debug_few"), fp32,
                                              folder / "out_debug_few", CLS_SHAPE)
     report_bytes = sum(p.stat().st_size for p in (folder / "debug").rglob("*") if p.is_file())
-    return {"rounds": args.rounds, "few": few, "runs": runs, "report_bytes": report_bytes}
+
+    # does the ranking point at the right nodes? keep its top 2 in FP32, vs its bottom 2 (a control)
+    from ptq_core.debug.rank import rank_nodes
+    from ptq_core.debug.stats import cosine
+
+    ranked = [d for d in rank_nodes(folder / "debug") if d.quantized]
+    x, y = ocr_cls_data.load_eval(root)
+    x, y = x[:args.eval], y[:args.eval]
+    ref = harness.make_session(fp32, threads=None)
+    ref_prob = np.concatenate([ref.run(None, {"x": x[i:i + 50]})[0] for i in range(0, len(x), 50)])
+    checks = {"all int8": (None, folder / "out_nodebug.onnx")}
+    for name, nodes in (("top 2 of the ranking in FP32", ranked[:2]), ("bottom 2 of the ranking in FP32", ranked[-2:])):
+        line = "skip_quant_node=" + ",".join(d.node for d in nodes)
+        c = cfg(name.split()[0], args.rounds, None)
+        c.write_text(c.read_text().replace("bit_num=8\n", f"bit_num=8\n{line}\n", 1))
+        out = folder / f"out_{name.split()[0]}"
+        run_child(c, fp32, out, CLS_SHAPE)
+        checks[name] = (line, out.with_suffix(".onnx"))
+    evals = {}
+    for name, (line, path) in checks.items():
+        sess = harness.make_session(path, threads=None)
+        prob = np.concatenate([sess.run(None, {"x": x[i:i + 50]})[0] for i in range(0, len(x), 50)])
+        evals[name] = {"skip_line": line, "eval_cosine": float(np.mean([cosine(a, b) for a, b in zip(ref_prob, prob)])),
+                       "acc": float((prob.argmax(1) == y).mean()),
+                       "flips_vs_fp32": int((prob.argmax(1) != ref_prob.argmax(1)).sum())}
+    evals["fp32"] = {"acc": float((ref_prob.argmax(1) == y).mean())}
+    return {"rounds": args.rounds, "few": few, "runs": runs, "report_bytes": report_bytes, "checks": evals,
+            "n_eval": int(len(y))}
 
 
 # --------------------------------------------------------------------------- report
@@ -197,13 +227,24 @@ def render(cmd: str, env: dict, head: dict, cls: dict | None, wall: float) -> st
                      f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")
         top = runs[f"debug, {cls['rounds']} rounds"]["top"][:5]
         L += ["", f"Reports for {cls['rounds']} rounds: {cls['report_bytes'] / 2**20:.1f} MiB on disk (CSV + Parquet + page). "
-              "Top of the ranking:", "", "| # | node | op | score | output cosine | cosine drop | clip | why |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Top of the ranking:", "", "| # | node | op | int8 | score | output cosine | cosine drop | clip | why |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for i, d in enumerate(top, start=1):
-            L.append(f"| {i} | {d['node']} | {d['op']} | {d['score']:.4f} | {d['output_cosine']:.6f} | "
+            L.append(f"| {i} | {d['node']} | {d['op']} | {'yes' if d['quantized'] else 'no'} | {d['score']:.4f} | "
+                     f"{d['output_cosine']:.6f} | "
                      f"{d['cosine_drop']:.6f} | {100 * d['clip']:.2f}% | {d['reason']} |")
         skip = runs[f"debug, {cls['rounds']} rounds"]["skip_line"]
-        L += ["", f"Proposed line: `{skip}`" if skip else "No node proposed for skipping."]
+        L += ["", f"Proposed line: `{skip}`" if skip else "No node reaches the proposal threshold (score 0.01).",
+              "", f"Check of the ranking on {cls['n_eval']} labelled evaluation images (FP32 accuracy "
+              f"{cls['checks']['fp32']['acc']:.3f}): the top 2 quantized nodes of the ranking kept in FP32, against the "
+              "bottom 2 as a control.", "",
+              "| model | skip_quant_node | output cosine vs FP32 | accuracy | predictions differing from FP32 |",
+              "|---|---|---|---|---|"]
+        for name, c in cls["checks"].items():
+            if name == "fp32":
+                continue
+            line = c["skip_line"].split("=", 1)[1] if c["skip_line"] else "-"
+            L.append(f"| {name} | {line} | {c['eval_cosine']:.6f} | {c['acc']:.3f} | {c['flips_vs_fp32']} |")
     return "\n".join(L) + "\n"
 
 
@@ -216,6 +257,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="20 OCR rounds")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--skip-cls", action="store_true")
+    p.add_argument("--eval", type=int, default=1000, help="OCR evaluation images for the ranking check")
     p.add_argument("--cls-root", default=str(HERE / "work" / "cls"))
     p.add_argument("--out", default=str(HERE / "results" / "debug"))
     args = p.parse_args(argv)
