@@ -33,6 +33,10 @@ def resolve_config(config_path: str | Path, max_drop: float | None = None) -> Qu
     """
     cfg = apply_max_drop(load_config(config_path), max_drop)
     check_runnable(cfg)
+    if cfg.common.debug_info_save_path:
+        from ptq_core.debug.driver import debug_folder
+
+        debug_folder(cfg)  # created (or refused) now, before any model or data is read
     qt = cfg.common.quant_type
     if qt not in SUPPORTED_NOW:
         raise ConfigError(f"{cfg.source}: [common_quant_param] quant_type={qt} is not yet supported by ptqflow; "

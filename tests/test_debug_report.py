@@ -254,3 +254,16 @@ def test_ptq_report_on_a_folder_without_reports_is_a_one_line_error(tmp_path, ca
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ptq: error:") and "report.parquet" in err and "\n" not in err
+
+
+def test_a_debug_path_that_is_a_file_fails_before_any_work(tmp_path):
+    from ptq_core.errors import ConfigError
+    from ptq_core.pipeline import convert_direct
+
+    (tmp_path / "taken").write_text("x")
+    model = save(mlp_model(), tmp_path / "m.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
+                       f"debug_info_save_path={tmp_path / 'taken'}\n")
+    with pytest.raises(ConfigError, match=r"w\.cfg: \[common_quant_param\] debug_info_save_path=.*taken"):
+        convert_direct(model, cfg, tmp_path / "out")
+    assert not (tmp_path / "out.onnx").exists()
