@@ -32,6 +32,7 @@ bench:
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_dynamic_quant.py
+	.venv-bench/bin/python benchmarks/bench_max_drop.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_orchestration.py
 
 # Local Prefect server + UI on 127.0.0.1:$(PORT) serving the quantize, sweep and (with WATCH=dir) watch-folder flows
