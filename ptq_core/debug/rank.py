@@ -5,9 +5,9 @@ The seed's recommendations, turned into numbers per node (averaged over the roun
 - **cosine drop**: the node's worst activation-input cosine minus its worst output cosine. A low
   output cosine alone blames every node downstream of the damage; the drop points at the node where
   the damage happened (its weights, its output range, its kernel);
-- **clip**: the highest Clip of its dequantized activations (FP32 values outside the quantized range;
-  weight rows are left out: MAX_MIN weights never clip, a bias only "clips" because bias correction
-  moved it);
+- **clip**: the highest Clip of its quantized activations, those quant_param lists for the node (FP32
+  values outside the quantized range; weight rows are left out: MAX_MIN weights never clip, a bias
+  only "clips" because bias correction moved it; a float output's extremes merely move);
 - **range disagreement** (Add, Concat, Sum): log2 of the ratio between the largest and smallest
   input magnitude max(|Min|, |MAX|) of the FP32 inputs -- the bits of the int8 range the smaller
   input loses when the node's output shares one scale.
@@ -89,8 +89,12 @@ class _RoundNode:
     mags: list = field(default_factory=list)
 
 
-def _fold_round(rows: dict, accs: dict[str, _Acc]) -> None:
-    """Fold one round's rows (column -> list) into the per-node accumulators."""
+def _fold_round(rows: dict, accs: dict[str, _Acc], clipped: set[tuple[str, str]] | None = None) -> None:
+    """Fold one round's rows (column -> list) into the per-node accumulators.
+
+    ``clipped``: the (node, tensor) pairs that carry quantization parameters; only their Clip counts
+    (a float output's extremes just move a little, which is no clipping). None: every activation.
+    """
     per: dict[str, _RoundNode] = {}
     for i in range(len(rows["NodeName"])):
         node = rows["NodeName"][i]
@@ -111,7 +115,8 @@ def _fold_round(rows: dict, accs: dict[str, _Acc]) -> None:
         elif kind == "Activation":
             r.inp = min(r.inp, cos)
         clip = rows["Clip"][i]
-        if kind == "Activation" and clip is not None and math.isfinite(clip):
+        counts = clipped is None or (node, rows["TensorName"][i]) in clipped
+        if kind == "Activation" and counts and clip is not None and math.isfinite(clip):
             r.clip = max(r.clip, float(clip))
     for node, r in per.items():
         a = accs[node]
@@ -153,14 +158,16 @@ def _finish(accs: dict[str, _Acc], quantized: set[str] | None) -> list[NodeDamag
     return ranked
 
 
-def rank_rows(rounds, quantized: set[str] | None = None) -> list[NodeDamage]:
+def rank_rows(rounds, quantized: set[str] | None = None,
+              clipped: set[tuple[str, str]] | None = None) -> list[NodeDamage]:
     """Rank from an iterable of rounds, each a dict of report columns -> lists (one round at a time).
 
-    ``quantized``: the nodes that carry quantization parameters (None: treat every node as quantized).
+    ``quantized``: the nodes that carry quantization parameters (None: treat every node as quantized);
+    ``clipped``: the (node, tensor) pairs with parameters, whose Clip counts (None: every activation).
     """
     accs: dict[str, _Acc] = {}
     for rows in rounds:
-        _fold_round(rows, accs)
+        _fold_round(rows, accs, clipped)
     return _finish(accs, quantized)
 
 
@@ -173,14 +180,20 @@ def _check_dir(debug_dir: Path) -> Path:
     return debug_dir
 
 
-def quantized_nodes(debug_dir: str | Path) -> set[str] | None:
-    """Nodes listed in quant_param.parquet (None when the file is missing)."""
+def quantized_tensors(debug_dir: str | Path) -> set[tuple[str, str]]:
+    """(node, tensor) pairs listed in quant_param.parquet (empty when no tensor was quantized)."""
     import pyarrow.parquet as pq
 
     path = Path(debug_dir) / QUANT_PARAM_FILE
     if not path.exists():
-        return None
-    return set(pq.read_table(path, columns=["NodeName"]).column("NodeName").to_pylist())
+        return set()
+    t = pq.read_table(path, columns=["NodeName", "TensorName"]).to_pydict()
+    return set(zip(t["NodeName"], t["TensorName"]))
+
+
+def quantized_nodes(debug_dir: str | Path) -> set[str]:
+    """Nodes listed in quant_param.parquet."""
+    return {node for node, _ in quantized_tensors(debug_dir)}
 
 
 def iter_report_rounds(debug_dir: str | Path, columns: list[str] | None = None):
@@ -199,7 +212,8 @@ def iter_report_rounds(debug_dir: str | Path, columns: list[str] | None = None):
 def rank_nodes(debug_dir: str | Path) -> list[NodeDamage]:
     """The nodes of a debug folder ranked by damage, worst first."""
     folder = _check_dir(Path(debug_dir))
-    return rank_rows(iter_report_rounds(folder), quantized_nodes(folder))
+    pairs = quantized_tensors(folder)
+    return rank_rows(iter_report_rounds(folder), {n for n, _ in pairs}, pairs)
 
 
 def propose_skip_line(ranked: list[NodeDamage], min_score: float = 0.01, limit: int = 5) -> str:
