@@ -156,7 +156,10 @@ def _share_small_constants(graph: onnx.GraphProto, new: set[str], limit: int = 2
 
 
 def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write to a temporary name in the target folder, then rename: a crash never leaves half a model."""
+    """Write to a temporary name in the target folder, then rename: a crash never leaves half a model.
+
+    Over 2 GB the weights go to ``NAME.onnx.data`` (written and renamed first); ``model`` then refers
+    to that file instead of holding the data, as ``onnx.save_model`` leaves it."""
     path = Path(path)
     folder = path.parent
     try:
@@ -169,10 +172,13 @@ def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = None
+    tmp_data = None
     try:
         if size > TWO_GB:
             data_name = path.name + ".data"
-            tmp_data = folder / f".{data_name}.tmp"
+            fd_data, tmp_data_name = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+            os.close(fd_data)  # unique, so two runs writing one output never share a temporary file
+            tmp_data = Path(tmp_data_name)
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
             os.replace(tmp_data, folder / data_name)
@@ -183,6 +189,8 @@ def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        if tmp_data is not None:
+            tmp_data.unlink(missing_ok=True)
         raise
     return path
 

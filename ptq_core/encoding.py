@@ -351,6 +351,16 @@ def _sparse_plan(flat: np.ndarray, zp: np.ndarray, ub: int) -> _SparsePlan:
     return best
 
 
+def _sparse_cannot_win(flat: np.ndarray, bits: int, zp: np.ndarray, dist: _Distinct) -> bool:
+    """True when even sparse coding's smallest possible size (every differing element one entry at the
+    narrowest coordinate width) is not below raw or index coding; ties go to those, so the choice is
+    the same as with the full plan, which needs several arrays of 8 bytes per element."""
+    n = flat.size
+    differing = int(np.count_nonzero(flat.reshape(zp.size, n // zp.size) != zp[:, None]))
+    lower = _ceil_div(_SPARSE_HEADER_BITS + bits + bits * dist.u + (dist.ub + min(_SPARSE_COORD_BITS)) * differing, 8)
+    return lower >= min(_ceil_div(bits * n, 8), _ceil_div(bits + bits * dist.u + dist.ub * n, 8))
+
+
 def _fixed_bit_sizes(n: int, bits: int, dist: _Distinct, plan: _SparsePlan) -> dict[str, int]:
     u, ub = dist.u, dist.ub
     return {
@@ -468,8 +478,12 @@ def encode_fixed(q: np.ndarray, bits: int, zero_points: np.ndarray, *, enable_en
             raise ValueError(f"enable_encode=false stores raw int8/int16 only; bits must be 8 or 16, got {bits}")
         return _encode_raw(arr, bits)
     dist = _distinct(flat, bits)
-    plan = _sparse_plan(flat, zp, dist.ub)
-    sizes = _fixed_bit_sizes(flat.size, bits, dist, plan)
+    if _sparse_cannot_win(flat, bits, zp, dist):  # skips the position arrays (8 bytes per element)
+        sizes = {"raw": _ceil_div(bits * flat.size, 8), "index": _ceil_div(bits + bits * dist.u + dist.ub * flat.size, 8)}
+        plan = None
+    else:
+        plan = _sparse_plan(flat, zp, dist.ub)
+        sizes = _fixed_bit_sizes(flat.size, bits, dist, plan)
     best = min(sizes.values())
     if sizes["raw"] == best:
         return _encode_raw(arr, bits) if bits in (8, 16) else _encode_bitpack(arr, flat, bits)

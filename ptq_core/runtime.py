@@ -111,13 +111,22 @@ def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]
     return feeds
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1):
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: bool = False):
+    """An onnxruntime CPU session. ``lean=True`` is for one run whose outputs are compared (the output
+    cosine of a weight-only model): no prepacked copies of the weights, no memory arena, and no graph
+    optimization, so a weight-only model's constant decode chains run once instead of being folded
+    (folding holds several float copies of every weight at once: 7.6 GiB instead of 1.6 GiB for a
+    2.25 GiB model, BENCHMARKS.md). The values are the same; only speed and memory differ."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if lean:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_cpu_mem_arena = False
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

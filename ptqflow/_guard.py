@@ -2,7 +2,9 @@
 
 * SIGTERM becomes :class:`Terminated` (a ``KeyboardInterrupt``), so a ``kill`` unwinds exactly like
   Ctrl-C: context managers close the Dask cluster, temporary files are removed, Prefect's atexit hook
-  stops its temporary server, and the process exits 143.
+  stops its temporary server, and the process exits 143 (130 for Ctrl-C). Either signal arms a
+  deadline: if unwinding has not finished after ``GRACE_S`` (Prefect retries API calls for minutes when
+  Ctrl-C has also stopped its server), the run ends its children and exits.
 * SIGKILL runs no code at all, so a small watchdog process (``python -m ptqflow._watchdog``) tracks
   the CLI's descendants and ends them when the CLI disappears. Dask's worker processes already exit
   when their parent dies; Prefect's temporary server (a uvicorn subprocess) would not.

@@ -43,3 +43,48 @@ def test_weight_quant_never_loads_the_whole_model(tmp_path, monkeypatch):
     summary = convert_direct(tmp_path / "m.onnx", cfg, tmp_path / "q")
     assert summary.output_cosine > 0.99
     assert sum(d.quantized for d in summary.layers) >= 3
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.05, 0.2, 0.5, 1.0])
+def test_skipping_the_sparse_plan_never_changes_the_chosen_encoding(bits, fraction):
+    """The cheap bound that skips sparse coding's position arrays picks what the full comparison picks."""
+    import numpy as np
+
+    from ptq_core.encoding import encode_fixed, fixed_sizes
+
+    rng = np.random.default_rng(int(fraction * 100) + bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = np.zeros((8, 512), np.int64)
+    mask = rng.random(q.shape) < fraction
+    q[mask] = rng.integers(lo, hi + 1, size=int(mask.sum()))
+    zp = np.zeros(8, np.int64)
+    sizes = fixed_sizes(q, bits, zp)
+    best = min(sizes[k] for k in ("raw", "index", "sparse"))
+    expected = next(k for k in ("raw", "index", "sparse") if sizes[k] == best)
+    kind = encode_fixed(q, bits, zp).kind
+    assert {"bitpack": "raw"}.get(kind, kind) == expected
+
+
+def test_an_output_over_the_protobuf_limit_gets_external_data_and_no_temporary_file(tmp_path, monkeypatch):
+    import threading
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from ptq_core import emit_weight
+
+    monkeypatch.setattr(emit_weight, "TWO_GB", 1000)  # any model is "over 2 GB" now
+    model = mixed_ops_model()
+    # separate protos, as separate runs have (saving with external data moves the data out of the proto)
+    threads = [threading.Thread(target=emit_weight.save_model_atomic, args=(mixed_ops_model(), tmp_path / "o.onnx"))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.onnx", "o.onnx.data"]
+    session = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones((1, 3, 8, 8), np.float32), "ids": np.zeros((1, 4), np.int64)}
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, feeds)[0], reference.run(None, feeds)[0])
