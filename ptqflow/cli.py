@@ -241,8 +241,10 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "serve":
+            from ptqflow._guard import watch_children
             from ptqflow.deployments.serve import serve_command
 
+            watch_children()  # its server and serving process live in their own groups; SIGKILL must not orphan them
             return serve_command(args)
         if args.command == "report":
             from ptqflow.debug_report import report_command

@@ -202,3 +202,33 @@ def test_two_runs_writing_one_output_leave_one_complete_model(tmp_path):
     single = tmp_path / "single"
     subprocess.run(args[:-2] + [f"--outputFile={single}", "--no-flow"], env=env, check=True, capture_output=True)
     assert (out.parent / "q.onnx").read_bytes() == (tmp_path / "single.onnx").read_bytes()
+
+
+def _serving(proc: psutil.Process) -> bool:
+    try:
+        return any("deployments.serve" in " ".join(c.cmdline()) for c in proc.children())
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.skipif(PTQ is None, reason="the ptq console script is installed with the package")
+def test_sigkill_of_ptq_serve_leaves_no_server_behind(tmp_path):
+    from ptqflow.deployments.server import free_port, healthy
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PTQFLOW_HOME=str(tmp_path / "home"), DO_NOT_TRACK="1")
+    popen = subprocess.Popen([PTQ, "serve", f"--port={port}"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    proc = psutil.Process(popen.pid)
+    while not (healthy(f"http://127.0.0.1:{port}/api") and _serving(proc)):
+        assert popen.poll() is None and time.time() < deadline, "ptq serve did not come up"
+        time.sleep(0.5)
+    time.sleep(1.0)  # the watchdog notes descendants every half second
+    started = [p for p in proc.children(recursive=True)]
+    popen.send_signal(signal.SIGKILL)
+    popen.wait(timeout=30)
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert [(p.pid, " ".join(p.cmdline())[:100]) for p in alive] == []
+    assert not healthy(f"http://127.0.0.1:{port}/api")
