@@ -25,6 +25,13 @@ def server(tmp_path_factory):
     try:
         yield srv
     finally:
+        # ship what the log and event workers still hold for this server while it is up: a worker left
+        # pointing at a stopped server makes the session harness's final drain wait forever
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
         srv.stop()
     assert srv.process.poll() is not None
 
