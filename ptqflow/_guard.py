@@ -9,7 +9,8 @@
   the CLI's descendants and ends them when the CLI disappears. Dask's worker processes already exit
   when their parent dies; Prefect's temporary server (a uvicorn subprocess) would not.
 * In flow runs Prefect logs a failing task's exception with its traceback on the console; for our own
-  user-facing errors that is noise around the one line the CLI prints, so the console (only) drops it.
+  user-facing errors (and for a run interrupted on purpose) that is noise around the one line the CLI
+  prints, so the CLI drops it (the run's state in the API keeps the message).
   The records still reach the Prefect API and the UI.
 """
 
@@ -27,6 +28,8 @@ from typing import Iterator
 from ptq_core.errors import PtqError
 
 _ERROR_NAMES = ("PtqError", "ConfigError", "ModelError", "DataError")
+#: Prefect's crash reports for a run we interrupted on purpose; the CLI's own line says it.
+_INTERRUPT_TEXTS = ("aborted by a termination signal", "KeyboardInterrupt", "Terminated()")
 
 
 class Terminated(KeyboardInterrupt):
@@ -102,6 +105,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         _finished.set()
+        _loud_console()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -123,24 +127,30 @@ class _HideUserErrors(logging.Filter):
     """Drop console records that only repeat one of our one-line errors (with a traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PtqError):
+        if record.exc_info and isinstance(record.exc_info[1], (PtqError, KeyboardInterrupt)):
             return False
         if record.levelno >= logging.ERROR:
             text = str(record.msg)
-            if any(name in text for name in _ERROR_NAMES):
+            if any(name in text for name in _ERROR_NAMES + _INTERRUPT_TEXTS):
                 return False
         return True
 
 
-def quiet_console() -> None:
-    """Attach the filter to Prefect's console handlers (call after Prefect has set up logging)."""
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import PrefectConsoleHandler
+_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
+_quiet_filter = _HideUserErrors()
 
-    ensure_logging_setup()  # Prefect configures logging lazily; the handlers must exist to be filtered
-    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not any(
-                    isinstance(f, _HideUserErrors) for f in handler.filters):
-                handler.addFilter(_HideUserErrors())
+
+def quiet_console() -> None:
+    """Drop those records at Prefect's run loggers until the CLI call ends (:func:`sigterm_as_interrupt`
+    removes the filter again). Logger filters, not handler filters: Prefect sets up its handlers lazily,
+    and setting them up here would reconfigure logging under an embedding application or test harness.
+    The run's state in the API still carries the error message."""
+    for name in _RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if _quiet_filter not in logger.filters:
+            logger.addFilter(_quiet_filter)
+
+
+def _loud_console() -> None:
+    for name in _RUN_LOGGERS:
+        logging.getLogger(name).removeFilter(_quiet_filter)
