@@ -85,8 +85,6 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--latency-runs", type=int, default=20, help="timed onnxruntime runs per point (default 20)")
 
 
-
-
 def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="rank the nodes of a debug folder (debug_info_save_path) by quantization "
                         "damage and propose a skip_quant_node line", allow_abbrev=False)
@@ -113,23 +111,6 @@ def _add_serve(sub) -> None:
     sv.add_argument("--output-dir", "--outputDir", dest="output_dir", default="",
                     help="where the watcher writes models (default: <watch>/quantized)")
     sv.add_argument("--api-url", default="", help="use this running Prefect API instead of starting a server")
-
-
-def _add_report(sub) -> None:
-    rp = sub.add_parser("report", help="rank the nodes of a debug folder (debug_info_save_path) by quantization "
-                        "damage and propose a skip_quant_node line", allow_abbrev=False)
-    rp.add_argument("folder", metavar="DIR", help="the debug_info_save_path of a conversion")
-    rp.add_argument("--top", type=int, default=15, help="rows to print (default 15)")
-
-
-def _max_drop(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1] (1 - output cosine, e.g. 0.01)")
-    return value
 
 
 def _validate_paths(args) -> None:
