@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 
 import ptq_core
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the tool's own source files, so cached results never outlive the code that made them.
+
+    The version string alone is not enough: an editable install or a patched release keeps its version
+    while a cached result (a pickled ``QuantConfig``, say) no longer matches the classes that read it.
+    """
+    import ptqflow
+    import ptqflow.flows
+    import ptqflow.tasks
+
+    h = hashlib.sha256(ptq_core.__version__.encode())
+    roots = sorted({Path(m.__file__).resolve().parent for m in (ptq_core, ptqflow, ptqflow.flows, ptqflow.tasks)})
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root.parent)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def content_key(*parts) -> str:
-    """A stable hash of JSON-able parts plus the tool version (a new release invalidates every cache)."""
-    text = json.dumps([ptq_core.__version__, *parts], sort_keys=True, default=str)
+    """A stable hash of JSON-able parts plus the tool's version and source (new code, new keys)."""
+    text = json.dumps([ptq_core.__version__, code_fingerprint(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
