@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -9,11 +11,13 @@ from ptq_core.debug.rank import NodeDamage, propose_skip_line, rank_nodes
 
 
 def print_ranking(ranked: list[NodeDamage], skip_line: str, folder: str, top: int = 15) -> None:
-    console = Console()
+    # piped or redirected output gets a wide table rather than rich's 80 columns, where "why" wrapped word by word
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"Nodes ranked by quantization damage ({folder}); bits: Add/Concat input range disagreement")
     for col, justify in (("#", "right"), ("node", "left"), ("op", "left"), ("score", "right"), ("out cos", "right"),
-                         ("drop", "right"), ("clip", "right"), ("bits", "right"), ("why", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+                         ("drop", "right"), ("clip", "right"), ("bits", "right")):
+        table.add_column(col, justify=justify, no_wrap=col != "node", overflow="fold")
+    table.add_column("why", justify="left", overflow="fold", ratio=1, min_width=24)
     for i, d in enumerate(ranked[:top], start=1):
         op = d.op_type if d.quantized else f"{d.op_type} [yellow](fp32)[/]"
         table.add_row(str(i), d.node, op, f"{d.score:.4f}", f"{d.output_cosine:.6f}", f"{d.cosine_drop:.6f}",
