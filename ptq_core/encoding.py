@@ -95,6 +95,7 @@ _SPLIT_CORR_LOW_BITS = 16  # split corrections wider than this into two fields
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _BYTE_REVERSE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
 _BINCOUNT_MAX_SPAN = 1 << 22  # counting distinct values by bincount beats sorting below this span
+_COUNT_CHUNK = 1 << 18  # codes widened to int64 at a time while counting or packing
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,23 +150,29 @@ def _reverse_bits(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _pack_lsb(values: np.ndarray, width: int) -> np.ndarray:
-    """Pack unsigned ``values`` as ``width``-bit fields, LSB first, into ceil(m*width/8) bytes.
+def _pack_lsb(values: np.ndarray, width: int, offset: int = 0) -> np.ndarray:
+    """Pack unsigned ``values + offset`` as ``width``-bit fields, LSB first, into ceil(m*width/8) bytes.
 
     8 consecutive fields fill exactly ``width`` bytes, so the work runs over groups of 8 with
-    8 * (<= 5) vector operations, and memory stays near the output size.
+    8 * (<= 5) vector operations, a chunk of groups at a time: memory stays near the output size
+    even for narrow codes of a large tensor.
     """
     m = values.size
     groups = _ceil_div(m, 8)
-    v = np.zeros(groups * 8, dtype=np.uint64)
-    v[:m] = values
-    v = v.reshape(groups, 8)
     out = np.zeros((groups, width), dtype=np.uint8)
-    for j in range(8):
-        first, shift = divmod(j * width, 8)
-        x = v[:, j] << np.uint64(shift)
-        for t in range(_ceil_div(shift + width, 8)):
-            out[:, first + t] |= ((x >> np.uint64(8 * t)) & np.uint64(0xFF)).astype(np.uint8)
+    step = _COUNT_CHUNK // 8
+    for g0 in range(0, groups, step):
+        g1 = min(groups, g0 + step)
+        part = values[g0 * 8 : g1 * 8]
+        v = np.zeros((g1 - g0) * 8, dtype=np.uint64)
+        v[: part.size] = part.astype(np.int64) + offset if offset else part
+        v = v.reshape(g1 - g0, 8)
+        block = out[g0:g1]
+        for j in range(8):
+            first, shift = divmod(j * width, 8)
+            x = v[:, j] << np.uint64(shift)
+            for t in range(_ceil_div(shift + width, 8)):
+                block[:, first + t] |= ((x >> np.uint64(8 * t)) & np.uint64(0xFF)).astype(np.uint8)
     return out.reshape(-1)[: _ceil_div(m * width, 8)]
 
 
@@ -278,10 +285,12 @@ def _check_zero_points(zero_points: np.ndarray, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Distinct:
-    """Sorted distinct values and the rank of every element among them."""
+    """Sorted distinct values, and the rank of each possible code among them (ranks are mapped per
+    element only by the encoders that store them, so choosing a kind holds no per-element array)."""
 
     values: np.ndarray  # int64, sorted
-    ranks: np.ndarray  # int64 per element
+    rank_of: np.ndarray  # int64, rank of code c at rank_of[c + offset]
+    offset: int
 
     @property
     def u(self) -> int:
@@ -292,14 +301,21 @@ class _Distinct:
         """ceil(log2 u), 0 when u = 1, as converter_lite computes it."""
         return _bit_length(self.u - 1)
 
+    def ranks(self, codes: np.ndarray) -> np.ndarray:
+        """The rank (int64) of every element of ``codes`` among the sorted values."""
+        return self.rank_of[codes.astype(np.int64) + self.offset]
+
 
 def _distinct(flat: np.ndarray, bits: int) -> _Distinct:
-    """Distinct values by counting over the 2^b possible codes: O(n), no sort."""
+    """Distinct values by counting over the 2^b possible codes: O(n), no sort, and one chunk of
+    ``_COUNT_CHUNK`` codes widened to int64 at a time (not the whole tensor)."""
     off = 1 << (bits - 1)
-    shifted = flat + off
-    present = np.bincount(shifted, minlength=1 << bits) > 0
+    counts = np.zeros(1 << bits, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        counts += np.bincount(flat[start : start + _COUNT_CHUNK].astype(np.int64) + off, minlength=1 << bits)
+    present = counts > 0
     rank_of = np.cumsum(present) - 1
-    return _Distinct(np.flatnonzero(present).astype(np.int64) - off, rank_of[shifted].astype(np.int64))
+    return _Distinct(np.flatnonzero(present).astype(np.int64) - off, rank_of.astype(np.int64), off)
 
 
 def _gap_entries(positions: np.ndarray, width: int, n_tail: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +415,7 @@ def _encode_raw(arr: np.ndarray, bits: int) -> EncodedTensor:
 
 
 def _encode_bitpack(arr: np.ndarray, flat: np.ndarray, bits: int) -> EncodedTensor:
-    packed = _pack_lsb(flat + (1 << (bits - 1)), bits)
+    packed = _pack_lsb(flat, bits, offset=1 << (bits - 1))
     return EncodedTensor("bitpack", bits, tuple(arr.shape), {"packed": packed}, {"n": int(flat.size)})
 
 
@@ -410,7 +426,7 @@ def _table_segments(dist: _Distinct, bits: int) -> list[tuple[np.ndarray, int]]:
 
 
 def _encode_index(arr: np.ndarray, flat: np.ndarray, bits: int, dist: _Distinct) -> EncodedTensor:
-    stream = _bitstream(_table_segments(dist, bits) + [(dist.ranks, dist.ub)], msb_first=True)
+    stream = _bitstream(_table_segments(dist, bits) + [(dist.ranks(flat), dist.ub)], msb_first=True)
     meta = {"n": int(flat.size), "u": dist.u, "ub": dist.ub}
     return EncodedTensor("index", bits, tuple(arr.shape), {"stream": stream}, meta)
 
@@ -430,7 +446,7 @@ def _encode_sparse(
     coords, _ = _gap_entries(plan.positions, k, n_tail=n)
     kept = np.cumsum(coords + 1) - 1
     header = [(np.array([k], dtype=np.int64), 8), (np.array([plan.nnz], dtype=np.int64), 32)]
-    segments = header + _table_segments(dist, bits) + [(dist.ranks[kept], dist.ub), (coords, k)]
+    segments = header + _table_segments(dist, bits) + [(dist.ranks(flat[kept]), dist.ub), (coords, k)]
     stream = _bitstream(segments, msb_first=True)
     meta = {"n": int(n), "u": dist.u, "ub": dist.ub, "k": k, "nnz": int(plan.nnz)}
     arrays = {"stream": stream, "zero_points": _zero_point_table(zp)}
@@ -470,7 +486,7 @@ def encode_fixed(q: np.ndarray, bits: int, zero_points: np.ndarray, *, enable_en
     """
     bits = _check_bits(bits)
     arr = _as_codes(q)
-    flat = arr.reshape(-1).astype(np.int64)
+    flat = arr.reshape(-1)  # kept in its own (narrow) type: the helpers widen a chunk at a time
     _check_range(flat, bits)
     zp = _check_zero_points(zero_points, flat.size)
     if not enable_encode:

@@ -285,6 +285,8 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     else:
         plan, tuned, _ = quantize_weights(model, cfg, info, inputs, progress)
         out = emit_model(model, plan, output)
+        if not cfg.common.debug_info_save_path:  # the debug step reads the codes; the summary does not
+            plan = plan.without_codes()
         summary = summarize(model, out, cfg, info, plan, tuned, inputs)
     if cfg.common.debug_info_save_path:
         from ptq_core.debug.driver import debug_step

@@ -92,8 +92,12 @@ def quantize(w: np.ndarray, params: AffineParams) -> np.ndarray:
         q = round_half_away(w.astype(np.float64) / scale + zp)
     q = np.clip(q, params.qmin, params.qmax)
     q = np.where(np.asarray(scale) <= 1e-38, 0, q)
-    dtype = np.int8 if params.qmax <= 127 and params.qmin >= -128 else np.int16 if params.qmax <= 32767 else np.int32
-    return q.astype(dtype)
+    return q.astype(code_dtype(params.qmin, params.qmax))
+
+
+def code_dtype(qmin: int, qmax: int) -> type:
+    """The narrowest of int8/int16/int32 that holds codes in [qmin, qmax]."""
+    return np.int8 if qmax <= 127 and qmin >= -128 else np.int16 if qmax <= 32767 else np.int32
 
 
 def dequantize(q: np.ndarray, params: AffineParams, var_corr=None, mean_corr=None) -> np.ndarray:

@@ -17,13 +17,8 @@ from ptq_core.config import QuantConfig
 from ptq_core.encoding import EncodedTensor, encode_fixed, encode_split, effective_bits
 from ptq_core.graph import WeightSite, find_weight_sites, initializer_array
 from ptq_core.mixed_bit import MixedBitResult, mixed_codes, search_step
-from ptq_core.quant import (
-    correction,
-    dequantize,
-    passes_gain_check,
-    quantize,
-    weight_params,
-)
+from ptq_core.quant import passes_gain_check
+from ptq_core.weight_blocks import BLOCK_ELEMENTS, CosineSums, quantize_fixed
 
 
 @dataclass(frozen=True)
@@ -85,6 +80,11 @@ class WeightPlan(DecisionRows):
     init_scale: float | None = None
     group: object | None = None  # ptq_core.entropy.EntropyGroup shared by the mixed-bit weights
 
+    def without_codes(self) -> WeightPlan:
+        """The rows alone, for the summary once the model is written: the encoded weights (a quarter of
+        the FP32 weights at 8 bit) need not stay in memory while onnxruntime runs both models."""
+        return WeightPlan(decisions=list(self.decisions), init_scale=self.init_scale)
+
 
 def _skip(site: WeightSite, reason: str) -> LayerDecision:
     return LayerDecision(site.node, site.op_type, site.tensor, site.shape, False, reason, bytes_fp32=site.size * 4,
@@ -102,43 +102,31 @@ def _filter_reason(site: WeightSite, cfg: QuantConfig) -> str | None:
     return None
 
 
-def _weight_cosine(w: np.ndarray, d: np.ndarray) -> float:
-    from ptq_core.quant import cosine
+def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig, block_elements: int = BLOCK_ELEMENTS):
+    """Encoded codes, zero points, scales (times the applied varCorr), meanCorr and the weight cosine.
 
-    return cosine(w, d)
-
-
-def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig):
-    params = weight_params(w, bits, axis)
-    q = quantize(w, params)
-    d = dequantize(q, params)
-    corr_applied = False
-    vc = np.ones_like(params.scale)
-    mc = np.zeros_like(params.scale)
-    if cfg.weight.bias_correction:
-        vc, mc = correction(w, d, axis)
-        # the runtime applies the correction to per-channel tensors only, and clamps varCorr to [0, 10]
-        if axis is not None:
-            vc = np.where((vc >= 0) & (vc <= 10), vc, 1.0)
-            corr_applied = True
-    zp_full = params.zero_point
-    if cfg.common.enable_encode:
-        enc = encode_fixed(q, bits, zp_full, enable_encode=True)
-    else:
-        enc = encode_fixed(q, bits, zp_full, enable_encode=False)
-    scale = (params.scale * (vc if corr_applied else 1.0)).astype(np.float32)
-    mean = mc.astype(np.float32) if corr_applied and np.any(mc != 0) else None
-    rebuilt = dequantize(q, params, vc, mc) if corr_applied else d
-    return enc, params.zero_point.astype(np.float32), scale, mean, rebuilt
+    ``ptq_core.weight_blocks`` does the float work a block of channels at a time, so a large weight
+    costs its codes plus one block, and the result is the same bytes for any ``block_elements``."""
+    fixed = quantize_fixed(w, bits, axis, cfg.weight.bias_correction and axis is not None, block_elements)
+    params = fixed.params
+    enc = encode_fixed(fixed.codes, bits, params.zero_point, enable_encode=cfg.common.enable_encode)
+    applied = fixed.var_corr is not None
+    scale = (params.scale * (fixed.var_corr if applied else 1.0)).astype(np.float32)
+    mean = fixed.mean_corr.astype(np.float32) if applied and np.any(fixed.mean_corr != 0) else None
+    return enc, params.zero_point.astype(np.float32), scale, mean, fixed.cosine
 
 
-def _mixed(w: np.ndarray, result: MixedBitResult):
+def _mixed(w: np.ndarray, result: MixedBitResult, block_elements: int = BLOCK_ELEMENTS):
     codes = mixed_codes(w, result)
     enc = encode_split(codes)
     scale = np.array([result.scale * result.var_corr], np.float32)
     mean = np.array([result.mean_corr], np.float32) if result.mean_corr != 0 else None
-    rebuilt = codes.astype(np.float64) * result.scale * result.var_corr + result.mean_corr
-    return enc, np.zeros(1, np.float32), scale, mean, rebuilt
+    sums, flat, ref = CosineSums(), codes.reshape(-1), w.reshape(-1)
+    for start in range(0, flat.size, block_elements):
+        part = flat[start : start + block_elements]
+        sums.add(ref[start : start + block_elements],
+                 part.astype(np.float64) * result.scale * result.var_corr + result.mean_corr)
+    return enc, np.zeros(1, np.float32), scale, mean, sums.value()
 
 
 def plan_weight_quant(
@@ -178,7 +166,7 @@ def plan_weight_quant(
                               first.weight_cosine)
             )
             continue
-        w = initializer_array(model, site.tensor, base_dir).astype(np.float32)
+        w = initializer_array(model, site.tensor, base_dir).astype(np.float32, copy=False)
         shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
         per_channel = cfg.weight.per_channel and not shared_matmul
         axis = site.axis if per_channel else None
@@ -187,11 +175,11 @@ def plan_weight_quant(
         if bits == 0:
             result = search_step(w, target)
             if result is not None:
-                enc, zp, scale, mean, rebuilt = _mixed(w, result)
+                enc, zp, scale, mean, weight_cos = _mixed(w, result)
                 granularity, step, used_bits, how = "per-layer", result.scale, 0, "mixed bit"
             else:
                 fixed_axis = axis
-                enc, zp, scale, mean, rebuilt = _fixed(w, 8, fixed_axis, cfg)
+                enc, zp, scale, mean, weight_cos = _fixed(w, 8, fixed_axis, cfg)
                 used_bits, how = 0, "mixed-bit search failed; 8-bit fallback"
             axis_used = None if step is not None else axis
         else:
@@ -202,7 +190,7 @@ def plan_weight_quant(
                         _skip(site, f"per-channel gain check: {per_ch} elements per channel <= {256 // (32 - bits)}")
                     )
                     continue
-            enc, zp, scale, mean, rebuilt = _fixed(w, bits, axis, cfg)
+            enc, zp, scale, mean, weight_cos = _fixed(w, bits, axis, cfg)
             used_bits, how, axis_used = bits, f"{bits}-bit {granularity}", axis
         qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,))
         done[site.tensor] = qw
@@ -212,7 +200,7 @@ def plan_weight_quant(
                 site.size * 4, enc.nbytes + (zp.size * (1 if used_bits and used_bits <= 8 else 2) if np.any(zp) else 0)
                 + scale.nbytes
                 + (mean.nbytes if mean is not None else 0),
-                effective_bits(enc), step, _weight_cosine(w, rebuilt),
+                effective_bits(enc), step, weight_cos,
             )
         )
     if progress:

@@ -88,4 +88,4 @@ def emit_model(model_path: str, plan_path: str, output: str) -> str:
 def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, plan_path: str,
               inputs: InputOptions | None = None) -> pipeline.Summary:
     plan, tuned = load_plan(plan_path)
-    return pipeline.summarize(model_path, output_path, cfg, info, plan, tuned, inputs)
+    return pipeline.summarize(model_path, output_path, cfg, info, plan.without_codes(), tuned, inputs)
