@@ -27,13 +27,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench:
+bench: $(STAMP)
 	bash benchmarks/setup_bench.sh
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_dynamic_quant.py
 	.venv-bench/bin/python benchmarks/bench_max_drop.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_orchestration.py
+	.venv-bench/bin/python benchmarks/bench_debug.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_alwc_sensitivity.py
+	.venv/bin/python benchmarks/bench_large_model.py
 
 # Local Prefect server + UI on 127.0.0.1:$(PORT) serving the quantize, sweep and (with WATCH=dir) watch-folder flows
 PORT ?= 4200
