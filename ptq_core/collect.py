@@ -8,6 +8,7 @@ function is plain Python so that a Dask worker, a test or a loop can call it ali
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,13 @@ _SESSIONS: dict[tuple[str, tuple[str, ...]], object] = {}
 _LOCK = threading.Lock()
 
 
-def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs also include ``tensors`` (float activations)."""
+def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str], untyped_as_float: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``tensors``, typed where shape inference knows.
+
+    A tensor inference cannot type is declared float32 (calibration exposes float activations only),
+    or left untyped with ``untyped_as_float=False`` (the debug report exposes integer tensors too and
+    lets onnxruntime take the type from the producing node).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     try:
@@ -41,20 +47,26 @@ def expose_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.Model
         if info is not None and info.type.tensor_type.elem_type:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(info)
-        else:
+        elif untyped_as_float:
             vi = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        else:
+            vi = onnx.ValueInfoProto(name=name)
         out.graph.output.append(vi)
         present.add(name)
     return out
 
 
-def exposed_model_path(model: onnx.ModelProto, tensors: Sequence[str], folder: Path, key: str) -> Path:
-    """Write the exposed model once under a content key, so workers load it by path."""
+def exposed_model_path(model: onnx.ModelProto, tensors: Sequence[str], folder: Path, key: str,
+                       untyped_as_float: bool = True) -> Path:
+    """Write the exposed model once under a content key, so workers load it by path.
+
+    ``key`` must cover the model *and* the tensor set: the file is reused whenever it exists.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"exposed-{key}.onnx"
     if not path.exists():
-        data = expose_tensors(model, tensors).SerializeToString(deterministic=True)
-        tmp = path.with_suffix(".tmp")
+        data = expose_tensors(model, tensors, untyped_as_float).SerializeToString(deterministic=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs share the cache
         tmp.write_bytes(data)
         tmp.replace(path)
     return path

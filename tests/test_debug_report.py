@@ -279,3 +279,22 @@ def test_same_inputs_give_byte_identical_reports(det, tmp_path):
     first = {p.relative_to(det["dir"]): p.read_bytes() for p in det["dir"].rglob("*") if p.is_file()}
     second = {p.relative_to(tmp_path / "again"): p.read_bytes() for p in (tmp_path / "again").rglob("*") if p.is_file()}
     assert first.keys() == second.keys() and all(first[k] == second[k] for k in first)
+
+
+def test_exposed_fp32_model_follows_the_tensor_set_not_the_model_alone(tmp_path):
+    """The FP32 model's exposed tensors depend on the quantized model it is paired with: one work folder,
+    one FP32 model, two tensor sets must give two files, each exposing its own set."""
+    from onnx import TensorProto, helper
+
+    from ptq_core.debug import driver
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="r"), helper.make_node("Neg", ["a"], ["b"], name="n"),
+         helper.make_node("Abs", ["b"], ["y"], name="s")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    first = driver._exposed(model, ("a",), tmp_path, "origin")
+    second = driver._exposed(model, ("a", "b"), tmp_path, "origin")
+    assert first != second
+    assert [o.name for o in onnx.load(second).graph.output] == ["y", "a", "b"]

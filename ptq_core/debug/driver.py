@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ptq_core.collect import exposed_model_path
 from ptq_core.debug import html, rank
 from ptq_core.debug.quant_param import dynamic_rows, qdq_rows, weight_rows
 from ptq_core.debug.records import build_plan
-from ptq_core.debug.rounds import DebugJob, RoundOutcome, debug_round, write_exposed
+from ptq_core.debug.rounds import DebugJob, RoundOutcome, debug_round
 from ptq_core.debug.writer import remove_stale_rounds, write_output_summary, write_quant_param
 from ptq_core.errors import ConfigError
 
@@ -95,16 +96,20 @@ def default_rounds(cfg, model: onnx.ModelProto, inputs) -> list:
     return [RandomRound(0, specs)]
 
 
-def _key(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:20]
+def _exposed(model: onnx.ModelProto, tensors: tuple[str, ...], work_dir: Path, role: str) -> str:
+    """The model with ``tensors`` as outputs, written once per (model, tensor set): the FP32 model's set
+    depends on the quantized model it is paired with, so the model alone is not a key."""
+    h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    h.update("\0".join(tensors).encode())
+    key = f"debug-{role}-{h.hexdigest()[:20]}"
+    return str(exposed_model_path(model, tensors, Path(work_dir), key, untyped_as_float=False))
 
 
 def prepare_debug(origin: onnx.ModelProto, quant: onnx.ModelProto, work_dir: Path) -> DebugJob:
     """Pair the records and write both models with their tensors exposed (content-addressed, once)."""
     plan = build_plan(origin, quant)
-    o = write_exposed(origin, plan.origin_tensors, Path(work_dir) / f"debug-origin-{_key(origin)}.onnx")
-    q = write_exposed(quant, plan.quant_tensors, Path(work_dir) / f"debug-quant-{_key(quant)}.onnx")
-    return DebugJob(o, q, plan)
+    return DebugJob(_exposed(origin, plan.origin_tensors, work_dir, "origin"),
+                    _exposed(quant, plan.quant_tensors, work_dir, "quant"), plan)
 
 
 def param_rows(kind: str, origin: onnx.ModelProto, quant: onnx.ModelProto, job: DebugJob, plan=None) -> list[dict]:

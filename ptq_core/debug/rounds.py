@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
 from ptq_core.debug.records import DebugPlan
 from ptq_core.debug.stats import STAT_COLUMNS, clip_rate, cosine, histogram, tensor_stats
@@ -43,40 +43,6 @@ class RoundOutcome:
     outputs: list[tuple[int, str, float]]  # output_summary rows (Round, TensorName, CosineSimilarity)
     worst: list[dict]  # histograms of this round's lowest-cosine activations
     rows: int
-
-
-def expose(model: onnx.ModelProto, tensors: tuple[str, ...]) -> onnx.ModelProto:
-    """A copy whose graph outputs are the model's own plus ``tensors``, typed where inference knows."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    try:
-        inferred = shape_inference.infer_shapes(out)
-        known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    except Exception:
-        known = {}
-    present = {o.name for o in out.graph.output}
-    for name in tensors:
-        if name in present:
-            continue
-        info = known.get(name)
-        vi = onnx.ValueInfoProto()
-        if info is not None and info.type.tensor_type.elem_type:
-            vi.CopyFrom(info)
-        else:
-            vi.name = name
-        out.graph.output.append(vi)
-        present.add(name)
-    return out
-
-
-def write_exposed(model: onnx.ModelProto, tensors: tuple[str, ...], path: Path) -> str:
-    """Write the exposed model once (temp + rename), so workers load it by path."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        onnx.save(expose(model, tensors), str(tmp))
-        tmp.replace(path)
-    return str(path)
 
 
 class _Context:
@@ -191,4 +157,4 @@ def debug_round(job: DebugJob, index: int, feeds: dict[str, np.ndarray], out_dir
     return RoundOutcome(index, [(index, name, cos) for name, cos in outputs], worst, len(rows))
 
 
-__all__ = ["STAT_COLUMNS", "DebugJob", "RoundOutcome", "debug_round", "expose", "round_rows", "write_exposed"]
+__all__ = ["STAT_COLUMNS", "DebugJob", "RoundOutcome", "debug_round", "round_rows"]
