@@ -47,18 +47,9 @@ _armed = threading.Event()
 def _end_children() -> None:
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=3)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+    from ptqflow._watchdog import stop_processes
+
+    stop_processes(psutil.Process().children(recursive=True), timeout=3)
 
 
 def _arm_deadline(code: int) -> None:

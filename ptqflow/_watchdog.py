@@ -35,19 +35,23 @@ def watch(parent_pid: int, interval: float = 0.5) -> int:
         ready, _, _ = select.select([stdin], [], [], interval)
         if ready and not os.read(stdin, 4096):
             break  # EOF: the CLI has exited
-    left = [p for p in tracked.values() if p.is_running()]
-    for proc in left:
+    stop_processes([p for p in tracked.values() if p.is_running()], timeout=5)
+    return 0
+
+
+def stop_processes(procs: list[psutil.Process], timeout: float) -> None:
+    """SIGTERM each, give them ``timeout`` seconds together, then SIGKILL the ones still alive."""
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(left, timeout=5)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    return 0
 
 
 def main() -> int:
