@@ -28,9 +28,11 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     cfg = apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop)
     check_output(output, model)
     info = weight.analyse(model)
-    summary = quantize_steps(model, cfg, info, output, inputs, dask_address)
+    summary, made = _steps(model, cfg, info, output, inputs, dask_address)
     if cfg.common.debug_info_save_path:
-        summary.debug = _debug(model, cfg, info, summary, inputs, dask_address)
+        # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set
+        summary.debug = debug.debug_reports(model, summary.output, cfg, inputs, made.get("rounds"),
+                                            made.get("plan_path"), dask_address)
     summary.wall_time_s = time.perf_counter() - start
     publish(summary)
     return summary
@@ -38,6 +40,12 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
 
 def quantize_steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None = None) -> Summary:
     """The cached tasks after config and analysis; the sweep flow runs the same steps for each point."""
+    return _steps(model, cfg, info, output, inputs, dask_address)[0]
+
+
+def _steps(model: str, cfg, info, output: str, inputs: InputOptions,
+           dask_address: str | None) -> tuple[Summary, dict]:
+    """The summary, and what the debug reports read: calibration rounds (full) or the plan file (others)."""
     if cfg.common.quant_type == "FULL_QUANT":
         return _full(model, cfg, info, output, inputs, dask_address)
     if cfg.common.quant_type == "DYNAMIC_QUANT":
@@ -45,23 +53,24 @@ def quantize_steps(model: str, cfg, info, output: str, inputs: InputOptions, das
     return _weight(model, cfg, info, output, inputs)
 
 
-def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary:
+def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> tuple[Summary, dict]:
     record = weight.quantize_weights(model, cfg, info, inputs)
     if not Path(record["plan_path"]).exists():  # a cache entry can outlive the file it points to
         record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, inputs)
     out = weight.emit_model(model, record["plan_path"], output)
-    return weight.summarize(model, out, cfg, info, record["plan_path"], inputs)
+    return weight.summarize(model, out, cfg, info, record["plan_path"], inputs), {"plan_path": record["plan_path"]}
 
 
-def _dynamic(model: str, cfg, info, output: str, inputs: InputOptions) -> Summary:
+def _dynamic(model: str, cfg, info, output: str, inputs: InputOptions) -> tuple[Summary, dict]:
     record = dynamic.quantize_dynamic(model, cfg, info)
     if not (Path(record["model_path"]).exists() and Path(record["plan_path"]).exists()):
         record = dynamic.quantize_dynamic.with_options(refresh_cache=True)(model, cfg, info)
     out = dynamic.emit_dynamic(record, output)
-    return dynamic.summarize_dynamic(model, out, cfg, info, record, inputs)
+    return dynamic.summarize_dynamic(model, out, cfg, info, record, inputs), {"plan_path": record["plan_path"]}
 
 
-def _full(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None) -> Summary:
+def _full(model: str, cfg, info, output: str, inputs: InputOptions,
+          dask_address: str | None) -> tuple[Summary, dict]:
     digest = full.data_digest(cfg, info, inputs)
     rounds = full.preprocess_calibration(model, cfg, inputs, digest)
     if not all(Path(p).exists() for r in rounds for _, p in r.shards):
@@ -71,22 +80,7 @@ def _full(model: str, cfg, info, output: str, inputs: InputOptions, dask_address
         record = full.quantize_full.with_options(refresh_cache=True)(model, cfg, info, inputs, digest, rounds,
                                                                        dask_address)
     out = full.emit_full(record, output)
-    return full.summarize_full(model, out, cfg, info, record, inputs)
-
-
-def _debug(model: str, cfg, info, summary: Summary, inputs: InputOptions, dask_address: str | None) -> dict:
-    """converter_lite's debug reports (debug_info_save_path): rounds on the same Dask cluster as the statistics.
-
-    The calibration shards and the plan come from the cached tasks above (cache hits, nothing recomputed).
-    """
-    rounds = plan_path = None
-    if cfg.common.quant_type == "FULL_QUANT":
-        rounds = full.preprocess_calibration(model, cfg, inputs, full.data_digest(cfg, info, inputs))
-    elif cfg.common.quant_type == "DYNAMIC_QUANT":
-        plan_path = dynamic.quantize_dynamic(model, cfg, info)["plan_path"]
-    else:
-        plan_path = weight.quantize_weights(model, cfg, info, inputs)["plan_path"]
-    return debug.debug_reports(model, summary.output, cfg, inputs, rounds, plan_path, dask_address)
+    return full.summarize_full(model, out, cfg, info, record, inputs), {"rounds": rounds}
 
 
 def publish(summary: Summary) -> None:
