@@ -38,11 +38,6 @@ FP32_CACHE_BYTES = 256 << 20  # FP32 reference outputs are kept in memory up to 
 TOLERANCE = 1e-9  # cosines of identical outputs can miss 1.0 by rounding; a bound of 0 is met by FP32
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """converter_lite's cosine with its edge cases: the debug reports' own function, so figures agree."""
-    return float(cosine(a, b))
-
-
 @dataclass(frozen=True)
 class NodeDamage:
     node: str
@@ -198,10 +193,10 @@ def _concat_parts(node: onnx.NodeProto, inputs: list[np.ndarray]) -> tuple[int, 
 
 def _part_cosine(ref: np.ndarray, cand: np.ndarray, parts: tuple[int, list[int]] | None) -> float:
     if parts is None or ref.shape != cand.shape:
-        return _cosine(ref, cand)
+        return cosine(ref, cand)
     axis, sizes = parts
     bounds = np.cumsum([0] + sizes)
-    return min(_cosine(np.take(ref, range(a, b), axis=axis), np.take(cand, range(a, b), axis=axis))
+    return min(cosine(np.take(ref, range(a, b), axis=axis), np.take(cand, range(a, b), axis=axis))
                for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
 
 
@@ -240,7 +235,7 @@ def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: S
         ref = dict(zip(wanted, ref_session.run(wanted, feeds)))
         cand = dict(zip(wanted, q_session.run(q_names, feeds)))
         for t in wanted:
-            sums[t] += _cosine(ref[t], cand[t])
+            sums[t] += cosine(ref[t], cand[t])
         for name in concat_sums:
             node = by_name[name]
             ins = [ref[i] for i in node.input if i in ref]
