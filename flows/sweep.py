@@ -3,7 +3,9 @@
 Points run in parallel on Prefect's thread pool and share every cached upstream task: the config
 is resolved and the model analysed once, FULL_QUANT calibration is preprocessed once and its
 statistics collected once per ``activation_quant_method`` (``collect_statistics`` is keyed without
-per_channel or bias_correction). Latency is measured afterwards, one point at a time, so parallel
+per_channel or bias_correction). While the points run, ``ptq_core.model_cache`` keeps the FP32 model
+the first point parsed (prepared, optimized for FULL_QUANT, run for the summary's reference outputs), so
+the others do not load it again. Latency is measured afterwards, one point at a time, so parallel
 points do not slow each other's timings.
 """
 
@@ -18,6 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from ptq_core import model_cache
 from ptq_core.config import check_runnable
 from ptq_core.config.model import parse_config
 from ptq_core.errors import ConfigError
@@ -77,7 +80,8 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     cfg_paths = [sweep_tasks.write_text_atomic(out_dir / f"point_{p.index}.cfg", p.text) for p in points]
     keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
 
-    with _cluster_for(base.common.quant_type, dask_address) as address:
+    # points 2..N reuse the FP32 model point 1 parsed (and its reference outputs); released after the points
+    with model_cache.sharing(), _cluster_for(base.common.quant_type, dask_address) as address:
         futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
                    for path, key in zip(cfg_paths, keys)]
         records = [f.result() for f in futures]

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ptq_core import collect
+from ptq_core import collect, model_cache
 from ptq_core.calibration import check_inputs, list_calibration_files, write_shards
 from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import emit_qdq
@@ -30,7 +30,6 @@ from ptq_core.full_quant import (
     correctable_nodes,
     observed_tensors,
     placement,
-    prepare_full_model,
     shadow_model,
 )
 from ptq_core.runtime import InputOptions, input_specs
@@ -229,7 +228,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         phases[name] = phases.get(name, 0.0) + now - clock
         clock = now
 
-    model = prepare_full_model(model_path)
+    model = model_cache.full_model(model_path)  # a private copy; optimized once per sweep
     target, place = placement(model, cfg)
     if rounds is None:
         rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")

@@ -29,8 +29,11 @@ from ptq_core.targets import Target, get_target
 INT32_HALF = 0.5 * np.iinfo(np.int32).max
 
 
-def prepare_full_model(path: str | Path) -> onnx.ModelProto:
+def prepare_full_model(path: str | Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """The FP32 graph quantization works on: converter_lite quantizes after its fusion passes.
+
+    ``model``: ``prepare_model(path)`` when the caller already holds it (a sweep's shared copy, which
+    is only read here: upgrade_opset converts a copy and the result is a fresh load).
 
     onnxruntime's BASIC level (only standard ONNX ops) folds BatchNorm into Conv, folds constants
     and removes identities, which is what converter_lite's ConvBatchNormFusion and const-fold
@@ -39,7 +42,7 @@ def prepare_full_model(path: str | Path) -> onnx.ModelProto:
     """
     import onnxruntime as ort
 
-    model = upgrade_opset(prepare_model(path))
+    model = upgrade_opset(prepare_model(path) if model is None else model)
     with tempfile.TemporaryDirectory(prefix="ptq-prep-") as tmp:
         src = os.path.join(tmp, "in.onnx")
         dst = os.path.join(tmp, "out.onnx")

@@ -16,7 +16,8 @@ import onnx
 from ptq_core.config import QuantConfig, check_runnable, load_config
 from ptq_core.emit_weight import emit_weight_only, save_model_atomic
 from ptq_core.errors import ConfigError
-from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes, prepare_model
+from ptq_core import model_cache
+from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes
 from ptq_core.mixed_bit import TuneResult, auto_tune
 from ptq_core.preflight import check_output
 from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
@@ -101,7 +102,8 @@ def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, 
     """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
     tuning = cfg.common.bit_num == 0 and cfg.mixed.auto_tune
-    model = prepare_model(model_path, load_data=tuning)  # without auto_tune, weights are read one at a time
+    # without auto_tune, weights are read one at a time; shared with the next sweep point (read only here)
+    model = model_cache.prepared_model(model_path, load_data=tuning)
     if tuning:
         ref = reference_inputs(cfg, info, inputs)
         fp32_out = run(make_session(model), ref.feeds)
@@ -122,7 +124,7 @@ def emit_model(model_path: str | Path, plan: WeightPlan, output: str | Path) -> 
     """Write the weight-only model. The FP32 weights the plan replaces are never read again: only the
     tensors that stay as they are come off disk, so a model over 2 GB is not held twice."""
     base = Path(model_path).parent
-    model = prepare_model(model_path, load_data=False)
+    model = model_cache.prepared_copy(model_path, load_data=False)  # load_external fills it in place
     load_external(model, base, skip={qw.tensor for qw in plan.weights})
     quantized = emit_weight_only(model, plan)
     del model
@@ -226,7 +228,8 @@ def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig,
     Lean sessions: for a model of a few GB, folding the decode chains would cost far more memory than
     the quantization itself, and one run gives the same values unfolded."""
     ref = reference_inputs(cfg, info, inputs)
-    before = run(make_session(str(model_path), lean=True), ref.feeds)
+    before = model_cache.reference_outputs(model_path, "lean", ref.feeds,
+                                           lambda: run(make_session(str(model_path), lean=True), ref.feeds))
     after = run(make_session(str(output_path), lean=True), ref.feeds)
     return Summary(
         model=str(model_path),
@@ -234,7 +237,7 @@ def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig,
         quant_type=cfg.common.quant_type or "",
         bits=cfg.common.bit_num,
         layers=list(plan.decisions),
-        size_before=_disk_size(model_path),
+        size_before=_fp32_size(model_path),
         size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after),
         cosine_inputs=ref.source,
@@ -248,11 +251,21 @@ def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig,
     )
 
 
-def _disk_size(path: str | Path) -> int:
-    """Model file plus external data files it references."""
+def _fp32_size(path: str | Path) -> int:
+    """The FP32 model's size on disk; in a sweep read off the model the points share (model_cache)
+    instead of parsing the file again. Its initializers name the same external files, plus any
+    Constant node stored externally, which onnx only writes with convert_attribute=True."""
+    if not model_cache.active():
+        return _disk_size(path)
+    return model_cache.remembered(
+        path, "disk_size", lambda: _disk_size(path, model_cache.prepared_model(path, load_data=False)))
+
+
+def _disk_size(path: str | Path, model: onnx.ModelProto | None = None) -> int:
+    """Model file plus external data files it references (``model``: the file's proto, if at hand)."""
     path = Path(path)
     total = path.stat().st_size
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(path), load_external_data=False) if model is None else model
     seen = set()
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
@@ -318,7 +331,7 @@ def quantize_dynamic_model(model_path, cfg: QuantConfig):
     """DYNAMIC_QUANT: int8 weights now, activations quantized by the model at run time."""
     from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
 
-    model = prepare_model(model_path)
+    model = model_cache.prepared_model(model_path)  # plan_dynamic reads it, emit_dynamic copies it
     plan = plan_dynamic(model, cfg)
     return plan, emit_dynamic(model, plan)
 
@@ -326,11 +339,12 @@ def quantize_dynamic_model(model_path, cfg: QuantConfig):
 def summarize_dynamic(model_path, output_path, cfg: QuantConfig, info: ModelInfo, plan,
                       inputs: InputOptions | None = None) -> Summary:
     ref = reference_inputs(_without_data(cfg), info, inputs)
-    before = run(make_session(str(model_path)), ref.feeds)
+    before = model_cache.reference_outputs(model_path, "default", ref.feeds,
+                                           lambda: run(make_session(str(model_path)), ref.feeds))
     after = run(make_session(str(output_path)), ref.feeds)
     return Summary(
         model=str(model_path), output=str(output_path), quant_type="DYNAMIC_QUANT", bits=8,
-        layers=list(plan.decisions), size_before=_disk_size(model_path), size_after=_disk_size(output_path),
+        layers=list(plan.decisions), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
     )
 
@@ -349,10 +363,11 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
     from ptq_core.full_pipeline import full_decisions
 
     ref = reference_inputs(cfg, info, inputs)
-    before = run(make_session(str(model_path)), ref.feeds)
+    before = model_cache.reference_outputs(model_path, "default", ref.feeds,
+                                           lambda: run(make_session(str(model_path)), ref.feeds))
     after = run(make_session(str(output_path)), ref.feeds)
     return Summary(
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
-        layers=full_decisions(prepared, plan), size_before=_disk_size(model_path), size_after=_disk_size(output_path),
+        layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
     )

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ptq_core import collect, full_pipeline
+from ptq_core import collect, full_pipeline, model_cache
 from ptq_core.calibration import sample_digest
 from ptq_core.config import QuantConfig
 from ptq_core.emit_weight import save_model_atomic
@@ -43,7 +43,7 @@ def _shards_key(ctx, params) -> str:
 @task(name="preprocess_calibration", cache_policy=_locked(_shards_key), persist_result=True)
 def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptions, digest: str) -> list[collect.Round]:
     """Decode and preprocess the calibration set once into content-addressed .npy shards."""
-    model = full_pipeline.prepare_full_model(model_path)
+    model = model_cache.full_model(model_path)  # shared with the points' quantize_full in a sweep
     return full_pipeline.calibration_rounds(cfg, model, inputs, cache_dir("shards"))
 
 
