@@ -331,7 +331,9 @@ def quantize_dynamic_model(model_path, cfg: QuantConfig):
     """DYNAMIC_QUANT: int8 weights now, activations quantized by the model at run time."""
     from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
 
-    model = model_cache.prepared_model(model_path)  # plan_dynamic reads it, emit_dynamic copies it
+    # a copy: plan_dynamic is only meant to read it, but a shared proto changed by one point would
+    # silently change the next; a copy costs far less than the parse it replaces
+    model = model_cache.prepared_copy(model_path)
     plan = plan_dynamic(model, cfg)
     return plan, emit_dynamic(model, plan)
 
