@@ -16,6 +16,16 @@ Which nodes
     attention shape (12 x 128x32 @ 32x128) 0.125 ms vs 0.132 ms float, no real gain for the extra
     error in front of the softmax.
 
+Rotation (``[ptqflow] rotation_block``, default 16; 0 = converter_lite's numerics exactly)
+    Before an activation is quantized (either strategy) its channels are rotated by an orthonormal
+    block-Hadamard matrix, ``A H``, and the weight rows are rotated back offline, ``H^T B``, so the
+    FP32 product is unchanged (ptq_core.rotation). A transformer's "massive activations" (one
+    channel of one token far above the rest) no longer set the whole grid: on all-MiniLM-L6-v2 the
+    per-tensor ALWC cosine rises from 0.9930 to 0.9984 at block 16, and ACWL's from 0.9972 to 0.9995.
+    Run time: ``Shape, Reshape(-1, b), MatMul(H), Reshape`` per quantized activation, shared by all
+    its readers. Only readers whose reduction axis is a multiple of the block are rotated (the
+    decision row says so). The weights are quantized after rotation, with converter_lite's rules.
+
 ALWC (activation per-layer, weight per-channel) -- the default
     Weight: symmetric int8 [-127, 127], one scale per output column (the N axis; a Gemm transB=1
     weight is transposed offline to (K, N)); a weight read by several nodes gets one per-layer
@@ -49,13 +59,14 @@ ACWL (activation per-channel, weight per-layer)
     Rounding: QuantizeLinear rounds half to even, converter_lite half away from zero; they differ
     only when x * 127 / absmax_row is exactly k + 0.5, by one code. We keep the single QuantizeLinear
     (emulating half-away would cost five more full-size elementwise passes).
-    Output: ``MatMulInteger -> Cast -> Mul(max_absmax * b_scale / 127) -> Mul(absmax_row /
-    max_absmax)`` [-> Add bias]. The first three become onnxruntime's ``MatMulIntegerToFloat`` (a
-    run-time scalar A scale and per-column B scales, both handled in the kernel); the per-row factor
-    comes after it on purpose: given a non-scalar A scale, onnxruntime 1.32's MatMulIntegerToFloat
-    adds the bias it fused *before* applying the A scale, so the bias gets multiplied by the row scale
-    (wrong results; ``test_per_row_scale_is_applied_per_row_with_a_bias`` guards this). The cost is
-    the per-row Mul and an unfused bias Add, which is why ACWL is slower than ALWC.
+    Output: ``MatMulInteger -> Cast -> Mul(absmax_row * b_scale / 127)`` [-> bias]. onnxruntime
+    fuses this into ``MatMulIntegerToFloat`` with a per-row A scale (.., M, 1), applied inside the
+    kernel. That kernel gets a *fused* bias wrong: given a non-scalar A scale, onnxruntime 1.32 adds the
+    bias before applying the A scale, so the bias is multiplied by each row's scale. So the bias is
+    added with ``Sum`` instead of ``Add`` (the same broadcast addition, which the fusion does not
+    match): a Gemm's C, and any model ``Add`` of a constant to an ACWL output (``_unfusable_bias_adds``;
+    ``test_per_row_scale_is_applied_per_row_with_a_bias`` guards this). The unfused bias pass and the
+    per-row quantization chain are why ACWL is slower than ALWC.
     Weight: converter_lite's ACWL uses one per-layer scale. On all-MiniLM-L6-v2 that is far worse
     than per-channel (layer 0's FFN output weight has an outlier column: weight cosine 0.930 per
     layer vs 0.9998 per channel; embedding cosine 0.968 vs 0.997), so ``plan_dynamic`` defaults to
@@ -76,28 +87,34 @@ opset 11 (DynamicQuantizeLinear) are upgraded to 11; at opset >= 18 ReduceMax ta
 input. No shape information is added: with value_info onnxruntime 1.32 fuses SkipLayerNormalization,
 which made MiniLM slower (ALWC 0.48x instead of 0.39x of FP32).
 
-Measured on all-MiniLM-L6-v2 (AMD EPYC Zen 4, 2 shared cores, onnxruntime 1.32; latency batch 1,
-seq 128, 1 thread, interleaved rounds, FP32 = 30 ms; RSS = growth of peak RSS of a process that loads
-the model and runs it; cosine of mean-pooled embeddings vs FP32 on 256 sentences, batches of 32):
+Measured on all-MiniLM-L6-v2 (benchmarks/bench_dynamic_quant.py, 2026-11-30 03:14 UTC; AMD EPYC Zen 4,
+2 shared cores, onnxruntime 1.32; latency batch 1, seq 128, 1 thread, interleaved rounds, FP32 = 31.0
+ms; RAM = peak RSS of a process that loads the model and runs 100 inferences; cosine of mean-pooled
+embeddings vs FP32 on 256 sentences):
 
-    model                       size     latency   RSS     cosine mean / min
-    FP32                        1.000x   1.00x     1.00x   1
-    ORT quantize_dynamic (pc)   0.254x   0.43x     0.37x   0.99306 / 0.9843
-    ALWC                        0.255x   0.39x     0.34x   0.99328 / 0.9836
-    ACWL (per-channel weights)  0.255x   0.44x     0.35x   0.99732 / 0.9926
-    ACWL (per-layer weights)    0.255x   0.43x     0.35x   0.96769 / 0.9365
+    model                            size     latency   RAM     cosine mean / min
+    FP32                             1.000x   1.00x     1.00x   1
+    ORT quantize_dynamic (pt)        0.253x   0.43x     0.51x   0.9633 / 0.9274
+    ORT quantize_dynamic (pc)        0.254x   0.43x     0.53x   0.9931 / 0.9843
+    ALWC, rotation_block=16          0.255x   0.42x     0.53x   0.9985 / 0.9960
+    ACWL, rotation_block=16          0.255x   0.46x     0.52x   0.9995 / 0.9987
+    ALWC, rotation_block=0           0.255x   0.39x     0.51x   0.9933 / 0.9836
+    ACWL, rotation_block=0           0.255x   0.43x     0.51x   0.9973 / 0.9926
 
-ALWC cannot reach 0.995 on MiniLM: the [CLS] token carries one activation 3-10x larger than any
-other token's (e.g. 28 vs <= 11 after layer 0's attention LayerNorm, 24.5 vs <= 5.6 after its GELU),
-and a per-tensor scale spends the int8 grid on it; per-row scales (ACWL) do not.
+Without rotation ALWC cannot reach 0.995 on MiniLM: the [CLS] token carries one activation 3-10x
+larger than any other token's (e.g. 28 in channel 99 vs <= 11 elsewhere after layer 0's attention
+LayerNorm, 24.5 vs <= 5.6 after its GELU), and a per-tensor scale spends the int8 grid on it;
+keeping any single MatMul FP32 lifts the cosine by at most 0.0011 (benchmarks/bench_alwc_sensitivity.py).
+Rotation spreads that channel over its block. Under converter_lite's ACWL (per-layer weights) one
+outlier weight column of layer 0's FFN output cost 3 points (0.968 vs 0.997, session 1).
 
 One MatMul + bias at MiniLM shapes (median ms, A = [1, 128, K], 1 thread; ``micro_benchmark`` in
-tests/test_dynamic_quant.py):
+tests/test_dynamic_quant.py; r0 = rotation_block=0):
 
-    A @ B                       FP32    ALWC    ACWL
-    128x384  @ 384x384          0.35    0.11    0.14
-    128x384  @ 384x1536         1.48    0.45    0.55
-    128x1536 @ 1536x384         1.38    0.42    0.49
+    A @ B                       FP32    ALWC    ACWL    ALWC r0  ACWL r0
+    128x384  @ 384x384          0.36    0.14    0.17    0.12     0.15
+    128x384  @ 384x1536         1.55    0.48    0.58    0.45     0.55
+    128x1536 @ 1536x384         1.39    0.47    0.55    0.41     0.49
 """
 
 from __future__ import annotations
@@ -112,6 +129,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.errors import PtqError
 from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array
 from ptq_core.quant import cosine, quantize, weight_params
+from ptq_core.rotation import block_for, hadamard, rotate_weight
 from ptq_core.weight_quant import DecisionRows, LayerDecision
 
 PRODUCER = "ptqflow"
@@ -166,6 +184,7 @@ class DynamicNode:
     trans_a: bool = False  # Gemm
     alpha: float = 1.0  # Gemm
     beta: float = 1.0  # Gemm
+    rotation: int = 0  # Hadamard block on the reduction axis (0: none), ptq_core.rotation
 
 
 @dataclass
@@ -207,6 +226,7 @@ class _Planner:
         self.model = model
         self.strategy = strategy
         self.acwl_weight = acwl_weight
+        self.rotation_block = cfg.ptqflow.rotation_block
         self.plan = DynamicPlan(strategy=strategy)
         self.first_user: dict[str, str] = {}
 
@@ -234,7 +254,9 @@ class _Planner:
         attrs = _attrs(node)
         gemm = node.op_type == "Gemm"
         trans_b = gemm and bool(attrs.get("transB", 0))
-        key = f"{site.tensor}|matmul{'T' if trans_b else ''}"
+        k = site.shape[-1] if trans_b else site.shape[-2]
+        block = block_for(k, self.rotation_block)
+        key = f"{site.tensor}|matmul{'T' if trans_b else ''}" + (f"|H{block}" if block else "")
         wants_channel = self.strategy == "ALWC" or self.acwl_weight == "per-channel"
         per_channel = wants_channel and site.users == 1  # a shared MatMul weight goes per-layer (§4.1)
         granularity = "per-channel" if per_channel else "per-layer"
@@ -244,14 +266,20 @@ class _Planner:
             how = f"ACWL: int8 {granularity} symmetric weight, int8 per-row symmetric activation at run time"
         if wants_channel and not per_channel:
             how += f" (weight read by {site.users} nodes: per-layer)"
+        if block:
+            how += f"; activation rotated in {block}-channel Hadamard blocks"
+        elif self.rotation_block:
+            how += f"; not rotated (reduction axis {k} is not a multiple of rotation_block={self.rotation_block})"
         dyn = DynamicNode(node.name, node.op_type, key, trans_a=gemm and bool(attrs.get("transA", 0)),
                           alpha=float(attrs.get("alpha", 1.0)) if gemm else 1.0,
-                          beta=float(attrs.get("beta", 1.0)) if gemm else 1.0)
+                          beta=float(attrs.get("beta", 1.0)) if gemm else 1.0, rotation=block)
 
         def make():
             w = initializer_array(self.model, site.tensor).astype(np.float32)
             if trans_b:
                 w = np.ascontiguousarray(w.T)
+            if block:  # H^T W: the activation side gets X H at run time
+                w = rotate_weight(w, block)
             axis = w.ndim - 1 if per_channel else None
             params = weight_params(w, 8, axis, symmetric=True, narrow=True)  # [-127, 127], zero point 0
             return DynamicWeight(key, site.tensor, "matmul", quantize(w, params), params.scale.astype(np.float32),
@@ -345,7 +373,8 @@ class _Emitter:
         self.inits: list[onnx.TensorProto] = []
         self.consts: dict[tuple, str] = {}
         self.weight_names: dict[str, tuple[str, str, str | None]] = {}  # key -> (codes, scale, zero point)
-        self.row_quant: dict[str, tuple[str, str, str]] = {}  # ACWL: activation -> (codes, max absmax, row factor)
+        self.row_quant: dict[str, tuple[str, str]] = {}  # ACWL: activation -> (codes, row absmax)
+        self.rotated: dict[tuple[str, int], str] = {}  # (activation, block) -> rotated activation
         self.scale_names: dict[tuple, str] = {}
 
     def name(self, base: str) -> str:
@@ -442,6 +471,8 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
             _emit_gather(em, new_nodes, node, w)
         else:
             _emit_matmul(em, new_nodes, node, d, w, plan.strategy)
+    if plan.strategy == "ACWL":
+        _unfusable_bias_adds(new_nodes, set(_outputs(graph, todo)), {t.name for t in graph.initializer})
     del graph.node[:]
     graph.node.extend(new_nodes)
     still_used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
@@ -458,6 +489,26 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     return out
+
+
+def _outputs(graph: onnx.GraphProto, todo: dict) -> list[str]:
+    return [node.output[0] for node in graph.node if node.name in todo and node.op_type in MATMUL_OPS]
+
+
+def _unfusable_bias_adds(nodes: list[onnx.NodeProto], matmul_outputs: set[str], constants: set[str]) -> None:
+    """Turn ``Add(ACWL MatMul output, constant)`` into the equivalent two-input ``Sum``, in place.
+
+    onnxruntime folds a constant Add after MatMulIntegerToFloat into the kernel, which adds it
+    *before* applying a non-scalar A scale: the bias would be multiplied by each row's scale
+    (measured: errors of ~100 on a unit-scale output). ``Sum`` computes the same broadcast addition
+    and is not fused. The cost is the separate pass the Add was anyway under the old per-row Mul.
+    """
+    for node in nodes:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        a, b = node.input
+        if (a in matmul_outputs and b in constants) or (b in matmul_outputs and a in constants):
+            node.op_type = "Sum"
 
 
 def _emit_gather(em: _Emitter, out: list, node: onnx.NodeProto, w: DynamicWeight) -> None:
@@ -478,14 +529,29 @@ def _emit_gather(em: _Emitter, out: list, node: onnx.NodeProto, w: DynamicWeight
     em.node(out, "Mul", [value, row_scale], [y], f"{n}_dequant")
 
 
-def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, str, str]:
+def _rotated_activation(em: _Emitter, out: list, a: str, block: int, tag: str) -> str:
+    """``a @ blockdiag(H, .., H)`` on the last axis, made once per activation and block (Q, K and V share it).
+
+    Reshape to (-1, block) rows, one float MatMul with H, reshape back to ``Shape(a)``: three cheap
+    nodes that work for any rank without shape information.
+    """
+    if (a, block) in em.rotated:
+        return em.rotated[(a, block)]
+    shape, rows, turned, rotated = (em.name(f"{a}_shape"), em.name(f"{a}_blocks"), em.name(f"{a}_blocks_rotated"),
+                                    em.name(f"{a}_rotated"))
+    em.node(out, "Shape", [a], [shape], f"{tag}_shape")
+    em.node(out, "Reshape", [a, em.const(np.array([-1, block], np.int64))], [rows], f"{tag}_blocks")
+    em.node(out, "MatMul", [rows, em.const(hadamard(block).astype(np.float32))], [turned], f"{tag}_hadamard")
+    em.node(out, "Reshape", [turned, shape], [rotated], f"{tag}_unblock")
+    em.rotated[(a, block)] = rotated
+    return rotated
+
+
+def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, str]:
     """Per-row symmetric int8 codes (as uint8 + 128) of activation ``a``; shared by all its readers.
 
-    Returns (codes, tensor absmax, row factor). Rows are normalized by their reciprocal scale
-    127 / absmax_row and quantized with one scalar-scale QuantizeLinear. The tensor absmax is the
-    largest row absmax (a run-time scalar) and row factor = absmax_row / tensor absmax (.., M, 1), so
-    that ``acc * (tensor_absmax * b_scale / 127)`` is onnxruntime's fused kernel and
-    ``* row_factor`` one more pass.
+    Returns (codes, row absmax (.., M, 1)). Rows are normalized by their reciprocal scale
+    127 / absmax_row and quantized with one scalar-scale QuantizeLinear.
     """
     if a in em.row_quant:
         return em.row_quant[a]
@@ -501,10 +567,7 @@ def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, st
     em.node(out, "Mul", [a, inv], [normed], f"{tag}_normalize")
     em.node(out, "QuantizeLinear", [normed, em.const(np.float32(1.0)), em.const(np.uint8(ACT_ZERO_POINT))], [q],
             f"{tag}_quantize")
-    top, factor = em.name(f"{a}_absmax_tensor"), em.name(f"{a}_row_factor")
-    em.node(out, "ReduceMax", [amax], [top], f"{tag}_absmax_tensor", keepdims=0)
-    em.node(out, "Div", [amax, top], [factor], f"{tag}_row_factor")
-    em.row_quant[a] = (q, top, factor)
+    em.row_quant[a] = (q, amax)
     return em.row_quant[a]
 
 
@@ -515,6 +578,8 @@ def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, 
         at = em.name(f"{a}_T")
         em.node(out, "Transpose", [a], [at], f"{n}_transpose_a", perm=[1, 0])
         a = at
+    if d.rotation:
+        a = _rotated_activation(em, out, a, d.rotation, f"{n}_rotate")
     acc, acc_f, multiplier = em.name(f"{y}_int32"), em.name(f"{y}_int32_float"), em.name(f"{y}_multiplier")
     has_bias = d.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
     result = em.name(f"{y}_rescaled") if has_bias else y
@@ -528,15 +593,13 @@ def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, 
         em.node(out, "Cast", [acc], [acc_f], f"{n}_cast", to=onnx.TensorProto.FLOAT)
         em.node(out, "Mul", [acc_f, multiplier], [result], f"{n}_rescale")
     else:
-        aq, top, factor = _acwl_activation(em, out, a, f"{n}_dynamic_cast_node_0")
-        scaled = em.name(f"{y}_tensor_rescaled")
+        aq, amax = _acwl_activation(em, out, a, f"{n}_dynamic_cast_node_0")
         em.node(out, "MatMulInteger", [aq, codes, em.const(np.uint8(ACT_ZERO_POINT))], [acc], f"{n}_integer")
-        # Mul(run-time scalar, B scale / 127): onnxruntime fuses this into MatMulIntegerToFloat; the
-        # per-row factor comes after it, so no bias is folded under a per-row scale (module doc)
-        em.node(out, "Mul", [top, em.matmul_scale(w, d.alpha / 127.0)], [multiplier], f"{n}_multiplier")
+        # Mul(row absmax (.., M, 1), B scale / 127): onnxruntime fuses this into MatMulIntegerToFloat
+        # with a per-row A scale; a bias must then stay outside the kernel (``_unfusable_bias_adds``)
+        em.node(out, "Mul", [amax, em.matmul_scale(w, d.alpha / 127.0)], [multiplier], f"{n}_multiplier")
         em.node(out, "Cast", [acc], [acc_f], f"{n}_cast", to=onnx.TensorProto.FLOAT)
-        em.node(out, "Mul", [acc_f, multiplier], [scaled], f"{n}_rescale")
-        em.node(out, "Mul", [scaled, factor], [result], f"{n}_rescale_rows")
+        em.node(out, "Mul", [acc_f, multiplier], [result], f"{n}_rescale")
     if has_bias:
         bias = node.input[2]
         if d.beta != 1.0:
@@ -547,4 +610,5 @@ def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, 
                 scaled = em.name(f"{bias}_beta")
                 em.node(out, "Mul", [bias, em.const(np.float32(d.beta))], [scaled], f"{n}_beta")
                 bias = scaled
-        em.node(out, "Add", [result, bias], [y], f"{n}_bias")
+        # ACWL: Sum, not Add, so onnxruntime does not fold the bias under the per-row scale
+        em.node(out, "Add" if strategy == "ALWC" else "Sum", [result, bias], [y], f"{n}_bias")

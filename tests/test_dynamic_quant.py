@@ -20,14 +20,16 @@ from ptq_core.config import parse_config
 from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
 from ptq_core.emit_qdq import fused_ops, optimized_model
 from ptq_core.quant import round_half_away
+from ptq_core.rotation import hadamard, rotate_weight
 
 ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 NONE = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
 
-def cfg(strategy="ALWC", common=""):
+def cfg(strategy="ALWC", common="", rotation=None):
+    extra = "" if rotation is None else f"[ptqflow]\nrotation_block={rotation}\n"
     return parse_config("[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n" + common +
-                        f"\n[dynamic_quant_param]\nquant_strategy={strategy}\n")
+                        f"\n[dynamic_quant_param]\nquant_strategy={strategy}\n" + extra)
 
 
 def run(model, feeds, level=ALL):
@@ -65,6 +67,10 @@ def weights(plan, node):
     return plan.weights[d.weight]
 
 
+def block_of(plan, node):
+    return next(d for d in plan.nodes if d.node == node).rotation
+
+
 # ---------------------------------------------------------------------------------------------
 # NumPy simulation of what the emitted graph computes
 
@@ -79,23 +85,30 @@ def ref_dynamic_quantize_linear(x):
     return q, scale, zp
 
 
-def ref_alwc(x, w, bias=None):
-    q, a_scale, zp = ref_dynamic_quantize_linear(x)
+def ref_rotate(x, block):
+    """The emitted Reshape(-1, block) -> MatMul(H) -> Reshape, in float32."""
+    if not block:
+        return x.astype(np.float32)
+    rows = x.astype(np.float32).reshape(-1, block)
+    return (rows @ hadamard(block).astype(np.float32)).reshape(x.shape)
+
+
+def ref_alwc(x, w, bias=None, block=0):
+    q, a_scale, zp = ref_dynamic_quantize_linear(ref_rotate(x, block))
     acc = (q.astype(np.int64) - int(zp)) @ w.codes.astype(np.int64)
     y = acc.astype(np.float32) * (a_scale * w.scale.astype(np.float32))
     return y + bias if bias is not None else y
 
 
-def ref_acwl(x, w, bias=None, alpha=1.0):
+def ref_acwl(x, w, bias=None, alpha=1.0, block=0):
     """Per-row symmetric int8 activation, as emitted: codes = round(x * (127 / absmax_row)), ties to even;
-    y = acc * (max_absmax * b_scale * alpha / 127) * (absmax_row / max_absmax)."""
-    x = x.astype(np.float32)
+    y = acc * (absmax_row * b_scale * alpha / 127)."""
+    x = ref_rotate(x, block)
     amax = np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-30))
     q = np.clip(np.rint(x * (np.float32(127) / amax)), -128, 127)
     acc = (q.astype(np.int64) @ w.codes.astype(np.int64)).astype(np.float32)
-    top = amax.max()
     b_scale = (w.scale * np.float32(alpha / 127.0)).astype(np.float32)
-    y = (acc * (top * (b_scale if w.axis is not None else b_scale[0]))) * (amax / top)
+    y = acc * (amax * (b_scale if w.axis is not None else b_scale[0]))
     return y + bias if bias is not None else y
 
 
@@ -108,30 +121,33 @@ def close(actual, expected):
 # numerics
 
 
+@pytest.mark.parametrize("block", [0, 16], ids=["converter_lite", "rotated"])
 @pytest.mark.parametrize("a_shape", [(7, 48), (2, 9, 48), (1, 48)])
 @pytest.mark.parametrize("level", [ALL, NONE], ids=["fused", "reference-ops"])
-def test_alwc_matches_numpy(a_shape, level):
+def test_alwc_matches_numpy(a_shape, level, block):
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.1, (48, 40)).astype(np.float32)
     w[:, 3] *= 20  # one large column: per-channel scales must matter
     b = rng.normal(0, 1, 40).astype(np.float32)
     x = (rng.normal(0.3, 1.5, a_shape)).astype(np.float32)
     model = matmul_model(w, b, a_shape=list(a_shape))
-    plan = plan_dynamic(model, cfg("ALWC"))
+    plan = plan_dynamic(model, cfg("ALWC", rotation=block))
     qw = weights(plan, "mm")
     assert qw.axis == 1 and qw.codes.dtype == np.int8 and qw.codes.min() >= -127
     (y,) = run(emit_dynamic(model, plan), {"x": x}, level)
-    close(y, ref_alwc(x, qw, b))
+    close(y, ref_alwc(x, qw, b, block))
     # and the int8 weight is converter_lite's: symmetric [-127, 127] per column, ties away from zero
+    w = rotate_weight(w, block) if block else w
     scale = np.abs(w).max(0).astype(np.float64) / 127
     np.testing.assert_allclose(qw.scale, scale, rtol=1e-6)
     assert np.array_equal(qw.codes, np.clip(round_half_away(w / qw.scale.astype(np.float64)), -127, 127))
 
 
+@pytest.mark.parametrize("block", [0, 16], ids=["converter_lite", "rotated"])
 @pytest.mark.parametrize("acwl_weight", ["per-channel", "per-layer"])
 @pytest.mark.parametrize("a_shape", [(7, 48), (2, 9, 48), (48,)])
 @pytest.mark.parametrize("level", [ALL, NONE], ids=["fused", "reference-ops"])
-def test_acwl_matches_numpy(a_shape, acwl_weight, level):
+def test_acwl_matches_numpy(a_shape, acwl_weight, level, block):
     rng = np.random.default_rng(2)
     w = rng.normal(0, 0.1, (48, 40)).astype(np.float32)
     b = rng.normal(0, 1, 40).astype(np.float32)
@@ -140,11 +156,11 @@ def test_acwl_matches_numpy(a_shape, acwl_weight, level):
         x[..., 0, :] *= 30  # one loud token: per-row scales must matter
         x.reshape(-1, 48)[1] = 0  # an all-zero row: no NaN
     model = matmul_model(w, b, a_shape=list(a_shape), bias_first=False)
-    plan = plan_dynamic(model, cfg("ACWL"), acwl_weight=acwl_weight)
+    plan = plan_dynamic(model, cfg("ACWL", rotation=block), acwl_weight=acwl_weight)
     qw = weights(plan, "mm")
     assert qw.axis == (1 if acwl_weight == "per-channel" else None)
     (y,) = run(emit_dynamic(model, plan), {"x": x}, level)
-    close(y, ref_acwl(x, qw, b))
+    close(y, ref_acwl(x, qw, b, block=block))
     assert np.all(np.isfinite(y))
 
 
@@ -176,7 +192,9 @@ def test_batched_weight_with_bias(strategy):
     fused, plain = run(emitted, {"x": x})[0], run(emitted, {"x": x}, NONE)[0]
     close(fused, plain)
     qw = weights(plan, "mm")
-    expected = ref_alwc(x, qw, b) if strategy == "ALWC" else ref_acwl(x, qw, b)
+    block = block_of(plan, "mm")
+    assert block == 16
+    expected = ref_alwc(x, qw, b, block) if strategy == "ALWC" else ref_acwl(x, qw, b, block=block)
     close(plain, expected)
 
 
@@ -197,7 +215,7 @@ def test_gemm(strategy, trans_a, trans_b, alpha, beta):
     emitted = emit_dynamic(model, plan)
     left = {t.name for t in emitted.graph.initializer}
     assert "W" not in left and ("C" in left) == (beta == 1.0)  # beta * C was pre-multiplied: C itself is gone
-    x = a.T if trans_a else a
+    x = ref_rotate(a.T if trans_a else a, block_of(plan, "gemm"))
     alpha32 = np.float32(alpha)
     if strategy == "ALWC":
         q, a_scale, zp = ref_dynamic_quantize_linear(x)
@@ -252,7 +270,7 @@ def test_gather_table_stays_int8_at_run_time():
 # onnxruntime kernels, node selection, determinism
 
 
-def test_integer_kernels_in_optimized_graph():
+def _two_layer_model():
     rng = np.random.default_rng(8)
     w1, w2 = rng.normal(0, 0.1, (32, 64)).astype(np.float32), rng.normal(0, 0.1, (64, 32)).astype(np.float32)
     b1 = rng.normal(0, 0.1, 64).astype(np.float32)
@@ -260,13 +278,20 @@ def test_integer_kernels_in_optimized_graph():
              helper.make_node("Add", ["b1", "h"], ["hb"], name="up_bias"),
              helper.make_node("Relu", ["hb"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "W2"], ["y"], name="down")]
-    model = make(nodes, [vi("x", [1, 16, 32])], [vi("y", None)], {"W1": w1, "W2": w2, "b1": b1})
-    alwc = fused_ops(emit_dynamic(model, plan_dynamic(model, cfg("ALWC"))).SerializeToString())
+    return make(nodes, [vi("x", [1, 16, 32])], [vi("y", None)], {"W1": w1, "W2": w2, "b1": b1})
+
+
+@pytest.mark.parametrize("block", [0, 16], ids=["converter_lite", "rotated"])
+def test_integer_kernels_in_optimized_graph(block):
+    model = _two_layer_model()
+    rotations = 2 if block else 0  # one small float MatMul (rows @ H) per rotated activation
+    alwc = fused_ops(emit_dynamic(model, plan_dynamic(model, cfg("ALWC", rotation=block))).SerializeToString())
     assert alwc["DynamicQuantizeMatMul"] + alwc["MatMulIntegerToFloat"] == 2
-    assert alwc["MatMul"] == 0 and alwc["Add"] == 0  # the bias was folded into the integer kernel
-    acwl = fused_ops(emit_dynamic(model, plan_dynamic(model, cfg("ACWL"))).SerializeToString())
-    assert acwl["MatMulIntegerToFloat"] == 2 and acwl["MatMul"] == 0 and acwl["MatMulInteger"] == 0
-    assert acwl["QuantizeLinear"] == 2 and acwl["Add"] == 1  # the bias is NOT folded under per-row scales
+    assert alwc["MatMul"] == rotations and alwc["Add"] == 0  # the bias was folded into the integer kernel
+    acwl = fused_ops(emit_dynamic(model, plan_dynamic(model, cfg("ACWL", rotation=block))).SerializeToString())
+    assert acwl["MatMulIntegerToFloat"] == 2 and acwl["MatMul"] == rotations and acwl["MatMulInteger"] == 0
+    # the per-row scale runs inside the kernel (no Mul after it); the bias stays out of it, as a Sum
+    assert acwl["QuantizeLinear"] == 2 and acwl["Add"] == 0 and acwl["Sum"] == 1 and acwl["Mul"] == 2
 
 
 def test_standard_ops_only_and_checker_passes():
@@ -401,7 +426,8 @@ def test_embedding_ram_stays_low(tmp_path):
 
 
 def micro_benchmark(runs: int = 300, threads: int = 1) -> list[dict]:
-    """Median ms of one MatMul + bias at MiniLM shapes (A = [1, 128, K]), FP32 vs ALWC vs ACWL."""
+    """Median ms of one MatMul + bias at MiniLM shapes (A = [1, 128, K]), FP32 vs ALWC vs ACWL, each with
+    the default rotation (block 16) and without (converter_lite's numerics, "r0")."""
     rng = np.random.default_rng(0)
     rows = []
     for k, n in [(384, 384), (384, 1536), (1536, 384)]:
@@ -411,6 +437,7 @@ def micro_benchmark(runs: int = 300, threads: int = 1) -> list[dict]:
         sessions = {"FP32": model}
         for strategy in ("ALWC", "ACWL"):
             sessions[strategy] = emit_dynamic(model, plan_dynamic(model, cfg(strategy)))
+            sessions[f"{strategy} r0"] = emit_dynamic(model, plan_dynamic(model, cfg(strategy, rotation=0)))
         so = ort.SessionOptions()
         so.intra_op_num_threads = so.inter_op_num_threads = threads
         so.log_severity_level = 3
@@ -430,9 +457,10 @@ def micro_benchmark(runs: int = 300, threads: int = 1) -> list[dict]:
 
 
 if __name__ == "__main__":
-    print(f"{'A @ B':24s} {'FP32':>7s} {'ALWC':>7s} {'ACWL':>7s}   (median ms, 1 thread)")
+    names = ("FP32", "ALWC", "ACWL", "ALWC r0", "ACWL r0")
+    print(f"{'A @ B':24s} " + " ".join(f"{n:>8s}" for n in names) + "   (median ms, 1 thread)")
     for r in micro_benchmark():
-        print(f"{r['shape']:24s} {r['FP32']:7.3f} {r['ALWC']:7.3f} {r['ACWL']:7.3f}")
+        print(f"{r['shape']:24s} " + " ".join(f"{r[n]:8.3f}" for n in names))
 
 
 def test_calibration_section_is_accepted_and_ignored_with_a_notice(tmp_path):

@@ -108,6 +108,7 @@ class AscendContext:
 class PtqflowParam:
     latency_guard: bool = True
     max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.max_drop)
+    rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.rotation)
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,14 @@ def validate(config: QuantConfig, source: str | None = None, lines: dict | None 
                 f"{at('common_quant_param', 'bit_num')}[common_quant_param] bit_num={common.bit_num}: "
                 f"{qt} supports only 8"
             )
+
+    # ptqflow
+    block = config.ptqflow.rotation_block
+    if block and block & (block - 1) or block == 1:
+        raise ConfigError(
+            f"{at('ptqflow', 'rotation_block')}[ptqflow] rotation_block={block}: must be 0 (off) or a power of two "
+            "from 2 to 256, e.g. 16"
+        )
 
 
 

@@ -174,6 +174,11 @@ SECTIONS = SECTIONS + (
             KeySpec("max_drop", "float", None, lo=0.0, hi=1.0,
                     doc="FULL_QUANT: keep the most damaging nodes in FP32, worst first, until 1 - mean output cosine "
                         "on the calibration set is at most this (e.g. 0.01). Unset: off. --max-drop overrides."),
+            KeySpec("rotation_block", "int", 16, lo=0, hi=256,
+                    doc="DYNAMIC_QUANT: before quantizing a MatMul's activation, rotate its channels by an orthonormal "
+                        "Hadamard matrix in blocks of this many (a power of two; the weight is rotated back offline, "
+                        "so FP32 results are unchanged). Spreads single-channel outliers over the block; 0 = off, "
+                        "converter_lite's numerics."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),
