@@ -16,8 +16,8 @@ labelled evaluation set of ``ocr_cls_data.py``: accuracy and latency under ptqfl
 
 ORT profiler (batch 1, one thread), mean kernel time per op type, for the main rows of both models.
 
-ptqflow conversions run in a child process each (``bench_weight_quant.run_ours``). While ``convert``
-refuses DYNAMIC_QUANT ("not yet supported"), those rows read "not available" and the rest still runs.
+ptqflow conversions run in a child process each (``bench_weight_quant.run_ours``); a failed conversion
+reads "error" in its row and the rest still runs.
 
 Writes benchmarks/results/dynamic_quant.md (command line on top) and dynamic_quant.json.
 """
@@ -67,10 +67,12 @@ FLOAT_KERNELS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedCon
 
 
 # --------------------------------------------------------------------------- configs
-def write_dyn_cfg(path: Path, strategy: str) -> Path:
+def write_dyn_cfg(path: Path, strategy: str, rotation: int | None = None) -> Path:
+    """A DYNAMIC_QUANT config; ``rotation`` sets ``[ptqflow] rotation_block`` (None: the default, 16)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = "" if rotation is None else f"\n[ptqflow]\nrotation_block={rotation}\n"
     path.write_text("[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n\n"
-                    f"[dynamic_quant_param]\nquant_strategy={strategy}\n")
+                    f"[dynamic_quant_param]\nquant_strategy={strategy}\n" + extra)
     return path
 
 
@@ -252,9 +254,11 @@ def bench_minilm(args, ours_ok: bool, ours_why: str) -> tuple[list[dict], dict]:
 
     rows = [_row("MiniLM", "FP32 (torch.onnx.export, opset 17)", "anchor", fp32, tag="fp32",
                  n_params=bwq.n_params(fp32))]
-    plan = [("ptqflow weight quant 8 bit", "w8", None), ("ptqflow dynamic ALWC", "alwc", "ALWC"),
-            ("ptqflow dynamic ACWL", "acwl", "ACWL")]
-    for label, tag, strategy in plan:
+    plan = [("ptqflow weight quant 8 bit", "w8", None, None),
+            ("ptqflow dynamic ALWC", "alwc", "ALWC", None), ("ptqflow dynamic ACWL", "acwl", "ACWL", None),
+            ("ptqflow dynamic ALWC, rotation_block=0 (converter_lite numerics)", "alwc-r0", "ALWC", 0),
+            ("ptqflow dynamic ACWL, rotation_block=0 (converter_lite numerics)", "acwl-r0", "ACWL", 0)]
+    for label, tag, strategy, rotation in plan:
         if not ours_ok:
             rows.append(_row("MiniLM", label, "ours", tag=tag, status="not available", notes=ours_why))
             continue
@@ -262,7 +266,7 @@ def bench_minilm(args, ours_ok: bool, ours_why: str) -> tuple[list[dict], dict]:
             cfg = bwq.write_cfg(work / "cfg" / f"dq_minilm_{tag}.cfg", 8)
             dst = out / f"dq_minilm_{tag}"
         else:
-            cfg = write_dyn_cfg(work / "cfg" / f"minilm_{tag}.cfg", strategy)
+            cfg = write_dyn_cfg(work / "cfg" / f"minilm_{tag}.cfg", strategy, rotation)
             dst = out / f"minilm_{tag}"
         rows.append(convert_ours("MiniLM", label, tag, fp32, cfg, dst, MINILM_SHAPE, args))
     if not args.skip_ort:
@@ -547,6 +551,9 @@ def render(cmd, env, minilm, cls, T, wall, args) -> str:
     if minilm:
         rows, meta = minilm
         L += ["## all-MiniLM-L6-v2", "",
+              "ptqflow's ALWC and ACWL rows use the default `[ptqflow] rotation_block=16` (block-Hadamard "
+              "rotation of each quantized activation, `ptq_core/rotation.py`); the `rotation_block=0` rows are "
+              "converter_lite's numerics. "
               f"Cosine: mean-pooled (attention-masked) embedding vs FP32, per sentence, mean (min) over "
               f"{meta['n_sentences']} sentences from `pydoc_data.topics` padded to {meta['seq_len']} tokens "
               f"(mean {meta['mean_tokens']:.1f}, max {meta['max_tokens']} real tokens, {meta['truncated']} truncated). "
