@@ -87,16 +87,16 @@ opset 11 (DynamicQuantizeLinear) are upgraded to 11; at opset >= 18 ReduceMax ta
 input. No shape information is added: with value_info onnxruntime 1.32 fuses SkipLayerNormalization,
 which made MiniLM slower (ALWC 0.48x instead of 0.39x of FP32).
 
-Measured on all-MiniLM-L6-v2 (benchmarks/bench_dynamic_quant.py, 2026-11-30 03:14 UTC; AMD EPYC Zen 4,
-2 shared cores, onnxruntime 1.32; latency batch 1, seq 128, 1 thread, interleaved rounds, FP32 = 31.0
+Measured on all-MiniLM-L6-v2 (benchmarks/bench_dynamic_quant.py, 2026-11-30 03:27 UTC; AMD EPYC Zen 4,
+2 shared cores, onnxruntime 1.32; latency batch 1, seq 128, 1 thread, interleaved rounds, FP32 = 30.2
 ms; RAM = peak RSS of a process that loads the model and runs 100 inferences; cosine of mean-pooled
 embeddings vs FP32 on 256 sentences):
 
     model                            size     latency   RAM     cosine mean / min
     FP32                             1.000x   1.00x     1.00x   1
-    ORT quantize_dynamic (pt)        0.253x   0.43x     0.51x   0.9633 / 0.9274
+    ORT quantize_dynamic (pt)        0.253x   0.43x     0.50x   0.9633 / 0.9274
     ORT quantize_dynamic (pc)        0.254x   0.43x     0.53x   0.9931 / 0.9843
-    ALWC, rotation_block=16          0.255x   0.42x     0.53x   0.9985 / 0.9960
+    ALWC, rotation_block=16          0.255x   0.41x     0.52x   0.9985 / 0.9960
     ACWL, rotation_block=16          0.255x   0.46x     0.52x   0.9995 / 0.9987
     ALWC, rotation_block=0           0.255x   0.39x     0.51x   0.9933 / 0.9836
     ACWL, rotation_block=0           0.255x   0.43x     0.51x   0.9973 / 0.9926
