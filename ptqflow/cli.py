@@ -213,6 +213,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from ptqflow._settle import now
+
+    since = now()
+    code = _run(argv)
+    if code not in (130, 143) and "prefect" in sys.modules:  # a flow may have run, and no one asked us to hurry
+        from ptqflow._settle import settle_task_runs
+
+        settle_task_runs(since)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
