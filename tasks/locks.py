@@ -6,7 +6,8 @@ cache key waits for it forever. This manager notes who holds each lock (host, PI
 process's start time, so a reused PID does not count) beside the lock file, and a lock whose
 holder is gone from this host is cleared instead of waited for. A lock file without that note
 is a holder caught between creating the file and writing the note; it is cleared once it is
-older than a minute.
+older than a minute. A lock file that is still empty (Prefect creates it, then writes it) reads as
+held, not as an error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import psutil
 from prefect.locking.filesystem import FileSystemLockManager
 
 NO_OWNER_GRACE_S = 60.0
+UNREADABLE_RETRIES = 50  # x UNREADABLE_WAIT_S: how long a lock file may stay empty before it counts as held
+UNREADABLE_WAIT_S = 0.01
 
 
 def _me() -> dict:
@@ -61,6 +64,27 @@ class ProcessLockManager(FileSystemLockManager):
             lock.unlink(missing_ok=True)
             owner_path.unlink(missing_ok=True)
             self._locks.pop(key, None)
+
+    def _get_lock_info(self, key: str, use_cache: bool = True):
+        """Prefect creates the lock file empty and writes it a moment later; a thread reading in between got
+        ``ValueError: EOF while parsing`` and failed its task (parallel sweep points, 1 CI run in ~10). An
+        unreadable file is a lock being taken: read again briefly, then report it held by an unknown holder."""
+        for _ in range(UNREADABLE_RETRIES):
+            try:
+                return super()._get_lock_info(key, use_cache)
+            except ValueError:
+                time.sleep(UNREADABLE_WAIT_S)
+        return {"holder": None, "expiration": None, "path": self._lock_path_for_key(key)}
+
+    async def _aget_lock_info(self, key: str, use_cache: bool = True):
+        import anyio
+
+        for _ in range(UNREADABLE_RETRIES):
+            try:
+                return await super()._aget_lock_info(key, use_cache)
+            except ValueError:
+                await anyio.sleep(UNREADABLE_WAIT_S)
+        return {"holder": None, "expiration": None, "path": self._lock_path_for_key(key)}
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         self._clear_if_stale(key)

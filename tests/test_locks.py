@@ -39,3 +39,55 @@ def test_a_lock_held_by_a_live_process_is_respected(tmp_path):
     assert psutil.pid_exists(os.getpid())
     holder.release_lock("k", "first")
     assert other.acquire_lock("k", "second", acquire_timeout=0.5)
+
+
+def test_a_lock_file_not_yet_written_reads_as_held_not_as_an_error(tmp_path):
+    """Prefect creates the lock file empty, then writes it; a parallel sweep point reading in between raised
+    ValueError (EOF while parsing) and failed its task."""
+    (tmp_path / "k.lock").touch()
+    manager = ProcessLockManager(tmp_path)
+    assert manager.is_locked("k")
+    assert not manager.is_lock_holder("k", "me")
+    assert not manager.acquire_lock("k", "me", acquire_timeout=0.3)
+
+
+def test_a_lock_file_written_a_moment_later_is_read(tmp_path):
+    import json
+    import threading
+    import time
+
+    path = tmp_path / "k.lock"
+    path.touch()
+
+    def write_later():
+        time.sleep(0.1)
+        path.write_text(json.dumps({"holder": "first", "expiration": None}))
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    info = ProcessLockManager(tmp_path)._get_lock_info("k", use_cache=False)
+    writer.join()
+    assert info["holder"] == "first"
+
+
+def test_parallel_threads_taking_one_lock_never_raise(tmp_path):
+    import threading
+
+    errors, held = [], []
+
+    def take(i):
+        manager = ProcessLockManager(tmp_path)
+        try:
+            if manager.acquire_lock("k", f"t{i}", acquire_timeout=20):
+                held.append(i)
+                manager.release_lock("k", f"t{i}")
+        except Exception as exc:  # noqa: BLE001 -- the failure under test
+            errors.append(exc)
+
+    for _ in range(20):
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(held) == 80
