@@ -56,8 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_serve(sub)
     _add_report(sub)
+    _add_cache(sub)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _add_cache(sub) -> None:
+    cache = sub.add_parser("cache", help="show what ptqflow's caches hold; --prune to shrink them safely",
+                           allow_abbrev=False)
+    cache.add_argument("--prune", action="store_true",
+                       help="delete cached files, oldest first (with the Prefect result records that mention them, so "
+                            "the tasks rerun instead of failing); never the latency guard's timing table, never "
+                            "anything used in the last 10 minutes")
+    cache.add_argument("--max-size", "--maxSize", dest="max_size", metavar="SIZE",
+                       help="with --prune: shrink the cache to at most SIZE, e.g. 2GB (0 empties it)")
+    cache.add_argument("--older-than", "--olderThan", dest="older_than", metavar="AGE",
+                       help="with --prune: delete everything older than AGE, e.g. 30d, 12h")
 
 
 def _add_sweep(sub) -> None:
@@ -239,6 +253,12 @@ def _run(argv: list[str] | None) -> int:
 
             watch_children()  # its server and serving process live in their own groups; SIGKILL must not orphan them
             return serve_command(args)
+        if args.command == "cache":
+            from ptqflow.cache_admin import cache_command
+
+            if (args.max_size or args.older_than) and not args.prune:
+                raise PtqError("--max-size and --older-than only act with --prune (ptq cache --prune --max-size 2GB)")
+            return cache_command(args.prune, args.max_size, args.older_than)
         if args.command == "report":
             from ptqflow.debug_report import report_command
 
