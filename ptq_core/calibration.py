@@ -205,8 +205,6 @@ def load_bin(path: Path, spec: InputSpec, input_format: str = "NCHW") -> np.ndar
 # ---------------------------------------------------------------------------------------------
 # IMAGE
 
-_RESAMPLE = {"NEAREST": "NEAREST", "LINEAR": "BILINEAR", "CUBIC": "BICUBIC"}
-
 
 def _decode_bgr(path: Path) -> np.ndarray:
     """Decode like ``cv::imread(path)``: EXIF-oriented, 8-bit, 3 channels, **BGR** order (H, W, 3 uint8)."""
@@ -257,15 +255,9 @@ def _bgr_to_gray(bgr: np.ndarray) -> np.ndarray:
 
 
 def _resize(img: np.ndarray, width: int, height: int, method: str) -> np.ndarray:
-    from PIL import Image
+    from ptq_core.resize import resize
 
-    resample = getattr(Image.Resampling, _RESAMPLE[method])
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, c], dtype=np.float32)).resize((width, height), resample),
-                   dtype=np.float32)
-        for c in range(img.shape[2])
-    ]
-    return np.stack(channels, axis=2)
+    return resize(img, width, height, method)
 
 
 def preprocess_image(path: Path, p: DataPreprocessParam) -> np.ndarray:
@@ -280,11 +272,8 @@ def preprocess_image(path: Path, p: DataPreprocessParam) -> np.ndarray:
        on 0..255 values (no /255). One list may be left out (mean 0 or std 1 is used), where
        converter_lite fails; each given list needs one value per channel.
     4. Resize to (resize_width, resize_height) only when resize_method is set, on the float image,
-       with Pillow's NEAREST / BILINEAR / BICUBIC per channel (mode ``F``). Compared with
-       converter_lite's cv::resize: NEAREST and LINEAR give the same values when enlarging (LINEAR
-       also for fractional factors); when shrinking, Pillow filters over the source footprint
-       (antialiasing) and NEAREST samples pixel centres (OpenCV: ``floor(x * scale)``), so values
-       differ; CUBIC always differs a little (Pillow's kernel uses a = -0.5, OpenCV's -0.75).
+       with OpenCV's cv::resize arithmetic (ptq_core.resize: NEAREST / LINEAR / CUBIC, no low-pass
+       filter when shrinking, as converter_lite does), within float rounding of OpenCV's output.
     5. Center crop when both center_crop_width and center_crop_height are set, at offsets
        ``floor((W - w) / 2)``, ``floor((H - h) / 2)``; a crop bigger than the image is an error.
 
