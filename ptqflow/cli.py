@@ -165,6 +165,7 @@ def _convert(args) -> int:
 
             watch_children()  # Prefect's temporary server must not outlive a killed run
             quiet_console()
+            _started_a_flow()
             with terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
                                    args.input_shape, args.input_data_format, args.dask_address, args.max_drop)
@@ -204,10 +205,16 @@ def _sweep(args) -> int:
     from ptqflow.flows.sweep import sweep
 
     flow = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
+    _started_a_flow()
     result = flow(str(args.model_file), str(args.config_file), args.grid, str(args.output_dir), args.input_shape,
                   args.input_data_format, args.dask_address, args.tolerance, args.pick, args.latency_runs)
     report.print_sweep(result)
     return 0
+
+
+def _started_a_flow() -> None:
+    global _flow_started
+    _flow_started = True
 
 
 def _precheck_model(model_file: str, cfg):
@@ -226,12 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+_flow_started = False  # set when this call starts a flow: only then is there anything to let the server record
+
+
 def _main(argv: list[str] | None) -> int:
     from ptqflow._settle import now
 
+    global _flow_started
+    _flow_started = False
     since = now()
     code = _run(argv)
-    if code not in (130, 143) and "prefect" in sys.modules:  # a flow may have run, and no one asked us to hurry
+    if _flow_started and code not in (130, 143):  # a flow ran here, and no one asked us to hurry
         from ptqflow._settle import settle_task_runs
 
         settle_task_runs(since)
