@@ -47,12 +47,12 @@ CLS_SHAPE = "x:1,3,48,192"
 HEAD_SIZE = 32
 
 
-def child(cfg: str, model: str, out: str, shape: str) -> None:
+def child(cfg: str, model: str, out: str, shape: str, flow: str = "") -> None:
     """One conversion in this (fresh) process; prints wall time and peak RSS as JSON."""
     from ptqflow.api import convert
 
     t0 = time.perf_counter()
-    s = convert(model, cfg, out, input_shape=shape, use_flow=False)
+    s = convert(model, cfg, out, input_shape=shape, use_flow=flow == "flow")
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     debug = getattr(s, "debug", None) or {}
@@ -62,9 +62,9 @@ def child(cfg: str, model: str, out: str, shape: str) -> None:
                                   "output_cosine": s.output_cosine, "output": str(s.output)}))
 
 
-def run_child(cfg: Path, model: Path, out: Path, shape: str = "") -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", str(cfg), str(model), str(out), shape],
-                          capture_output=True, text=True, cwd=ROOT)
+def run_child(cfg: Path, model: Path, out: Path, shape: str = "", flow: bool = False, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(cfg), str(model), str(out), shape,
+                           "flow" if flow else ""], capture_output=True, text=True, cwd=ROOT, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"child failed: {proc.stderr[-2000:]}")
@@ -193,6 +193,62 @@ def bench_cls(args, work: Path) -> dict:
             "n_eval": int(len(y))}
 
 
+def flow_cost(args, argv) -> int:
+    """Debug cost on the flow path: the OCR classifier converted by the quantize flow (temporary Prefect server,
+    statistics and debug rounds on a local Dask cluster), without and with debug, each in a fresh process with
+    its own empty PTQFLOW_HOME (nothing cached between the two). Writes results/debug_flow_cost.md/.json."""
+    import os
+    import tempfile
+
+    import models
+    import ocr_cls_data
+
+    root = Path(args.cls_root)
+    ocr_cls_data.build(root, n_calib=max(args.rounds, 1000), n_eval=1000, seed=0)
+    fp32 = models.rapidocr_models()["cls"]
+    folder = HERE / "work" / "debug" / "flow"
+    calib_dir = (root / "calib").resolve()
+    t0 = time.perf_counter()
+    runs = {}
+    for name, debug in (("without debug", None), (f"debug, {args.rounds} rounds", folder / "debug")):
+        common = ["[common_quant_param]", "quant_type=FULL_QUANT", "bit_num=8"]
+        if debug is not None:
+            common.append(f"debug_info_save_path={debug}")
+        cfg = _cfg(folder / f"{'debug' if debug else 'nodebug'}.cfg", common + [
+            "[data_preprocess_param]", f"calibrate_path=x:{calib_dir}", f"calibrate_size={args.rounds}",
+            "input_type=IMAGE", "image_to_format=BGR", "normalize_mean=[127.5,127.5,127.5]",
+            "normalize_std=[127.5,127.5,127.5]", "[full_quant_param]", "activation_quant_method=KL",
+            "per_channel=true", "bias_correction=true"])
+        with tempfile.TemporaryDirectory(prefix="ptq-bench-home-") as home:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PTQFLOW_HOME=home, PREFECT_HOME=str(Path(home) / "prefect"))
+            runs[name] = run_child(cfg, fp32, folder / f"out_{'debug' if debug else 'nodebug'}", CLS_SHAPE,
+                                   flow=True, env=env)
+    env_info = harness.environment(("onnx", "onnxruntime", "prefect", "dask", "distributed", "ptqflow"))
+    cmd = ".venv-bench/bin/python benchmarks/bench_debug.py " + shlex.join(argv)
+    base, dbg = runs["without debug"], runs[f"debug, {args.rounds} rounds"]
+    lines = ["# Debug cost on the flow path", "", "```", cmd, "```", "",
+             f"{env_info['date']} · git {env_info['git']} · {env_info['cpu']} ({env_info['cores']} cores) · "
+             + ", ".join(f"{k} {v}" for k, v in env_info["packages"].items() if v)
+             + f" · total wall {time.perf_counter() - t0:.0f} s", "",
+             f"OCR text-direction classifier, KL per-channel, {args.rounds} calibration images; each row is one "
+             "`convert(..., use_flow=True)` in a fresh process with an empty PTQFLOW_HOME: Prefect's temporary server "
+             "starts, statistics, bias correction and debug rounds run on a local Dask cluster (2 worker processes). "
+             "Peak RSS is the main process only (the workers are separate processes).", "",
+             "| run | wall s | × without | of which debug s | main-process peak RSS MB |", "|---|---|---|---|---|"]
+    for name, r in runs.items():
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['wall_s'] / base['wall_s']:.2f} | "
+                     f"{r['debug_s'] if r['debug_s'] is not None else '-'} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", f"Debug added {dbg['wall_s'] - base['wall_s']:.1f} s of wall time "
+              f"({(dbg['wall_s'] - base['wall_s']) / args.rounds:.2f} s per round)."]
+    out = HERE / "results" / "debug_flow_cost"
+    out.with_suffix(".json").write_text(json.dumps({"env": env_info, "runs": runs, "rounds": args.rounds}, indent=1,
+                                                   default=str))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 # --------------------------------------------------------------------------- report
 def render(cmd: str, env: dict, head: dict, cls: dict | None, wall: float) -> str:
     L = ["# Debug-report benchmark", "", "```", cmd, "```", "",
@@ -251,7 +307,7 @@ def render(cmd: str, env: dict, head: dict, cls: dict | None, wall: float) -> st
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        child(*argv[1:5])
+        child(*argv[1:6])
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="20 OCR rounds")
@@ -260,9 +316,13 @@ def main(argv=None) -> int:
     p.add_argument("--eval", type=int, default=1000, help="OCR evaluation images for the ranking check")
     p.add_argument("--cls-root", default=str(HERE / "work" / "cls"))
     p.add_argument("--out", default=str(HERE / "results" / "debug"))
+    p.add_argument("--flow-cost", action="store_true",
+                   help="only measure the debug step's cost on the flow path (Prefect + local Dask cluster)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds = 20
+    if args.flow_cost:
+        return flow_cost(args, argv)
     t0 = time.perf_counter()
     work = HERE / "work" / "debug"
     head = bench_head(work)
