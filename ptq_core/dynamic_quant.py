@@ -20,8 +20,9 @@ Rotation (``[ptqflow] rotation_block``, default 16; 0 = converter_lite's numeric
     Before an activation is quantized (either strategy) its channels are rotated by an orthonormal
     block-Hadamard matrix, ``A H``, and the weight rows are rotated back offline, ``H^T B``, so the
     FP32 product is unchanged (ptq_core.rotation). A transformer's "massive activations" (one
-    channel of one token far above the rest) no longer set the whole grid: on all-MiniLM-L6-v2 the
-    per-tensor ALWC cosine rises from 0.9930 to 0.9984 at block 16, and ACWL's from 0.9972 to 0.9995.
+    channel of one token far above the rest) no longer set the whole grid: on all-MiniLM-L6-v2 (256
+    sentences) the per-tensor ALWC cosine rises from 0.9933 to 0.9985 at block 16, ACWL's from 0.9973
+    to 0.9995, for 0.7-0.8 ms of the 30 ms FP32 latency.
     Run time: ``Shape, Reshape(-1, b), MatMul(H), Reshape`` per quantized activation, shared by all
     its readers. Only readers whose reduction axis is a multiple of the block are rotated (the
     decision row says so). The weights are quantized after rotation, with converter_lite's rules.
@@ -501,7 +502,7 @@ def _unfusable_bias_adds(nodes: list[onnx.NodeProto], matmul_outputs: set[str], 
     onnxruntime folds a constant Add after MatMulIntegerToFloat into the kernel, which adds it
     *before* applying a non-scalar A scale: the bias would be multiplied by each row's scale
     (measured: errors of ~100 on a unit-scale output). ``Sum`` computes the same broadcast addition
-    and is not fused. The cost is the separate pass the Add was anyway under the old per-row Mul.
+    and is not fused; it runs as one separate pass over the output.
     """
     for node in nodes:
         if node.op_type != "Add" or len(node.input) != 2:
