@@ -35,6 +35,7 @@ bench: $(STAMP)
 	.venv-bench/bin/python benchmarks/bench_max_drop.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_orchestration.py
 	.venv-bench/bin/python benchmarks/bench_debug.py
+	.venv-bench/bin/python benchmarks/bench_debug.py --flow-cost
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_alwc_sensitivity.py
 	.venv/bin/python benchmarks/bench_large_model.py
 
