@@ -195,6 +195,11 @@ def cache_command(prune: bool, max_size: str | None, older_than: str | None, gra
         oldest = (now - min(e.mtime for e in items)) / 86400
         table.add_row(kind, str(len(items)), _human(sum(e.size for e in items)), f"{oldest:.1f} days")
     table.add_row("Prefect results", str(len(records)), _human(sum(r.size for r in records)), "")
+    prefect_home = os.environ.get("PREFECT_HOME")
+    database = sorted(Path(prefect_home).glob("prefect.db*")) if prefect_home else []
+    if database:
+        table.add_row("Prefect database (not pruned)", str(len(database)),
+                      _human(sum(p.stat().st_size for p in database)), "")
     console.print(table)
     if not prune:
         return 0
