@@ -2,7 +2,8 @@
 
 Convention: ``DIR/resnet.onnx`` + ``DIR/resnet.cfg`` -> ``OUT/resnet.onnx`` (OUT defaults to
 ``DIR/quantized``). Only the top level of DIR is scanned; a model without a .cfg is skipped. A model is
-"changed" when the SHA-256 of its bytes or of its .cfg's bytes changes; the hashes are remembered in
+"changed" when the SHA-256 of its bytes (with its external data files) or of its .cfg's bytes changes;
+the hashes are remembered in
 ``$PTQFLOW_HOME/watch/<hash of DIR>.json``. A model that fails is remembered with its error and retried
 only after its model or config changes.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from ptq_core.graph import file_sha256
 from ptqflow._env import home
 from ptqflow.tasks.caching import file_digest
 
@@ -46,7 +48,8 @@ def pending(folder: Path, state: dict) -> tuple[list[tuple[Path, Path, str]], li
         if not cfg.is_file():
             no_cfg.append(model.name)
             continue
-        digest = hashlib.sha256(f"{file_digest(model)}:{file_digest(cfg)}".encode()).hexdigest()
+        # file_sha256 covers external data: new weights may change only the data file beside the model
+        digest = hashlib.sha256(f"{file_sha256(model)}:{file_digest(cfg)}".encode()).hexdigest()
         if state.get(model.name, {}).get("hash") != digest:
             todo.append((model, cfg, digest))
     return todo, no_cfg

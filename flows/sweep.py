@@ -73,22 +73,24 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     points = expand(config_path.read_text(encoding="utf-8"), str(config_path), grid_obj)
     for point in points:
         check_runnable(point.config)
-    info = weight.analyse(model)
     inputs = InputOptions.from_flags(input_shape, input_data_format)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_paths = [sweep_tasks.write_text_atomic(out_dir / f"point_{p.index}.cfg", p.text) for p in points]
-    keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
 
-    # points 2..N reuse the FP32 model point 1 parsed (and its reference outputs); released after the points
-    with model_cache.sharing(), _cluster_for(base.common.quant_type, dask_address) as address:
-        futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
-                   for path, key in zip(cfg_paths, keys)]
-        records = [f.result() for f in futures]
-        for i, record in enumerate(records):  # a cache entry can outlive the file it points to
-            if not Path(record["model_path"]).exists():
-                records[i] = sweep_tasks.quantize_point.with_options(refresh_cache=True)(
-                    model, str(cfg_paths[i].resolve()), inputs, address, keys[i])
+    # the analysis key and points 2..N reuse the FP32 model the first of them parsed (and its reference
+    # outputs); released after the points
+    with model_cache.sharing():
+        info = weight.analyse(model)
+        keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
+        with _cluster_for(base.common.quant_type, dask_address) as address:
+            futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
+                       for path, key in zip(cfg_paths, keys)]
+            records = [f.result() for f in futures]
+            for i, record in enumerate(records):  # a cache entry can outlive the file it points to
+                if not Path(record["model_path"]).exists():
+                    records[i] = sweep_tasks.quantize_point.with_options(refresh_cache=True)(
+                        model, str(cfg_paths[i].resolve()), inputs, address, keys[i])
 
     measured: list[Measured] = []
     rows: list[dict] = []

@@ -7,6 +7,7 @@ which input, which initializer, which channel axis); only the emitters edit ONNX
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +116,17 @@ class ModelInfo:
     float_bytes: int  # bytes of all float32 initializers
 
 
-def file_sha256(path: str | Path) -> str:
-    """Content hash of the model file plus any external data files beside it that it references."""
+def file_sha256(path: str | Path, locations: list[str] | None = None) -> str:
+    """Content hash of the model file plus any external data files beside it that it references.
+
+    ``locations``: those files' names when the caller already has the parsed model
+    (:func:`external_locations`); otherwise the model is parsed, without its data, to find them.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    for location in _external_locations(path):
+    for location in (_external_locations(path) if locations is None else locations):
         h.update(b"\x00external:" + location.encode())
         with open(Path(path).parent / location, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -130,10 +135,23 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _external_locations(path: str | Path) -> list[str]:
+    # every external tensor carries the key "location": a file without those bytes has none, and a
+    # byte search is much cheaper than parsing a large model (a chance match only costs the parse)
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:
+                return []
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return []
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:
         return []
+    return external_locations(model)
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The external data files a model's tensors point to, in first-use order."""
     found = []
     for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

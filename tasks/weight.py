@@ -8,9 +8,9 @@ import time
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ptq_core import pipeline
+from ptq_core import model_cache, pipeline
 from ptq_core.config import QuantConfig
-from ptq_core.graph import ModelInfo, analyse_model
+from ptq_core.graph import ModelInfo, analyse_model, external_locations, file_sha256
 from ptq_core.runtime import InputOptions, input_specs
 from ptqflow._env import cache_dir
 from ptqflow._progress import report as terminal_report
@@ -21,8 +21,20 @@ def _config_key(ctx, params) -> str:
     return content_key("resolve_config", file_digest(params["config_path"]))
 
 
+def model_digest(model_path: str) -> str:
+    """The model file's bytes and those of every external data file it references: a re-export with new
+    weights can leave the .onnx byte-identical and change only the data file. Remembered per file (and
+    checked against the files' stat) while a sweep runs, so its points do not hash the model again."""
+    def compute() -> str:
+        if model_cache.active():  # the sweep's shared proto already names the data files: no second parse
+            return file_sha256(model_path, external_locations(model_cache.prepared_model(model_path, load_data=False)))
+        return file_sha256(model_path)
+
+    return model_cache.remembered(model_path, "sha256", compute)
+
+
 def _model_key(ctx, params) -> str:
-    return content_key("analyse_model", file_digest(params["model_path"]))
+    return content_key("analyse_model", model_digest(params["model_path"]))
 
 
 def _quant_key(ctx, params) -> str:

@@ -51,6 +51,34 @@ def test_watcher_quantizes_new_and_changed_models_only(tmp_path):
     assert watch_folder(str(folder), str(tmp_path / "out")) == []  # a failure is retried only once it changes
 
 
+def test_watcher_sees_new_weights_that_changed_only_the_external_data_file(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from ptqflow.deployments.watch import pending
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    write_config(folder / "m.cfg", WEIGHT_CFG)
+
+    def export(scale: float) -> bytes:
+        model = mlp_model(hidden=32, inp=16, seed=1)
+        for init in model.graph.initializer:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(scale), init.name))
+        (folder / "m.data").unlink(missing_ok=True)
+        onnx.save_model(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="m.data", size_threshold=0)
+        return (folder / "m.onnx").read_bytes()
+
+    graph = export(1.0)
+    (todo,), _ = pending(folder, {})
+    state = {"m.onnx": {"hash": todo[2]}}
+    assert pending(folder, state)[0] == []
+    assert export(2.0) == graph  # the .onnx is byte-identical; only m.data changed
+    assert [m.name for m, _, _ in pending(folder, state)[0]] == ["m.onnx"]
+
+
 def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -122,3 +122,38 @@ def test_dynamic_quant_flow_equals_direct_path(tmp_path):
     direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert via_flow.quant_type == "DYNAMIC_QUANT" and via_flow.output_cosine > 0.99
+
+
+def test_new_weights_in_the_external_data_file_are_not_served_from_cache(tmp_path):
+    """Re-exporting the same architecture with new weights rewrites only the external data file: the .onnx
+    (names, offsets, lengths) stays byte-identical. The analysis key must cover the data file too, or every
+    cached step downstream would serve the old weights' result."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from ptqflow.flows.quantize import quantize
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    model_path = folder / "m.onnx"
+
+    def export(scale: float) -> bytes:
+        model = mlp_model(hidden=64, inp=40)
+        for init in model.graph.initializer:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(scale), init.name))
+        (folder / "m.data").unlink(missing_ok=True)  # onnx appends to an existing data file; exporters replace it
+        onnx.save_model(model, model_path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="m.data", size_threshold=0)
+        return model_path.read_bytes()
+
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n")
+    graph_before = export(1.0)
+    first = Path(quantize(str(model_path), str(cfg), str(tmp_path / "a")).output).read_bytes()
+    assert export(-3.0) == graph_before  # only m.data changed
+    second = Path(quantize(str(model_path), str(cfg), str(tmp_path / "b")).output).read_bytes()
+    assert second != first
+    from ptqflow.api import convert
+
+    direct = convert(model_path, cfg, tmp_path / "direct", use_flow=False)
+    assert direct.output_path.read_bytes() == second
