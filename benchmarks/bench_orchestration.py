@@ -269,6 +269,7 @@ def cluster_stats(work: Path, base: Path, calib: Path, n: int) -> dict:
     from ptq_core.full_pipeline import quantize_full
     from ptq_core.runtime import InputOptions
     from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+    from ptqflow._watchdog import stop_children
 
     model = models.rapidocr_models()["cls"]
     cfg = parse_config(cls_config(calib, n, "KL", True), "cls_KL.cfg")
@@ -298,13 +299,7 @@ def cluster_stats(work: Path, base: Path, calib: Path, n: int) -> dict:
                               "total_s": round(wall, 2),
                               "bytes": res.quantized.SerializeToString(deterministic=True)}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs, timeout=20)
     ref = results["serial (in process)"]["bytes"]
     out = {"model": model.name, "method": "KL", "calibration_images": n,
            "external_cluster_start_s": round(cluster_start_s, 2), "runs": {}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import sys
 
 import psutil
@@ -52,6 +53,14 @@ def stop_processes(procs: list[psutil.Process], timeout: float) -> None:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def stop_children(procs: list[subprocess.Popen], timeout: float) -> None:
+    """:func:`stop_processes` for this process's own ``Popen`` children, which it also reaps (an exited child
+    stays a zombie until waited for, so its PID cannot be reused before ``psutil`` looks it up)."""
+    stop_processes([psutil.Process(p.pid) for p in procs if p.poll() is None], timeout)
+    for p in procs:
+        p.wait()
 
 
 def main() -> int:

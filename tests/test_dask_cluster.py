@@ -12,6 +12,7 @@ import pytest
 from modelgen import save
 from ptq_core.full_pipeline import quantize_full
 from ptq_core.runtime import InputOptions
+from ptqflow._watchdog import stop_children
 from test_full_quant import calib_folder, cnn_model, full_cfg
 
 BIN = Path(sys.executable).parent
@@ -50,13 +51,7 @@ def cluster():
                 time.sleep(0.5)
         yield address
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs, timeout=20)
 
 
 def test_statistics_on_an_external_cluster_equal_the_serial_run(tmp_path, cluster):
