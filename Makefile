@@ -32,6 +32,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_weight_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_full_quant.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_dynamic_quant.py
+	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_int8_portability.py
 	.venv-bench/bin/python benchmarks/bench_max_drop.py
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_orchestration.py
 	.venv-bench/bin/python benchmarks/bench_debug.py

@@ -220,7 +220,7 @@ def timed(fn: Callable, *a, **kw):
 
 
 def environment(packages: tuple[str, ...]) -> dict:
-    """Python, CPU, package versions, git commit (and whether tool sources were modified), UTC date."""
+    """Python, CPU and ISA, package versions, git commit (and whether tool sources were modified), UTC date."""
     import datetime as _dt
     import importlib.metadata as md
     import platform
@@ -233,14 +233,9 @@ def environment(packages: tuple[str, ...]) -> dict:
             vers[p] = md.version(p)
         except md.PackageNotFoundError:
             vers[p] = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ptq_core.cpu_kernels import machine_isa
+
+    cpu = machine_isa()  # CPU model and the int8 ISA flags: a figure from one kind says nothing of another
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=str(ROOT)).stdout.strip()

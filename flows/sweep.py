@@ -38,17 +38,13 @@ def _cluster_for(quant_type: str | None, address: str | None) -> Iterator[str | 
     so worker processes (and their onnxruntime sessions) are reused."""
     import os
 
-    from ptqflow.tasks.dask_stats import ADDRESS_ENV
+    from ptqflow.tasks.dask_stats import ADDRESS_ENV, local_cluster
 
     address = address or os.environ.get(ADDRESS_ENV) or None
     if quant_type != "FULL_QUANT" or address:
         yield address
         return
-    from distributed import LocalCluster
-
-    n = max(1, min(2, os.cpu_count() or 1))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", silence_logs=40)
+    cluster = local_cluster()
     try:
         yield cluster.scheduler_address
     finally:

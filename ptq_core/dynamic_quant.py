@@ -127,8 +127,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.config import QuantConfig
+from ptq_core.cpu_kernels import get_form
 from ptq_core.errors import PtqError
-from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array
+from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array, set_metadata
 from ptq_core.quant import cosine, quantize, weight_params
 from ptq_core.rotation import block_for, hadamard, rotate_weight
 from ptq_core.weight_quant import DecisionRows, LayerDecision
@@ -194,6 +195,7 @@ class DynamicPlan(DecisionRows):
     decisions: list[LayerDecision] = field(default_factory=list)
     weights: dict[str, DynamicWeight] = field(default_factory=dict)
     nodes: list[DynamicNode] = field(default_factory=list)
+    int8_form: str = "portable"  # MatMul weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +230,8 @@ class _Planner:
         self.strategy = strategy
         self.acwl_weight = acwl_weight
         self.rotation_block = cfg.ptqflow.rotation_block
-        self.plan = DynamicPlan(strategy=strategy)
+        self.form = get_form(cfg.ptqflow.int8_form)
+        self.plan = DynamicPlan(strategy=strategy, int8_form=self.form.name)
         self.first_user: dict[str, str] = {}
 
     def row(self, node: onnx.NodeProto, site: WeightSite | None, quantized: bool, reason: str, **kw) -> None:
@@ -282,7 +285,8 @@ class _Planner:
             if block:  # H^T W: the activation side gets X H at run time
                 w = rotate_weight(w, block)
             axis = w.ndim - 1 if per_channel else None
-            params = weight_params(w, 8, axis, symmetric=True, narrow=True)  # [-127, 127], zero point 0
+            # symmetric, zero point 0: [-64, 64] in the portable form, [-127, 127] in the vnni one
+            params = weight_params(w, 8, axis, symmetric=True, limits=self.form.clamp(-127, 127))
             return DynamicWeight(key, site.tensor, "matmul", quantize(w, params), params.scale.astype(np.float32),
                                  None, axis), w
 
@@ -489,6 +493,8 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
     graph.value_info.extend(value_info)
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
+    if any(d.op_type in MATMUL_OPS for d in plan.nodes):
+        set_metadata(out, get_form(plan.int8_form).metadata())
     return out
 
 

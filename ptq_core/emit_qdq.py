@@ -26,10 +26,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ptq_core.cpu_kernels import get_form
 from ptq_core.emit_weight import MIN_OPSET, PRODUCER, _unique
 from ptq_core.errors import ModelError, PtqError
 from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import assign_node_names, default_opset, upgrade_opset  # noqa: F401  (re-exported)
+from ptq_core.graph import assign_node_names, default_opset, set_metadata, upgrade_opset  # noqa: F401  (re-exported)
 from ptq_core.targets import COMPUTE_OPS, Target
 
 PREFIX = "ptq_"
@@ -421,6 +422,7 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
     for wq in sorted(plan.weights, key=lambda w: (node_index[id(_node(by_name, w.node))], w.input_index)):
         node = _node(by_name, wq.node)
         _check_weight(node, wq, inits)
+        _check_form(wq, plan)
         q = np.asarray(wq.q)
         scale = np.asarray(wq.scale, np.float32).reshape(-1)
         zero = np.asarray(wq.zero_point).reshape(-1).astype(q.dtype)
@@ -493,7 +495,34 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
         graph.value_info.extend(kept_vi)
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
+    form = plan_form(plan)
+    if form is not None and plan.weights:
+        set_metadata(out, form.metadata())
     return out
+
+
+def plan_form(plan: FullQuantPlan):
+    """The int8 form a plan's weights must follow: its own, or the portable one for a target that
+    onnxruntime's CPU kernels run (a hand-written plan); None for other targets."""
+    from ptq_core.targets import TARGETS
+
+    target = TARGETS.get(plan.target)
+    if target is None or not target.ort_cpu_kernels:
+        return None
+    return get_form(plan.int8_form)
+
+
+def _check_form(wq: WeightQuant, plan: FullQuantPlan) -> None:
+    """Refuse int8 codes that onnxruntime's non-VNNI kernels would saturate on (ptq_core.cpu_kernels)."""
+    form = plan_form(plan)
+    q = np.asarray(wq.q)
+    if form is None or form.weight_limit is None or q.dtype != np.int8 or not q.size:
+        return
+    lo, hi = int(q.min()), int(q.max())
+    if max(-lo, hi) > form.weight_limit:
+        raise PtqError(f"plan: weight {wq.tensor!r} of node {wq.node!r} has int8 codes in [{lo}, {hi}]; the "
+                       f"{form.name} int8 form allows [-{form.weight_limit}, {form.weight_limit}] (larger codes are "
+                       f"wrong on x86 CPUs without VNNI); set [ptqflow] int8_form=vnni to write them anyway")
 
 
 # ops onnxruntime's QDQ propagation moves a DequantizeLinear across (forward) or a Q across (backward)

@@ -200,6 +200,9 @@ def speed_table_path() -> str | None:
     return str(folder / "speed-table.json")
 
 
+GUARD_METADATA = "ptqflow.latency_guard_timed_on"  # metadata_props key: the CPU the guard's timings came from
+
+
 def _guard_applies(cfg: QuantConfig, target) -> bool:
     # int8 speed is measured with onnxruntime's CPU kernels, so it only speaks for the CPU target
     return cfg.ptqflow.latency_guard and target.name == "CPU"
@@ -216,7 +219,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         def collector(m, t, r, meth):
             return collect.collect_serial(m, t, r, meth, progress=progress)
     from ptq_core.emit_qdq import place_qdq
-    from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, tensor_shapes
+    from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, paired_latency_ms, tensor_shapes
 
 
     clock = time.perf_counter()
@@ -285,8 +288,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     if speed is not None and table.decisions.get(decision_key) is not None:
         speed.update(table.decisions[decision_key]["latency"])
     elif speed is not None:
-        fp32_ms = median_latency_ms(model, feeds0)
-        int8_ms = median_latency_ms(quantized, feeds0)
+        fp32_ms, int8_ms = paired_latency_ms([model, quantized], feeds0)
         speed.update(fp32_ms=fp32_ms, int8_ms=int8_ms, rounds=[])
         timings = speed["node_us"]
         # while the whole int8 model is slower, give back the nodes that gain least, a quarter at a time
@@ -304,9 +306,9 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
                 observers.update(collect_statistics(model, tuple(missing), rounds, cfg.full.activation_quant_method,
                                                     work_dir / "models", collector))
             plan, diffs, quantized = finish(place)
-            int8_ms = median_latency_ms(quantized, feeds0)
+            fp32_ms, int8_ms = paired_latency_ms([model, quantized], feeds0)
             speed["rounds"].append({"demoted": len(batch), "int8_ms": int8_ms})
-        speed["int8_ms"] = int8_ms
+        speed["fp32_ms"], speed["int8_ms"] = fp32_ms, int8_ms
         table.decisions[decision_key] = {"demoted": speed["demoted"],
                                          "latency": {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "rounds": speed["rounds"]}}
         table.save()
@@ -333,6 +335,12 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         place, plan, diffs, quantized = build.place, build.plan, build.diffs, build.quantized
         max_drop = report.to_dict()
         lap("max_drop_s")
+    if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
+        from ptq_core.graph import set_metadata
+        from ptq_core.speed import machine_key
+
+        speed["timed_on"] = machine_key()
+        set_metadata(quantized, {GUARD_METADATA: speed["timed_on"]})
     return FullResult(model, plan, quantized, diffs, speed, {k: round(v, 3) for k, v in phases.items()}, max_drop)
 
 

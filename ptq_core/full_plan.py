@@ -61,3 +61,4 @@ class FullQuantPlan:
     weights: list[WeightQuant] = field(default_factory=list)
     biases: list[BiasQuant] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)  # node -> why it stays FP32
+    int8_form: str | None = None  # weight form for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a

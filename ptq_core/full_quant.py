@@ -61,7 +61,7 @@ def prepare_full_model(path: str | Path, model: onnx.ModelProto | None = None) -
 
 
 def placement(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[Target, QdqPlacement]:
-    target = get_target(cfg.full.target_device)
+    target = get_target(cfg.full.target_device, cfg.ptqflow.int8_form)
     return target, place_qdq(model, target, skip=cfg.common.skip_quant_node)
 
 
@@ -129,8 +129,9 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
             biases.append(bias)
             if fixed_weight is not None:
                 weights = [fixed_weight if (w.node, w.input_index) == (name, 1) else w for w in weights]
+    form = target.int8_form
     return FullQuantPlan(target=target.name, nodes=place.nodes, activations=activations, weights=weights,
-                         biases=biases, kept_float=dict(place.kept_float))
+                         biases=biases, kept_float=dict(place.kept_float), int8_form=form.name if form else None)
 
 
 def _bias(node, inits, activations, node_weights, target: Target):

@@ -467,3 +467,16 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
         ) from None
     converted.ir_version = max(converted.ir_version, 7)  # opset 13 needs IR >= 7
     return assign_node_names(converted)  # adapters add unnamed nodes (Shape/Flatten/Reshape around Softmax)
+
+
+def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    """Set ``metadata_props`` keys in place (replacing any with the same key), sorted for determinism."""
+    kept = {p.key: p.value for p in model.metadata_props}
+    kept.update(entries)
+    del model.metadata_props[:]
+    for key in sorted(kept):
+        model.metadata_props.add(key=key, value=kept[key])
+
+
+def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}

@@ -166,7 +166,17 @@ class Summary:
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
     max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
+    int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a
     notices: list[str] = field(default_factory=list)
+
+    def int8_form_line(self) -> str | None:
+        """What the int8 form means for where this model runs, in words."""
+        if not self.int8_form:
+            return None
+        from ptq_core.cpu_kernels import get_form
+
+        form = get_form(self.int8_form)
+        return form.summary_line() or f"{form.name}: {form.doc}"
 
     @property
     def output_path(self) -> Path:
@@ -218,6 +228,7 @@ class Summary:
             "max_drop_kept": None if not self.max_drop else len(self.max_drop["kept"]),
             "max_drop_int8_weight_fraction": None if not self.max_drop else
             round(self.max_drop["int8_weight_fraction"], 4),
+            "int8_form": self.int8_form,
         }
 
 
@@ -348,6 +359,8 @@ def summarize_dynamic(model_path, output_path, cfg: QuantConfig, info: ModelInfo
         model=str(model_path), output=str(output_path), quant_type="DYNAMIC_QUANT", bits=8,
         layers=list(plan.decisions), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+        int8_form=plan.int8_form if any(d.quantized and d.op_type in ("MatMul", "Gemm") for d in plan.decisions)
+        else None,
     )
 
 
@@ -372,4 +385,5 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
         layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+        int8_form=plan.int8_form if plan.weights else None,
     )

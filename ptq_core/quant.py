@@ -75,9 +75,13 @@ def broadcast_shape(rank: int, axis: int | None, channels: int) -> tuple[int, ..
     return tuple(shape)
 
 
-def weight_params(w: np.ndarray, bits: int, axis: int | None, symmetric: bool = False, narrow: bool = False) -> AffineParams:
-    """Min/max per channel (or tensor) -> asymmetric full-range params, as fixed-bit weight quant does."""
-    qmin, qmax = qrange(bits, narrow=narrow)
+def weight_params(w: np.ndarray, bits: int, axis: int | None, symmetric: bool = False, narrow: bool = False,
+                  limits: tuple[int, int] | None = None) -> AffineParams:
+    """Min/max per channel (or tensor) -> asymmetric full-range params, as fixed-bit weight quant does.
+
+    ``limits`` narrows the code range further (the portable int8 form, ptq_core.cpu_kernels).
+    """
+    qmin, qmax = qrange(bits, narrow=narrow) if limits is None else limits
     view = channel_view(w.astype(np.float64), axis)
     scale, zp = encode_range(view.min(axis=1), view.max(axis=1), qmin, qmax, symmetric)
     return AffineParams(scale=scale, zero_point=zp, qmin=qmin, qmax=qmax, axis=axis)

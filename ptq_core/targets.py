@@ -20,6 +20,11 @@ here, next to the field, so it is visible in one place:
   U8S8 is the native kernel there and fast on Arm as well. MSL's CPU kernels use int8 asymmetric
   activations; uint8 asymmetric with zero point z is the same grid as int8 with zero point z-128,
   so accuracy is identical and only kernel speed differs.
+* **CPU weights are coded in [-64, 64] by default** (``[ptqflow] int8_form=portable``): onnxruntime's
+  x86 U8S8 kernels saturate pairs of products in int16 on CPUs without VNNI, and no pair of codes
+  within +-64 can overflow, whatever order the kernel pairs them in (ptq_core.cpu_kernels,
+  docs/int8-portability.md). ``int8_form=vnni`` keeps the full ranges below for VNNI/Arm-only fleets.
+  Only targets with ``ort_cpu_kernels`` follow the form; the others run on their own runtimes.
 * **CPU does not quantize ConvTranspose**: ORT 1.32's CPU EP has no QDQ fusion for it, so
   DQ->ConvTranspose->Q runs the float kernel plus two extra conversions (slower and less exact).
 * **NVGPU quantizes weights** (per-channel, symmetric, narrow, output axis) although MSL's NVGPU
@@ -34,10 +39,11 @@ here, next to the field, so it is visible in one place:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ptq_core.cpu_kernels import INT8_FORMS, Int8Form, get_form, machine_isa
 from ptq_core.errors import PtqError, did_you_mean
 from ptq_core.graph import _conv_transpose_axis, _gemm_b_axis
 from ptq_core.quant import encode_range, qrange, quantize, weight_params
@@ -105,6 +111,10 @@ class Target:
     transposed_gemm: bool = True  # Gemm transA/transB allowed (Ascend: no)
     shared_weights: bool = True  # a weight read by several nodes may be quantized (Ascend: no)
     min_channel_filter: bool = False  # min_quant_weight_channel applies to convs (Ascend)
+    # onnxruntime's CPU kernels run this target's models: their u8 x s8 pairs saturate on x86 without
+    # VNNI, so weights follow ``form`` (ptq_core.cpu_kernels; [ptqflow] int8_form)
+    ort_cpu_kernels: bool = False
+    form: Int8Form = INT8_FORMS["portable"]
     note: str = ""
 
     # ---- op sets -----------------------------------------------------------------------------
@@ -129,7 +139,13 @@ class Target:
 
     def weight_qrange(self, per_channel: bool) -> tuple[int, int]:
         _, narrow = self.weight_scheme(per_channel)
-        return qrange(8, narrow=narrow, unsigned=self.weight_dtype == "uint8")
+        qmin, qmax = qrange(8, narrow=narrow, unsigned=self.weight_dtype == "uint8")
+        return self.form.clamp(qmin, qmax) if self.ort_cpu_kernels else (qmin, qmax)
+
+    @property
+    def int8_form(self) -> Int8Form | None:
+        """The int8 form the emitted weights follow, or None where it does not apply (other runtimes)."""
+        return self.form if self.ort_cpu_kernels else None
 
     # ---- per-channel axis --------------------------------------------------------------------
     def weight_axis(self, op_type: str, input_index: int, shape: tuple[int, ...], attrs: dict | None = None) -> int | None:
@@ -165,9 +181,11 @@ class Target:
                         per_channel: bool = True):
         """A float weight -> (codes, float32 scale, zero point in the codes' dtype, axis or None)."""
         axis = self.weight_axis(op_type, input_index, w.shape, attrs) if per_channel else None
-        symmetric, narrow = self.weight_scheme(axis is not None)
-        params = weight_params(np.asarray(w, np.float32), 8, axis, symmetric=symmetric, narrow=narrow)
-        codes = quantize(np.asarray(w, np.float32), params)
+        symmetric, _ = self.weight_scheme(axis is not None)
+        qmin, qmax = self.weight_qrange(axis is not None)
+        w = np.asarray(w, np.float32)
+        params = weight_params(w, 8, axis, symmetric=symmetric, limits=(qmin, qmax))
+        codes = quantize(w, params)
         dtype = np.uint8 if self.weight_dtype == "uint8" else np.int8
         scale = params.scale.astype(np.float32)
         return codes.astype(dtype), scale, params.zero_point.astype(dtype), axis
@@ -196,6 +214,7 @@ TARGETS: dict[str, Target] = {
         # it QLinearMatMul. Gemm becomes QGemm with float output, so it needs none.
         quantize_outputs_of=_ops("Conv", "MatMul", *REQUANT_OPS),
         quantize_bias=True, bias_correction=True, cross_layer_equalization=True,
+        ort_cpu_kernels=True,
         note="onnxruntime CPU EP: U8S8, per-channel symmetric int8 weights (zero point 0 enables MLAS's symmetric conv kernels)",
     ),
     "NVGPU": Target(
@@ -262,8 +281,12 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def get_target(name: str | None) -> Target:
-    """The target for a ``target_device`` value (None or empty = CPU); unknown or unsupported -> PtqError."""
+def get_target(name: str | None, int8_form: str | None = None) -> Target:
+    """The target for a ``target_device`` value (None or empty = CPU); unknown or unsupported -> PtqError.
+
+    ``int8_form`` ([ptqflow] int8_form) picks the weight form of targets run by onnxruntime's CPU
+    kernels; the default is the portable one.
+    """
     key = (name or "CPU").strip().upper()
     target = TARGETS.get(key)
     if target is None:
@@ -272,6 +295,9 @@ def get_target(name: str | None) -> Target:
     if not target.supported:
         supported = ", ".join(k for k, t in TARGETS.items() if t.supported)
         raise PtqError(f"target_device {key} is not supported for ONNX output ({target.note}); use one of {supported}")
+    form = get_form(int8_form)
+    if target.ort_cpu_kernels and target.form != form:
+        target = replace(target, form=form)
     return target
 
 
@@ -305,7 +331,8 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
     Both dtypes fuse to the same ops (QLinearConv, QLinearMatMul). S8S8 and U8S8 tie because on
     x86 onnxruntime rewrites int8 Q/DQ pairs to uint8 at load time (``QDQS8ToU8Transformer``;
     ``QDQIsInt8Allowed()`` is false unless MLAS targets Arm), so both run MLAS's U8S8 kernels
-    (VPDPBUSD with VNNI, VPMADDUBSW on AVX2, which may saturate int16 on non-VNNI CPUs; the
+    (VPDPBUSD with VNNI, VPMADDUBSW on AVX2, which saturates int16 on non-VNNI CPUs unless the weights
+    follow the portable int8 form, ptq_core.cpu_kernels; the
     symmetric-weight MlasConvSym kernels exist only for U8S8 on x86). Kept as int8, S8S8 falls to
     the portable GEMM: 10-23x slower than U8S8 and 3-6x slower than fp32 (a native x86 S8S8 GEMM
     exists only with AVX-VNNI-INT8).
@@ -401,7 +428,7 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
             if act == "int8":  # what S8S8 costs when onnxruntime keeps it (its default on Arm only)
                 row["s8s8_kept"] = median_ms(session(qbytes, "1"), {"x": x})
         result[key] = row
-    result["cpu"] = _cpu_flags()
+    result["cpu"] = machine_isa()
     result["onnxruntime"] = ort.__version__
     return result
 
@@ -410,20 +437,3 @@ def _with_activation(target: Target, dtype: str) -> Target:
     from dataclasses import replace
 
     return replace(target, name=f"{target.name}-{dtype}", activation_dtype=dtype)
-
-
-def _cpu_flags() -> str:
-    import platform
-
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags") or line.startswith("Features"):
-                    flags = line.split(":", 1)[1]
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx_vnni_int8", "asimddp", "i8mm")
-    have = [f for f in wanted if f in flags.split()]
-    return f"{platform.machine()} {' '.join(have)}".strip()

@@ -75,9 +75,14 @@ def print_summary(summary: Summary) -> None:
                                     f"{summary.auto_tune['cosine']:.4f}); tried {steps}")
     if summary.speed:
         demoted = summary.speed.get("demoted", {})
+        timed_on = summary.speed.get("timed_on")
         totals.add_row("latency guard", f"{len(demoted)} node(s) kept FP32 where int8 is not faster here; "
                                         f"batch-1 latency FP32 {summary.speed.get('fp32_ms', 0):.3f} ms, "
-                                        f"int8 {summary.speed.get('int8_ms', 0):.3f} ms")
+                                        f"int8 {summary.speed.get('int8_ms', 0):.3f} ms"
+                                        + (f"; timed on {timed_on} (another CPU may decide otherwise)" if timed_on else ""))
+    form_line = summary.int8_form_line()
+    if form_line:
+        totals.add_row("int8 form", form_line)
     if summary.max_drop:
         for label, text in max_drop_lines(summary.max_drop):
             totals.add_row(label, text)

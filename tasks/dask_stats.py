@@ -8,6 +8,7 @@ job at an existing scheduler.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -17,10 +18,22 @@ from ptq_core.collect import Round, accumulate, chunks, merge_all
 ADDRESS_ENV = "PTQFLOW_DASK_ADDRESS"
 
 
+def local_cluster(workers: int | None = None):
+    """A private LocalCluster of worker processes on loopback (at most 2 workers by default)."""
+    from distributed import LocalCluster
+
+    n = workers or max(1, min(2, os.cpu_count() or 1))
+    # CRITICAL only: a task's error reaches us through its future and becomes our one line; what the
+    # workers log themselves is shutdown noise (a worker whose scheduler went away during Ctrl-C or
+    # SIGTERM logged "Failed to communicate with scheduler during heartbeat" with a traceback)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
+
+
 @contextmanager
 def dask_client(address: str | None = None, workers: int | None = None) -> Iterator:
     """A client on the given scheduler, or on a private loopback LocalCluster closed on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address:
@@ -30,9 +43,7 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
         finally:
             client.close()
         return
-    n = workers or max(1, min(2, os.cpu_count() or 1))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", silence_logs=40)
+    cluster = local_cluster(workers)
     client = Client(cluster)
     try:
         yield client

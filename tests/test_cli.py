@@ -133,3 +133,20 @@ def test_settling_starts_no_server_when_no_flow_ran():
     before = {k: v.running for k, v in SubprocessASGIServer._instances.items()}
     assert settle_task_runs(now(), timeout=1.0)
     assert {k: v.running for k, v in SubprocessASGIServer._instances.items()} == before
+
+
+@pytest.mark.parametrize("form", ["portable", "vnni"])
+def test_summary_and_metadata_say_which_cpus_the_int8_model_is_right_on(tmp_path, model, capsys, form):
+    import onnx
+
+    cfg = write_config(tmp_path / "d.cfg", "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"
+                                           f"[ptqflow]\nint8_form={form}\n")
+    assert convert(f"--modelFile={model}", f"--outputFile={tmp_path / 'q'}", f"--configFile={cfg}") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+    assert meta["ptqflow.int8_form"] == form
+    assert "int8 form" in text
+    if form == "vnni":
+        assert "correct only on" in text and "without VNNI" in text and "ptqflow.requires_cpu" in meta
+    else:
+        assert "exact on every CPU" in text and "ptqflow.requires_cpu" not in meta

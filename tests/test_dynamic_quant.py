@@ -26,8 +26,10 @@ ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 NONE = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
 
-def cfg(strategy="ALWC", common="", rotation=None):
+def cfg(strategy="ALWC", common="", rotation=None, form=None):
     extra = "" if rotation is None else f"[ptqflow]\nrotation_block={rotation}\n"
+    if form is not None:
+        extra += ("" if extra else "[ptqflow]\n") + f"int8_form={form}\n"
     return parse_config("[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n" + common +
                         f"\n[dynamic_quant_param]\nquant_strategy={strategy}\n" + extra)
 
@@ -133,14 +135,28 @@ def test_alwc_matches_numpy(a_shape, level, block):
     model = matmul_model(w, b, a_shape=list(a_shape))
     plan = plan_dynamic(model, cfg("ALWC", rotation=block))
     qw = weights(plan, "mm")
-    assert qw.axis == 1 and qw.codes.dtype == np.int8 and qw.codes.min() >= -127
+    assert qw.axis == 1 and qw.codes.dtype == np.int8 and qw.codes.min() >= -64
     (y,) = run(emit_dynamic(model, plan), {"x": x}, level)
     close(y, ref_alwc(x, qw, b, block))
-    # and the int8 weight is converter_lite's: symmetric [-127, 127] per column, ties away from zero
+    # and the int8 weight is converter_lite's rule on the portable grid: symmetric [-64, 64] per
+    # column, scale absmax / 64, ties away from zero
     w = rotate_weight(w, block) if block else w
-    scale = np.abs(w).max(0).astype(np.float64) / 127
-    np.testing.assert_allclose(qw.scale, scale, rtol=1e-6)
+    np.testing.assert_allclose(qw.scale, np.abs(w).max(0).astype(np.float64) / 64, rtol=1e-6)
+    assert np.array_equal(qw.codes, np.clip(round_half_away(w / qw.scale.astype(np.float64)), -64, 64))
+
+
+def test_vnni_form_keeps_converter_lites_full_weight_range_and_says_so():
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.1, (48, 40)).astype(np.float32)
+    model = matmul_model(w, a_shape=[7, 48])
+    plan = plan_dynamic(model, cfg("ALWC", rotation=0, form="vnni"))
+    qw = weights(plan, "mm")
+    np.testing.assert_allclose(qw.scale, np.abs(w).max(0).astype(np.float64) / 127, rtol=1e-6)
     assert np.array_equal(qw.codes, np.clip(round_half_away(w / qw.scale.astype(np.float64)), -127, 127))
+    meta = {p.key: p.value for p in emit_dynamic(model, plan).metadata_props}
+    assert meta["ptqflow.int8_form"] == "vnni" and "VNNI" in meta["ptqflow.requires_cpu"]
+    portable = {p.key: p.value for p in emit_dynamic(model, plan_dynamic(model, cfg("ALWC"))).metadata_props}
+    assert portable == {"ptqflow.int8_form": "portable"}
 
 
 @pytest.mark.parametrize("block", [0, 16], ids=["converter_lite", "rotated"])

@@ -497,12 +497,13 @@ def test_name_collisions_get_suffixes():
 
 
 def test_explicit_hand_written_plan():
-    """No placement helper: a MatMul with a per-tensor asymmetric int8 plan written out by hand."""
+    """No placement helper: a MatMul with a per-tensor asymmetric int8 plan written out by hand (on the
+    portable grid [-64, 64])."""
     w = np.linspace(-1, 1, 8 * 4, dtype=np.float32).reshape(8, 4)
     model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_vi("x", [2, 8])], [_vi("y", [2, 4])],
                    [_init("w", w)])
-    s_w = np.float32(2 / 255)
-    q = np.clip(np.round(w / s_w) , -128, 127).astype(np.int8)
+    s_w = np.float32(2 / 128)
+    q = np.clip(np.round(w / s_w), -64, 64).astype(np.int8)
     plan = FullQuantPlan(target="CPU", nodes=("mm",),
                          activations={"x": ActivationQuant("x", 4 / 255, 128, "uint8"),
                                       "y": ActivationQuant("y", 8 / 255, 128, "uint8")},

@@ -61,3 +61,4 @@ def test_correction_matches_std_and_mean():
     corrected = dequantize(q, p, vc, mc)
     assert np.allclose(corrected.std(axis=1), w.std(axis=1), rtol=1e-6)
     assert np.allclose(corrected.mean(axis=1), w.mean(axis=1), atol=1e-6)
+

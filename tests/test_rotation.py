@@ -12,9 +12,10 @@ from ptq_core.rotation import block_for, hadamard, rotate_activation, rotate_wei
 from test_dynamic_quant import make, matmul_model, vi
 
 
-def cfg(strategy="ALWC", block=16, common=""):
+def cfg(strategy="ALWC", block=16, common="", form="portable"):
     return parse_config("[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n" + common +
-                        f"\n[dynamic_quant_param]\nquant_strategy={strategy}\n[ptqflow]\nrotation_block={block}\n")
+                        f"\n[dynamic_quant_param]\nquant_strategy={strategy}\n[ptqflow]\nrotation_block={block}\n"
+                        f"int8_form={form}\n")
 
 
 def run(model, feeds):
@@ -118,10 +119,10 @@ def test_readers_of_one_activation_share_one_rotation_and_a_skipped_reader_reads
 
 
 def test_rotation_off_is_converter_lite_bytes():
-    """rotation_block=0 emits exactly what a config without [ptqflow] emitted before rotation existed."""
+    """rotation_block=0 with int8_form=vnni emits converter_lite's weights: symmetric [-127, 127]."""
     x, w = outlier_case()
     model = matmul_model(w, a_shape=[1, 32, 64])
-    emitted = emit_dynamic(model, plan_dynamic(model, cfg(block=0)))
+    emitted = emit_dynamic(model, plan_dynamic(model, cfg(block=0, form="vnni")))
     assert not any(n.name.endswith("_hadamard") for n in emitted.graph.node)
     q = next(t for t in emitted.graph.initializer if t.name == "W_int8")
     from onnx import numpy_helper

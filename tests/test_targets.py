@@ -97,10 +97,16 @@ def test_quantize_weight_schemes():
     w = np.random.default_rng(0).normal(0, 1, (6, 3, 3, 3)).astype(np.float32)
     q, s, z, axis = TARGETS["CPU"].quantize_weight(w, "Conv", 1)
     assert axis == 0 and q.dtype == np.int8 and s.shape == (6,) and not z.any()
-    assert q.min() >= -127 and np.abs(q).reshape(6, -1).max(axis=1).tolist() == [127] * 6
+    # the portable int8 form: symmetric [-64, 64], exact on x86 CPUs without VNNI too
+    assert np.abs(q).reshape(6, -1).max(axis=1).tolist() == [64] * 6
     np.testing.assert_allclose(q * s[:, None, None, None], w, atol=float(s.max()) / 2 + 1e-7)
     q, s, z, axis = TARGETS["CPU"].quantize_weight(w + 0.5, "Conv", 1, per_channel=False)
-    assert axis is None and s.shape == (1,) and z[0] != 0 and q.min() == -128  # per-layer asymmetric
+    assert axis is None and s.shape == (1,) and z[0] != 0 and q.min() == -64 and q.max() <= 64  # per-layer asymmetric
+    vnni = get_target("CPU", "vnni")
+    q, s, z, axis = vnni.quantize_weight(w, "Conv", 1)
+    assert np.abs(q).reshape(6, -1).max(axis=1).tolist() == [127] * 6  # converter_lite's [-127, 127]
+    q, s, z, axis = vnni.quantize_weight(w + 0.5, "Conv", 1, per_channel=False)
+    assert q.min() == -128
     q, s, z, axis = TARGETS["ASCEND"].quantize_weight(w + 0.5, "Conv", 1, per_channel=False)
     assert axis is None and z[0] == 0 and q.min() >= -127  # Ascend per-layer is symmetric
     q, s, z, axis = TARGETS["DSP"].quantize_weight(np.ones((8, 4), np.float32), "MatMul", 1)

@@ -109,6 +109,7 @@ class PtqflowParam:
     latency_guard: bool = True
     max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.max_drop)
     rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.rotation)
+    int8_form: str = "portable"  # int8 weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,11 @@ SECTIONS = SECTIONS + (
                         "Hadamard matrix in blocks of this many (a power of two; the weight is rotated back offline, "
                         "so FP32 results are unchanged). Spreads single-channel outliers over the block; 0 = off, "
                         "converter_lite's numerics."),
+            KeySpec("int8_form", "enum", "portable", ("portable", "vnni"),
+                    doc="FULL_QUANT (CPU target) and DYNAMIC_QUANT: how int8 weights are coded. portable (default): "
+                        "codes in [-64, 64], exact on every CPU onnxruntime runs on. vnni: the full int8 range, one "
+                        "bit more per weight, but correct only on x86 CPUs with AVX512-VNNI/AVX-VNNI and on Arm64 "
+                        "(onnxruntime's x86 kernels saturate without VNNI); the model records this in its metadata."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),
