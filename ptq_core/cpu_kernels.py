@@ -171,16 +171,23 @@ def worst_case_activations(w: np.ndarray) -> np.ndarray:
     return x
 
 
-def saturating_columns(w: np.ndarray) -> np.ndarray:
-    """Indices of the columns of ``w`` (K, N) int8 whose worst-case result the non-VNNI kernel gets wrong."""
+def saturating_columns(w: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Indices of the columns of ``w`` (K, N) int8 whose worst-case result the non-VNNI kernel gets wrong.
+
+    Each column is run through :func:`saturating_u8s8_matmul` with its own two worst-case activation
+    rows (:func:`worst_case_activations`), ``chunk`` columns at a time so memory stays bounded.
+    """
     w = np.asarray(w, np.int8)
-    x = worst_case_activations(w)
-    exact = x.astype(np.int64) @ w.astype(np.int64)
-    got = saturating_u8s8_matmul(x, w)
-    n = w.shape[1]
-    cols = np.arange(n)
-    wrong = (got[0::2, :][cols, cols] != exact[0::2, :][cols, cols]) | (got[1::2, :][cols, cols] != exact[1::2, :][cols, cols])
-    return np.flatnonzero(wrong)
+    wrong = []
+    for start in range(0, w.shape[1], chunk):
+        part = w[:, start:start + chunk]
+        x = worst_case_activations(part)
+        exact = x.astype(np.int64) @ part.astype(np.int64)
+        got = saturating_u8s8_matmul(x, part)
+        cols = np.arange(part.shape[1])
+        bad = (got[0::2][cols, cols] != exact[0::2][cols, cols]) | (got[1::2][cols, cols] != exact[1::2][cols, cols])
+        wrong.append(start + np.flatnonzero(bad))
+    return np.concatenate(wrong) if wrong else np.zeros(0, np.int64)
 
 
 def reduction_layouts(codes: np.ndarray, op_type: str, input_index: int = 1, trans_b: bool = False) -> list[np.ndarray]:
