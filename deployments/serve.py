@@ -5,8 +5,11 @@ Deployments (``prefect.serve``, no work pool needed):
 - ``sweep/on-demand``     the sweep flow;
 - ``watch-folder/scheduled`` (with ``--watch DIR``) quantizes new or changed models in DIR on ``--cron``.
 
-The parent process owns two children, the server and the serving process; Ctrl-C or SIGTERM stops both
-(each in its own process group, so nothing is left behind).
+The server is the resident one that flow runs use (ptqflow.resident): started if none runs, and left
+running when ``ptq serve`` ends, so CLI runs and served runs share one dashboard. With the resident
+server off (``PTQFLOW_RESIDENT_SERVER=0``) ``ptq serve`` starts its own server and stops it on exit.
+The parent process owns its children (the serving process, and its own server when it started one);
+Ctrl-C or SIGTERM stops them (each in its own process group, so nothing is left behind).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ def check_cron(cron: str) -> None:
 
 def serve_command(args) -> int:
     """Start the server (unless --api-url), then the serving child; stop both on exit or signal."""
-    from ptqflow.deployments.server import healthy, start_server, stop_group
+    from ptqflow import resident
     from ptqflow._env import home
+    from ptqflow.deployments.server import healthy, start_server, stop_group
 
     check_cron(args.cron)
     if args.watch and not Path(args.watch).is_dir():
@@ -76,6 +80,12 @@ def serve_command(args) -> int:
             api_url = args.api_url.rstrip("/")
             if not healthy(api_url):
                 raise PtqError(f"--api-url {args.api_url}: no healthy Prefect API there (GET /health failed)")
+        elif resident.enabled():  # the server flow runs use: their runs and the deployments on one dashboard
+            state = resident.ensure(port=args.port)
+            api_url = state.api_url
+            moved = "" if state.port == args.port else f"; the resident server was already on port {state.port}"
+            print(f"Prefect UI: {state.url}  (API {api_url}; resident server, kept running after this command "
+                  f"until {state.idle_s / 60:g} min idle or `ptq server stop`{moved})", flush=True)
         else:
             server = start_server(args.port, home() / "logs" / "prefect-server.log")
             children.append(server.process)

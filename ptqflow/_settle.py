@@ -11,6 +11,7 @@ state (a fraction of a second, at most ``timeout``) removes the race. Against a 
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -29,7 +30,10 @@ def settle_task_runs(since: datetime, timeout: float = 5.0, poll: float = 0.1) -
     raises: this runs after the user's result is already written and shown.
     """
     try:
-        from prefect.server.api.server import SubprocessASGIServer
+        server_module = sys.modules.get("prefect.server.api.server")
+        if server_module is None:  # never imported, so no temporary server was started (importing it costs 5 s)
+            return True
+        SubprocessASGIServer = server_module.SubprocessASGIServer
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value() or not any(s.running for s in SubprocessASGIServer._instances.values()):

@@ -17,6 +17,8 @@ import sys
 
 import psutil
 
+RESIDENT_MARK = "PTQFLOW_RESIDENT_PROCESS"  # set in the environment of the resident server's processes
+
 
 def watch(parent_pid: int, interval: float = 0.5) -> int:
     try:
@@ -25,12 +27,17 @@ def watch(parent_pid: int, interval: float = 0.5) -> int:
         return 0
     me = os.getpid()
     tracked: dict[int, psutil.Process] = {}
+    spared: set[int] = set()
     stdin = sys.stdin.fileno()
     while True:
         try:
             for child in parent.children(recursive=True):
-                if child.pid != me:
-                    tracked.setdefault(child.pid, child)
+                if child.pid == me or child.pid in tracked or child.pid in spared:
+                    continue
+                if _resident(child):
+                    spared.add(child.pid)
+                else:
+                    tracked[child.pid] = child
         except psutil.NoSuchProcess:
             break
         ready, _, _ = select.select([stdin], [], [], interval)
@@ -38,6 +45,14 @@ def watch(parent_pid: int, interval: float = 0.5) -> int:
             break  # EOF: the CLI has exited
     stop_processes([p for p in tracked.values() if p.is_running()], timeout=5)
     return 0
+
+
+def _resident(proc: psutil.Process) -> bool:
+    """The resident Prefect server (ptqflow.resident) outlives the run that started it, by design."""
+    try:
+        return proc.environ().get(RESIDENT_MARK) == "1"
+    except (psutil.Error, OSError):
+        return False
 
 
 def stop_processes(procs: list[psutil.Process], timeout: float) -> None:

@@ -21,7 +21,10 @@ def convert(model: str | Path, config: str | Path, output: str | Path, *, input_
     """
     if use_flow:
         from ptqflow.flows.quantize import quantize
+        from ptqflow.resident import in_use
 
-        return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address, max_drop)
+        with in_use():  # the resident local server (started on first use), unless PREFECT_API_URL is set
+            return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address,
+                            max_drop)
     return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress,
                           max_drop=max_drop)

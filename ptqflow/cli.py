@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the steps directly in this process, without Prefect or Dask")
     _add_sweep(sub)
     _add_serve(sub)
+    _add_server(sub)
     _add_report(sub)
     _add_cache(sub)
     sub.add_parser("version", help="print the version")
@@ -127,6 +128,36 @@ def _add_serve(sub) -> None:
     sv.add_argument("--api-url", default="", help="use this running Prefect API instead of starting a server")
 
 
+def _add_server(sub) -> None:
+    srv = sub.add_parser("server", help="the resident local Prefect server that flow runs start and reuse",
+                         allow_abbrev=False)
+    srv.add_argument("action", choices=("start", "stop", "status"),
+                     help="start it now, stop it (and every process of it), or say whether it runs and where")
+
+
+def _server(args) -> int:
+    from ptqflow import resident
+
+    if args.action == "stop":
+        state = resident.stop()
+        print("resident Prefect server stopped; no process of it is left" if state else
+              "no resident Prefect server for this home")
+        return 0
+    if args.action == "start":
+        if not resident.enabled():
+            raise PtqError("PREFECT_API_URL is set (or PTQFLOW_RESIDENT_SERVER=0): flow runs use that, "
+                           "not a resident server")
+        state = resident.ensure()
+    else:
+        state = resident.running()
+        if state is None:
+            print("no resident Prefect server is running for this home; the next flow run starts one")
+            return 0
+    print(f"Prefect dashboard: {state.url} (API {state.api_url}; supervisor pid {state.pid}; stops after "
+          f"{state.idle_s / 60:g} min idle; log {resident.folder() / 'server.log'})")
+    return 0
+
+
 def _validate_paths(args) -> None:
     if args.fmk not in SUPPORTED_FMK:
         raise PtqError(f"--fmk={args.fmk}: ptqflow converts ONNX models only; use --fmk=ONNX")
@@ -163,10 +194,12 @@ def _convert(args) -> int:
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
 
+            from ptqflow.resident import in_use
+
             watch_children()  # Prefect's temporary server must not outlive a killed run
             quiet_console()
             _started_a_flow()
-            with terminal(progress):
+            with in_use(), terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
                                    args.input_shape, args.input_data_format, args.dask_address, args.max_drop)
     summary.wall_time_s = time.perf_counter() - start
@@ -204,10 +237,13 @@ def _sweep(args) -> int:
 
     from ptqflow.flows.sweep import sweep
 
+    from ptqflow.resident import in_use
+
     flow = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
     _started_a_flow()
-    result = flow(str(args.model_file), str(args.config_file), args.grid, str(args.output_dir), args.input_shape,
-                  args.input_data_format, args.dask_address, args.tolerance, args.pick, args.latency_runs)
+    with in_use():
+        result = flow(str(args.model_file), str(args.config_file), args.grid, str(args.output_dir), args.input_shape,
+                      args.input_data_format, args.dask_address, args.tolerance, args.pick, args.latency_runs)
     report.print_sweep(result)
     return 0
 
@@ -265,6 +301,8 @@ def _run(argv: list[str] | None) -> int:
 
             watch_children()  # its server and serving process live in their own groups; SIGKILL must not orphan them
             return serve_command(args)
+        if args.command == "server":
+            return _server(args)
         if args.command == "cache":
             from ptqflow.cache_admin import cache_command
 

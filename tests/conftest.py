@@ -12,6 +12,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.pop("PREFECT_API_URL", None)
+os.environ["PTQFLOW_RESIDENT_SERVER"] = "0"  # tests keep their own harness; test_resident_server.py turns it on
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -1,0 +1,348 @@
+"""One Prefect server per ``PTQFLOW_HOME``, started by the first flow run and reused by the next ones.
+
+Without it every ``ptq convert`` started Prefect's temporary server (about 6 s on 2 cores) and the
+dashboard saw nothing once the run ended. Now the first flow run starts a detached *supervisor*
+(``python -m ptqflow.resident``) that runs ``prefect server start`` on 127.0.0.1 and stops it after
+an idle period; later runs, from the CLI, the Python API or a sweep, find it through
+``$PTQFLOW_HOME/server/server.json`` and point ``PREFECT_API_URL`` at it.
+
+* **One per home.** Starting is guarded by an exclusive ``flock`` on ``server/start.lock``, so two
+  first runs at once start one server; the lock dies with its holder.
+* **Idle stop.** Each run holds a shared lock on ``server/in-use.lock`` while it works and touches
+  ``server/last-used`` at start and end. The supervisor stops the server once nothing holds the lock
+  and ``last-used`` is older than the idle period (``PTQFLOW_SERVER_IDLE_MINUTES``, default 30).
+* **Crashed predecessor.** A state file whose supervisor is gone, or whose server does not answer
+  ``/api/health``, is cleared (its process group ended) and a new server is started, on the preferred
+  port (4200) when free, else on a free one.
+* **Nothing left behind.** Supervisor and server share one process group, led by the supervisor:
+  ``ptq server stop`` ends the group (SIGTERM, then SIGKILL) and removes the state file.
+* **Opting out.** A user-set ``PREFECT_API_URL`` wins (no server is started). ``PTQFLOW_RESIDENT_SERVER=0``
+  falls back to Prefect's temporary per-run server; the test-suite sets it and keeps its own harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ptq_core.errors import PtqError
+
+DISABLE_ENV = "PTQFLOW_RESIDENT_SERVER"
+IDLE_ENV = "PTQFLOW_SERVER_IDLE_MINUTES"
+DEFAULT_IDLE_MINUTES = 30.0
+PREFERRED_PORT = 4200
+START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int  # the supervisor: leader of the process group that holds the server too
+    port: int
+    started: float
+    idle_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
+def folder() -> Path:
+    from ptqflow._env import home
+
+    path = home() / "server"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _state_path() -> Path:
+    return folder() / "server.json"
+
+
+def read_state() -> ServerState | None:
+    try:
+        return ServerState(**json.loads(_state_path().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_state(state: ServerState) -> None:
+    tmp = _state_path().with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(state)))
+    os.replace(tmp, _state_path())
+
+
+def _clear_state(pid: int | None = None) -> None:
+    """Remove the state file (only if it still names ``pid``, when given)."""
+    state = read_state()
+    if state is not None and pid is not None and state.pid != pid:
+        return
+    with contextlib.suppress(OSError):
+        _state_path().unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (a supervisor that exited under a parent that never reaped it) is not alive
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def idle_seconds() -> float:
+    text = os.environ.get(IDLE_ENV, "")
+    try:
+        minutes = float(text) if text else DEFAULT_IDLE_MINUTES
+    except ValueError:
+        raise PtqError(f"{IDLE_ENV}={text!r}: must be a number of minutes") from None
+    if minutes <= 0:
+        raise PtqError(f"{IDLE_ENV}={text!r}: must be more than 0 minutes")
+    return minutes * 60.0
+
+
+def enabled() -> bool:
+    """Whether flow runs should use (and start) the resident server."""
+    return not os.environ.get("PREFECT_API_URL") and os.environ.get(DISABLE_ENV, "1") != "0"
+
+
+def running() -> ServerState | None:
+    """The resident server of this home, if it is up and answering."""
+    from ptqflow.deployments.server import healthy
+
+    state = read_state()
+    if state is not None and _alive(state.pid) and healthy(state.api_url):
+        return state
+    return None
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure(port: int = PREFERRED_PORT) -> ServerState:
+    """The running resident server, started (and waited for) if there is none."""
+    from ptqflow.deployments.server import healthy
+
+    with _flock(folder() / "start.lock", fcntl.LOCK_EX):
+        state = running()
+        if state is not None:
+            return state
+        stop()  # a crashed or hung predecessor: end its group, forget it
+        log = folder() / "server.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "ptqflow.resident", "--port", str(port),
+                                     "--idle", str(idle_seconds())],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=_server_env())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            state = read_state()
+            if state is not None and state.pid == proc.pid and healthy(state.api_url):
+                return state
+            if proc.poll() is not None:
+                raise PtqError(f"the resident Prefect server exited with code {proc.returncode} before it was "
+                               f"ready; see {log}")
+            if time.monotonic() > deadline:
+                _end_group(proc.pid)
+                raise PtqError(f"the resident Prefect server was not ready within {START_TIMEOUT_S:.0f} s; see {log}")
+            time.sleep(0.2)
+
+
+def _server_env() -> dict:
+    from ptqflow._watchdog import RESIDENT_MARK
+
+    env = dict(os.environ)
+    env[RESIDENT_MARK] = "1"  # the run's watchdog spares it: it is meant to outlive the run
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["DO_NOT_TRACK"] = "1"
+    return env
+
+
+def _end_group(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the process group led by ``pid``, SIGKILL whatever is left after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # our own child (the first run started it): reap it
+
+
+def _group_alive(pgid: int) -> bool:
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return False
+
+
+def _ours(pgid: int) -> bool:
+    """Some live process of group ``pgid`` is a resident-server process (the id was not reused since):
+    the supervisor, or the server it left behind when it was SIGKILLed."""
+    import psutil
+
+    from ptqflow._watchdog import RESIDENT_MARK
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE \
+                    and proc.environ().get(RESIDENT_MARK) == "1":
+                return True
+        except (ProcessLookupError, PermissionError, psutil.Error, OSError):
+            continue
+    return False
+
+
+def stop() -> ServerState | None:
+    """Stop this home's resident server (if any) and everything in its process group."""
+    state = read_state()
+    if state is None:
+        return None
+    if _ours(state.pid):
+        _end_group(state.pid)
+    _clear_state()
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# a flow run's use of the server
+# ---------------------------------------------------------------------------------------------
+
+def _touch() -> None:
+    path = folder() / "last-used"
+    path.touch()
+    os.utime(path)
+
+
+@contextlib.contextmanager
+def in_use() -> Iterator[ServerState | None]:
+    """Use the resident server for the flow runs inside: start it if needed, keep it from idling out.
+
+    Yields the server (None when the resident server is off: a user ``PREFECT_API_URL`` or
+    ``PTQFLOW_RESIDENT_SERVER=0``).
+    """
+    if not enabled():
+        yield None
+        return
+    state = ensure()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ptqflow import report
+
+    report.notice(f"Prefect dashboard: {state.url} (resident server; stops after "
+                  f"{state.idle_s / 60:g} min idle, or with `ptq server stop`)")
+    with open(folder() / "in-use.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)  # released when the run ends, or when this process dies
+        _touch()
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: state.api_url}):
+                yield state
+        finally:
+            _touch()
+
+
+# ---------------------------------------------------------------------------------------------
+# the supervisor process
+# ---------------------------------------------------------------------------------------------
+
+def _idle_for(idle_s: float) -> bool:
+    """Nobody holds the in-use lock and the last use is older than ``idle_s``."""
+    try:
+        last = (folder() / "last-used").stat().st_mtime
+    except OSError:
+        last = 0.0
+    if time.time() - last < idle_s:
+        return False
+    with open(folder() / "in-use.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return True
+
+
+def supervise(port: int, idle_s: float, poll_s: float = 1.0) -> int:
+    """Run ``prefect server start`` in this process group until idle, SIGTERM or the server's exit."""
+    from ptqflow.deployments.server import free_port, healthy, port_in_use, prefect_executable
+
+    if port_in_use(port):
+        port = free_port()
+    env = _server_env()
+    env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
+    server = subprocess.Popen([prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              stdin=subprocess.DEVNULL, env=env)  # same process group: stopped with us
+
+    def on_term(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    state = ServerState(pid=os.getpid(), port=port, started=time.time(), idle_s=idle_s)
+    try:
+        while not healthy(state.api_url):
+            if server.poll() is not None:
+                return server.returncode or 1
+            time.sleep(0.2)
+        _touch()
+        _write_state(state)
+        while server.poll() is None and not _idle_for(idle_s):
+            time.sleep(poll_s)
+        return 0
+    finally:
+        _clear_state(os.getpid())
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ptqflow  # noqa: F401  (offline Prefect settings and the home first)
+
+    parser = argparse.ArgumentParser(prog="python -m ptqflow.resident")
+    parser.add_argument("--port", type=int, default=PREFERRED_PORT)
+    parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_MINUTES * 60)
+    args = parser.parse_args(argv)
+    return supervise(args.port, args.idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
