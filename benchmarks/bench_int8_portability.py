@@ -344,15 +344,24 @@ def score_rows(rows: list[dict], score, dynamic: bool) -> None:
         r["size_bytes"] = harness.file_size(r["path"])
 
 
-def latency(rows: list[dict], feeds: dict, iters: int, rounds: int = 10) -> float:
-    """Interleaved medians; returns the noise floor (a second FP32 session / the first)."""
+def latency(rows: list[dict], feeds: dict, iters: int, rounds: int = 10, repeats: int = 3) -> float:
+    """Interleaved medians, ``repeats`` times over (the median of the repeats is kept, per row); returns the
+    noise floor (a second FP32 session / the first). Also records the int8 kernels onnxruntime runs."""
+    import statistics
+
+    from ptq_core.emit_qdq import fused_ops
+
     sessions = {i: (session(r["path"], threads=1), feeds) for i, r in enumerate(rows)}
     sessions["fp32-again"] = (session(rows[0]["path"], threads=1), feeds)
-    lat = _interleaved(sessions, iters, rounds)
+    runs = [_interleaved(sessions, iters, rounds) for _ in range(repeats)]
+    lat = {k: statistics.median(run[k] for run in runs) for k in sessions}
     noise = lat.pop("fp32-again") / lat[0]
     for i, ms in lat.items():
         rows[i]["lat_ms"] = ms
         rows[i]["lat_ratio"] = ms / lat[0]
+        rows[i]["lat_repeats_ms"] = [run[i] for run in runs]
+        with open(rows[i]["path"], "rb") as fh:
+            rows[i]["kernels"] = dict(sorted(fused_ops(fh.read()).items()))
     rows[0]["noise"] = noise
     return noise
 
@@ -503,7 +512,13 @@ def check(name: str, rows: list[dict], key: str) -> list[dict]:
              "value": f"{lat:.3f}", "ok": lat <= MAX_LAT},
             {"check": f"{name}: int8 weights that saturate without VNNI, portable (vnni)",
              "value": f"{p['saturating']} of {p['int8_weights']} ({v['saturating']} of {v['int8_weights']})",
-             "ok": p["saturating"] == 0 and p["int8_weights"] > 0}]
+             "ok": p["saturating"] == 0 and p["int8_weights"] > 0},
+            {"check": f"{name}: portable and vnni run the same onnxruntime kernels (op counts after its optimizer)",
+             "value": "same" if p["kernels"] == v["kernels"] else "differ", "ok": p["kernels"] == v["kernels"]},
+            {"check": f"{name} (context): loss of portable vs vnni, both in exact integer math; "
+                      f"portable vs U8U8 (vnni's grid, exact kernels), both as run here",
+             "value": f"{v['acc_exact'] - p['acc_exact']:+.4f}; "
+                      + (f"{by['u8u8']['acc_here'] - p['acc_here']:+.4f}" if "u8u8" in by else "-"), "ok": True}]
 
 
 def model_table(title: str, rows: list[dict], metric: str) -> str:
@@ -543,7 +558,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=200)
     ap.add_argument("--cls-eval", type=int, default=1000)
     ap.add_argument("--rec-calib", type=int, default=100)
-    ap.add_argument("--rec-eval", type=int, default=300)
+    ap.add_argument("--rec-eval", type=int, default=600)
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--lat-iters", type=int, default=20)
     ap.add_argument("--only", choices=("kernels", "cls", "rec", "minilm"), action="append")

@@ -114,3 +114,26 @@ def test_flow_runs_reuse_the_resident_server_and_say_where_its_dashboard_is(home
                   headers={"Content-Type": "application/json"})
     with urlopen(req, timeout=30) as resp:
         assert int(resp.read()) == 2  # both runs are on the dashboard
+
+
+def test_ptq_serve_uses_the_resident_server_and_leaves_it_running(home):
+    import signal
+
+    from ptqflow.deployments.server import free_port, healthy
+
+    port = free_port()
+    proc = subprocess.Popen([str(PTQ), "serve", "--port", str(port)], env=env_for(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (state(home) and healthy(f"http://127.0.0.1:{state(home)['port']}/api")):
+            assert proc.poll() is None and time.monotonic() < deadline, "ptq serve did not come up"
+            time.sleep(0.5)
+        first = state(home)
+        assert first["port"] == port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "resident server" in out and state(home) == first and group(first["pid"])  # still serving the dashboard
+    assert stop(home).returncode == 0 and group(first["pid"]) == []
