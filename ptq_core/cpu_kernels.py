@@ -16,8 +16,8 @@ overflow: ``|q| <= 64`` (``255 * (64 + 64) = 32640``). That is the ``portable`` 
 It is onnxruntime's own ``reduce_range`` grid for int8 weights ([-64, 64]).
 
 Alternatives we measured and did not take as the default (same document): uint8 weights (U8U8)
-are exact but lose MLAS's symmetric convolution kernels (1.7x slower QLinearConv on AVX2) and
-VNNI's fast path; int8 activations (S8S8) are 4-20x slower on x86 without AVX-VNNI-INT8.
+are exact but lose MLAS's symmetric convolution kernels (1.6x slower QLinearConv on AVX2) and
+VNNI's fast path; int8 activations (S8S8) are 6x slower on x86 without AVX-VNNI-INT8.
 
 ``vnni`` keeps the full symmetric range [-127, 127] (and [-128, 127] per layer): one bit more on
 every weight, correct on x86 with VNNI and on Arm64 only. It is an explicit opt-in
@@ -194,9 +194,10 @@ def reduction_layouts(codes: np.ndarray, op_type: str, input_index: int = 1, tra
     """The (K, N) matrices a weight can be packed as by onnxruntime's kernels, one per plausible K order.
 
     MatMul B (.., K, N): each batch matrix. Gemm B: (K, N) (transposed when ``trans_b``). Conv W
-    (M, C, kh, kw): K in ONNX order C*kh*kw (im2col) and in channels-last order kh*kw*C (MLAS's
-    NHWC symmetric kernels), one matrix per group is not needed since any K order of a group is
-    a sub-order of these. A per-channel order-free bound is :data:`PAIR_SAFE_LIMIT`.
+    (M, C/g, kh, kw): K in channels-last order kh*kw*C (what onnxruntime 1.32's QLinearConv pairs on
+    AVX2, measured: docs/int8-portability.md) and in ONNX order C*kh*kw (an im2col kernel's). The
+    portable form does not rely on any of these orders: with every |code| <= :data:`PAIR_SAFE_LIMIT`
+    no two codes of a channel can overflow, whichever the kernel pairs.
     """
     codes = np.asarray(codes)
     if op_type == "Conv" and codes.ndim >= 3:
