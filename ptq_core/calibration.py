@@ -1,6 +1,6 @@
 """Calibration data: which files feed which round, and how each becomes a model input array.
 
-Follows converter_lite's ``[data_preprocess_param]`` (mslite-semantics §10, §2.5), with a few
+Follows converter_lite's ``[data_preprocess_param]`` (docs/converter-lite.md §10, §2.5), with a few
 deliberate, documented differences where converter_lite fails late or silently:
 
 File selection (§10.3)

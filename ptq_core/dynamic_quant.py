@@ -2,7 +2,7 @@
 
 The emitted model uses **standard ONNX ops only** (DynamicQuantizeLinear, QuantizeLinear,
 MatMulInteger, Gather, Cast, Mul, ...); plain onnxruntime runs it with its integer kernels. The
-semantics follow converter_lite's dynamic quantizer (mslite-semantics §4.3, §9), adapted to what
+semantics follow converter_lite's dynamic quantizer (docs/converter-lite.md §4.3, §9), adapted to what
 onnxruntime runs fast and correctly.
 
 Which nodes

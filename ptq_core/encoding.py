@@ -8,7 +8,7 @@ codes are stored as small byte blobs that standard ONNX ops can decode from cons
 Two families of encodings live here:
 
 * ``encode_fixed``: converter_lite's ``enable_encode`` choice for fixed-bit weights (doc
-  mslite-semantics.md §11.1).  It measures three sizes with converter_lite's exact formulas (raw
+  docs/converter-lite.md §11.1).  It measures three sizes with converter_lite's exact formulas (raw
   bit-packing, INDEXING, SPARSE), picks the smallest (ties: raw, then indexing, then sparse) and
   writes that stream byte for byte the way converter_lite does, so sizes match converter_lite's.
 * ``encode_split``: our stand-in for converter_lite's FSE coding of mixed-bit codes (§11.3),

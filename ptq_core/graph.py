@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ptq_core.errors import ModelError, did_you_mean
 
 
-# Which inputs of which op hold weights, and how to find their channel axis (mslite-semantics §5.3,
+# Which inputs of which op hold weights, and how to find their channel axis (docs/converter-lite.md §5.3,
 # translated to ONNX layouts). A function gets (node attributes, weight rank) and returns the axis.
 def _conv_axis(attrs: dict, rank: int) -> int:
     return 0

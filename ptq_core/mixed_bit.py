@@ -2,7 +2,7 @@
 
 converter_lite picks no bit width: it searches a uniform step ``s`` (symmetric, zero point 0,
 unbounded integer codes) so that the corrected relative L2 error of the tensor is about
-``init_scale`` (mslite-semantics §7), then entropy-codes the codes. The effective bit width is
+``init_scale`` (docs/converter-lite.md §7), then entropy-codes the codes. The effective bit width is
 whatever the storage needs; ``auto_tune`` searches ``init_scale`` itself against the model's
 output cosine.
 """

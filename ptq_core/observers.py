@@ -1,4 +1,4 @@
-"""Activation range observers for full quantization (mslite-semantics §8.1–8.4), as mergeable states.
+"""Activation range observers for full quantization (docs/converter-lite.md §8.1–8.4), as mergeable states.
 
 One observer per activation tensor collects statistics over calibration rounds (one round = one
 sample = one forward pass). Rounds may be split across workers in any way: each worker feeds its

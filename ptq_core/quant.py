@@ -1,4 +1,4 @@
-"""Affine quantization numerics as MindSpore Lite computes them (mslite-semantics §5–6).
+"""Affine quantization numerics as MindSpore Lite computes them (docs/converter-lite.md §5–6).
 
 Rounding is C's ``std::round`` (half away from zero), not NumPy's half-to-even; ranges always
 contain zero and are "nudged" so zero is exactly representable.

@@ -1,7 +1,7 @@
 """OpenCV's ``cv::resize`` on float32 images (NEAREST, LINEAR, CUBIC), in NumPy.
 
 converter_lite resizes calibration images with ``cv::resize`` after normalization, i.e. on float32
-data (mslite-semantics §10.1). OpenCV does not low-pass filter when it shrinks: LINEAR reads the two
+data (docs/converter-lite.md §10.1). OpenCV does not low-pass filter when it shrinks: LINEAR reads the two
 source pixels around each destination pixel's centre, however large the factor, so a photo shrunk 8x
 keeps its aliasing. Pillow (and most other libraries) filter over the whole source footprint, which
 gives visibly different pixels, hence different calibration statistics, than the converter_lite run

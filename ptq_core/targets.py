@@ -7,8 +7,8 @@ along which axis, and whether biases are int32 and bias correction is allowed. P
 to choose params, the QDQ emitter's placement helper reads it to choose Q/DQ positions, and
 ``emit_qdq.check_target_rules`` reads it to audit an emitted model.
 
-Sources: mslite-semantics §4.2 (marked ops, per-channel ops), §8.5 (weight ranges), §8.9
-(device table), peers §A.6 (TensorRT Q/DQ rules), and what onnxruntime 1.32's CPU graph optimizer
+Sources: docs/converter-lite.md §4.2 (marked ops, per-channel ops), §8.5 (weight ranges), §8.9
+(device table), docs/converter-lite.md §A (TensorRT Q/DQ rules), and what onnxruntime 1.32's CPU graph optimizer
 actually fuses (measured with ``emit_qdq.fused_ops``; see ``ORT_CPU_FUSIONS``).
 
 Where the ONNX world forces a choice that MindSpore Lite does not make, the choice is recorded
@@ -29,7 +29,7 @@ here, next to the field, so it is visible in one place:
   DQ->ConvTranspose->Q runs the float kernel plus two extra conversions (slower and less exact).
 * **NVGPU quantizes weights** (per-channel, symmetric, narrow, output axis) although MSL's NVGPU
   path keeps them fp32: TensorRT's explicit-quantization mode needs Q/DQ on weights to pick int8
-  kernels (peers §A.6). Biases stay float for TensorRT.
+  kernels (docs/converter-lite.md §A). Biases stay float for TensorRT.
 * **DSP activations are uint8** (as the issue asks; Hexagon/QNN-style backends take uint8
   asymmetric activations); weights follow MSL's DSP row: per-channel only for Conv/ConvTranspose,
   everything else per-layer asymmetric int8.
@@ -172,7 +172,7 @@ class Target:
 
     # ---- params ------------------------------------------------------------------------------
     def activation_params(self, lo: float, hi: float) -> tuple[float, int]:
-        """Observed range -> (scale, zero point) of a per-tensor activation (mslite-semantics §5.2)."""
+        """Observed range -> (scale, zero point) of a per-tensor activation (docs/converter-lite.md §5.2)."""
         qmin, qmax = self.activation_qrange()
         scale, zp = encode_range(np.array([lo]), np.array([hi]), qmin, qmax, self.activation_symmetric)
         return float(np.float32(scale[0])), int(zp[0])

@@ -1,4 +1,4 @@
-"""Activation observers (mslite-semantics §8.1–8.4): exact converter_lite statistics, split-invariant merges."""
+"""Activation observers (docs/converter-lite.md §8.1–8.4): exact converter_lite statistics, split-invariant merges."""
 
 import math
 import pickle
