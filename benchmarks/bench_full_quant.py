@@ -574,33 +574,49 @@ def _ctc(probs: np.ndarray, chars: list[str]) -> str:
     return "".join(out)
 
 
-def bench_rec(args, work: Path, ours_ok: bool, ours_why: str) -> tuple[list[dict], dict]:
+def _upright(i: int, split: str):
+    """Sample i of a split of ocr_cls_data, turned upright: (BGR image, text)."""
     import ocr_cls_data
 
+    img, label, text, _ = ocr_cls_data.render_sample(i, split)
+    return (np.ascontiguousarray(img[::-1, ::-1]) if label else img), text
+
+
+def rec_calibration(bindir: Path, n: int) -> list[np.ndarray]:
+    """n upright calibration-split lines that fit 48x320 (rapidocr pads them, no squeeze), written as
+    BIN files rec_0000.bin, ... in ``bindir`` (emptied first); returns the tensors."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for f in bindir.glob("*.bin"):
+        f.unlink()
+    tensors, i = [], 0
+    while len(tensors) < n:
+        img, _ = _upright(i, "calib")
+        i += 1
+        if img.shape[1] / img.shape[0] > 320 / 48:
+            continue
+        t = _rec_fixed(img).astype("<f4")
+        t.tofile(bindir / f"rec_{len(tensors):04d}.bin")
+        tensors.append(t)
+    return tensors
+
+
+def rec_eval_lines(n: int) -> tuple[list[np.ndarray], list[str]]:
+    """n upright evaluation lines with rapidocr's preprocessing (width follows the aspect ratio), and their texts."""
+    lines, texts = [], []
+    for j in range(n):
+        img, text = _upright(j, "eval")
+        lines.append(models.preprocess_rec(img, (3, 48, 320)))
+        texts.append(text)
+    return lines, texts
+
+
+def bench_rec(args, work: Path, ours_ok: bool, ours_why: str) -> tuple[list[dict], dict]:
     fp32 = models.rapidocr_models()["rec"]
     out = work / "out"
     # calibration: upright calibration-split lines that fit 48x320 (rapidocr pads them, no squeeze)
     bindir = work / "rec_calib"
-    bindir.mkdir(parents=True, exist_ok=True)
-    for f in bindir.glob("*.bin"):
-        f.unlink()
-    k, i = 0, 0
-    while k < args.rec_calib:
-        img, label, _, _ = ocr_cls_data.render_sample(i, "calib")
-        i += 1
-        if label:
-            img = np.ascontiguousarray(img[::-1, ::-1])
-        if img.shape[1] / img.shape[0] > 320 / 48:
-            continue
-        _rec_fixed(img).astype("<f4").tofile(bindir / f"rec_{k:04d}.bin")
-        k += 1
-    # evaluation: upright eval lines, rapidocr's preprocessing (width follows the aspect ratio)
-    lines = []
-    for j in range(args.rec_eval):
-        img, label, _, _ = ocr_cls_data.render_sample(j, "eval")
-        if label:
-            img = np.ascontiguousarray(img[::-1, ::-1])
-        lines.append(models.preprocess_rec(img, (3, 48, 320)))
+    rec_calibration(bindir, args.rec_calib)
+    lines, _ = rec_eval_lines(args.rec_eval)
     fp32_sess = harness.make_session(fp32, threads=None)
     mm = fp32_sess.get_modelmeta().custom_metadata_map
     chars = ["blank"] + mm.get("character", "").splitlines() + [" "]

@@ -129,7 +129,12 @@ def to_u8u8(path):
         for i, x in enumerate(n.input):
             users.setdefault(x, []).append((n, i))
 
+    shifted: set[str] = set()
+
     def shift(name):
+        if name in shifted:  # a zero point several weights share
+            return True
+        shifted.add(name)
         t = inits[name]
         a = numpy_helper.to_array(t)
         if a.dtype != np.int8:
@@ -166,7 +171,6 @@ def to_u8u8(path):
                     n.input.append("")
                 if len(n.input) == 3:
                     n.input.append(zname)
-    # a shared zero point read by another DQ was shifted once: the codes shifted above all used it
     return m
 
 
@@ -235,28 +239,11 @@ def kernel_table(iters: int) -> list[dict]:
         rows.append({"op": f"QLinearConv {C}->{O} 3x3, 1x{C}x{H}x{H}", "scheme": name,
                      "max_abs_err": int(np.abs(y - exact).max()), "max_abs_out": 255, "unit": "output codes"})
         sessions[len(rows) - 1] = (s, {"x": xc})
-    for i, ms in _interleaved(sessions, iters).items():
+    lat = harness.interleaved_latency_ms({k: v[0] for k, v in sessions.items()}, None, rounds=5, warmup=3,
+                                         iters=iters, feeds_of={k: v[1] for k, v in sessions.items()})
+    for i, ms in lat.items():
         rows[i]["ms"] = ms
     return rows
-
-
-def _interleaved(sessions: dict, iters: int, rounds: int = 5) -> dict:
-    """Round-robin median ms of sessions that each take their own feeds."""
-    import statistics
-
-    times = {k: [] for k in sessions}
-    for s, feeds in sessions.values():
-        for _ in range(3):
-            s.run(None, feeds)
-    for r in range(rounds):
-        keys = list(sessions)[:: -1 if r % 2 else 1]
-        for k in keys:
-            s, feeds = sessions[k]
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                s.run(None, feeds)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # =========================================================================== 2. models
@@ -351,9 +338,10 @@ def latency(rows: list[dict], feeds: dict, iters: int, rounds: int = 10, repeats
 
     from ptq_core.emit_qdq import fused_ops
 
-    sessions = {i: (session(r["path"], threads=1), feeds) for i, r in enumerate(rows)}
-    sessions["fp32-again"] = (session(rows[0]["path"], threads=1), feeds)
-    runs = [_interleaved(sessions, iters, rounds) for _ in range(repeats)]
+    sessions = {i: session(r["path"], threads=1) for i, r in enumerate(rows)}
+    sessions["fp32-again"] = session(rows[0]["path"], threads=1)
+    runs = [harness.interleaved_latency_ms(sessions, feeds, rounds=rounds, warmup=3, iters=iters)
+            for _ in range(repeats)]
     lat = {k: statistics.median(run[k] for run in runs) for k in sessions}
     noise = lat.pop("fp32-again") / lat[0]
     for i, ms in lat.items():
@@ -408,33 +396,13 @@ def _edit(a: str, b: str) -> int:
 
 
 def bench_rec(args, work: Path) -> list[dict]:
-    import ocr_cls_data
-    from bench_full_quant import _ctc, _rec_fixed
+    from bench_full_quant import _ctc, rec_calibration, rec_eval_lines
 
     fp32 = models.rapidocr_models()["rec"]
     out = work / "out"
     bindir = work / "rec_calib"
-    bindir.mkdir(parents=True, exist_ok=True)
-    tensors = []
-    k = i = 0
-    while k < args.rec_calib:
-        img, label, _, _ = ocr_cls_data.render_sample(i, "calib")
-        i += 1
-        if label:
-            img = np.ascontiguousarray(img[::-1, ::-1])
-        if img.shape[1] / img.shape[0] > 320 / 48:
-            continue
-        t = _rec_fixed(img).astype("<f4")
-        t.tofile(bindir / f"rec_{k:04d}.bin")
-        tensors.append(t)
-        k += 1
-    lines, texts = [], []
-    for j in range(args.rec_eval):
-        img, label, text, _ = ocr_cls_data.render_sample(j, "eval")
-        if label:
-            img = np.ascontiguousarray(img[::-1, ::-1])
-        lines.append(models.preprocess_rec(img, (3, 48, 320)))
-        texts.append(text)
+    tensors = rec_calibration(bindir, args.rec_calib)
+    lines, texts = rec_eval_lines(args.rec_eval)
     chars = ["blank"] + harness.make_session(fp32).get_modelmeta().custom_metadata_map.get("character", "").splitlines() + [" "]
     rows = [{"label": "FP32", "path": str(fp32), "scheme": "fp32"}]
     for form in ("portable", "vnni"):

@@ -126,24 +126,29 @@ def _run_times(sess, feeds, warmup: int, iters: int) -> list[float]:
 
 def interleaved_latency_ms(
     sessions: Mapping[str, object],
-    feeds: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray] | None,
     rounds: int = 5,
     warmup: int = 5,
     iters: int = 20,
+    feeds_of: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, float]:
     """Median latency per session, measured round-robin: every round runs `iters`
     timed calls of each session in turn, so load drift on a shared machine hits all
-    rows alike (ratios vs FP32 stay meaningful). Returns {name: median ms}."""
+    rows alike (ratios vs FP32 stay meaningful). ``feeds_of`` gives a session its own
+    inputs (models with different input dtypes). Returns {name: median ms}."""
+    def inputs(k):
+        return feeds_of[k] if feeds_of and k in feeds_of else feeds
+
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
+    for k, s in sessions.items():
         for _ in range(warmup):
-            s.run(None, feeds)
+            s.run(None, inputs(k))
     for r in range(rounds):
         names = list(sessions)
         if r % 2:
             names.reverse()
         for k in names:
-            times[k] += _run_times(sessions[k], feeds, 0, iters)
+            times[k] += _run_times(sessions[k], inputs(k), 0, iters)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from ptq_core.errors import PtqError
 
 
-@dataclass
-class LocalServer:
+class LoopbackAddress:
+    """The UI and API addresses of a Prefect server on 127.0.0.1:``port``."""
+
     port: int
-    process: subprocess.Popen
-    log_path: Path
 
     @property
     def url(self) -> str:
@@ -33,6 +32,13 @@ class LocalServer:
     @property
     def api_url(self) -> str:
         return f"{self.url}/api"
+
+
+@dataclass
+class LocalServer(LoopbackAddress):
+    port: int
+    process: subprocess.Popen
+    log_path: Path
 
     def stop(self, timeout: float = 20.0) -> None:
         stop_group(self.process, timeout)

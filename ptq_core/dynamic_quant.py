@@ -197,6 +197,11 @@ class DynamicPlan(DecisionRows):
     nodes: list[DynamicNode] = field(default_factory=list)
     int8_form: str = "portable"  # MatMul weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
 
+    @property
+    def written_form(self) -> str | None:
+        """The int8 form of the integer-kernel weights the model will hold; None when it holds none."""
+        return self.int8_form if any(d.op_type in MATMUL_OPS for d in self.nodes) else None
+
 
 # ---------------------------------------------------------------------------------------------
 # planning
@@ -493,8 +498,8 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
     graph.value_info.extend(value_info)
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
-    if any(d.op_type in MATMUL_OPS for d in plan.nodes):
-        set_metadata(out, get_form(plan.int8_form).metadata())
+    if plan.written_form:
+        set_metadata(out, get_form(plan.written_form).metadata())
     return out
 
 

@@ -31,7 +31,7 @@ from ptq_core.emit_weight import MIN_OPSET, PRODUCER, _unique
 from ptq_core.errors import ModelError, PtqError
 from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
 from ptq_core.graph import assign_node_names, default_opset, set_metadata, upgrade_opset  # noqa: F401  (re-exported)
-from ptq_core.targets import COMPUTE_OPS, Target
+from ptq_core.targets import COMPUTE_OPS, TARGETS, Target
 
 PREFIX = "ptq_"
 _DTYPES = {"int8": (np.int8, onnx.TensorProto.INT8, -128, 127), "uint8": (np.uint8, onnx.TensorProto.UINT8, 0, 255)}
@@ -504,8 +504,6 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
 def plan_form(plan: FullQuantPlan):
     """The int8 form a plan's weights must follow: its own, or the portable one for a target that
     onnxruntime's CPU kernels run (a hand-written plan); None for other targets."""
-    from ptq_core.targets import TARGETS
-
     target = TARGETS.get(plan.target)
     if target is None or not target.ort_cpu_kernels:
         return None

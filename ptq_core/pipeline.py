@@ -359,8 +359,7 @@ def summarize_dynamic(model_path, output_path, cfg: QuantConfig, info: ModelInfo
         model=str(model_path), output=str(output_path), quant_type="DYNAMIC_QUANT", bits=8,
         layers=list(plan.decisions), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
-        int8_form=plan.int8_form if any(d.quantized and d.op_type in ("MatMul", "Gemm") for d in plan.decisions)
-        else None,
+        int8_form=plan.written_form,
     )
 
 

@@ -40,15 +40,7 @@ def _session(model: onnx.ModelProto, profile_dir: str | None = None):
 
 def median_latency_ms(model: onnx.ModelProto, feeds: dict, runs: int = 60, warmup: int = 10) -> float:
     """Median wall time of one inference (batch as fed, one thread)."""
-    session = _session(model)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return paired_latency_ms([model], feeds, runs, warmup)[0]
 
 
 def paired_latency_ms(models: list[onnx.ModelProto], feeds: dict, runs: int = 60, warmup: int = 10) -> list[float]:

@@ -434,6 +434,4 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
 
 
 def _with_activation(target: Target, dtype: str) -> Target:
-    from dataclasses import replace
-
     return replace(target, name=f"{target.name}-{dtype}", activation_dtype=dtype)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ptq_core.errors import PtqError
+from ptqflow.deployments.server import LoopbackAddress
 
 DISABLE_ENV = "PTQFLOW_RESIDENT_SERVER"
 IDLE_ENV = "PTQFLOW_SERVER_IDLE_MINUTES"
@@ -45,19 +46,11 @@ START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
-class ServerState:
+class ServerState(LoopbackAddress):
     pid: int  # the supervisor: leader of the process group that holds the server too
     port: int
     started: float
     idle_s: float
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api"
 
 
 def folder() -> Path:
@@ -198,29 +191,18 @@ def _end_group(pid: int, timeout: float = 15.0) -> None:
         os.waitpid(pid, os.WNOHANG)  # our own child (the first run started it): reap it
 
 
-def _group_alive(pgid: int) -> bool:
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return False
-
-
-def _ours(pgid: int) -> bool:
-    """Some live process of group ``pgid`` is a resident-server process (the id was not reused since):
-    the supervisor, or the server it left behind when it was SIGKILLed."""
+def _group_alive(pgid: int, resident_only: bool = False) -> bool:
+    """Some live process of group ``pgid`` (with ``resident_only``: one marked as a resident-server
+    process, so a reused group id is never taken for ours)."""
     import psutil
 
     from ptqflow._watchdog import RESIDENT_MARK
 
     for proc in psutil.process_iter():
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE \
-                    and proc.environ().get(RESIDENT_MARK) == "1":
+            if os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if not resident_only or proc.environ().get(RESIDENT_MARK) == "1":
                 return True
         except (ProcessLookupError, PermissionError, psutil.Error, OSError):
             continue
@@ -232,7 +214,7 @@ def stop() -> ServerState | None:
     state = read_state()
     if state is None:
         return None
-    if _ours(state.pid):
+    if _group_alive(state.pid, resident_only=True):  # the supervisor, or a server it left when SIGKILLed
         _end_group(state.pid)
     _clear_state()
     return state

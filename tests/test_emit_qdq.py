@@ -690,3 +690,19 @@ def test_ir3_opset9_model_with_initializers_as_inputs():
     feeds = inputs_for(model, 3)
     assert_close(run(up, feeds), run(qdq, feeds))
     assert fused_ops(qdq.SerializeToString())["QLinearConv"] == 2
+
+
+def test_cpu_plan_with_codes_beyond_the_portable_form_is_refused_unless_it_says_vnni():
+    """Full-range int8 codes saturate on x86 CPUs without VNNI: the emitter writes them only on request."""
+    w = np.linspace(-1, 1, 8 * 4, dtype=np.float32).reshape(8, 4)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_vi("x", [2, 8])], [_vi("y", [2, 4])],
+                   [_init("w", w)])
+    s_w = np.float32(1 / 127)
+    q = np.clip(np.round(w / s_w), -127, 127).astype(np.int8)
+    acts = {"x": ActivationQuant("x", 4 / 255, 128, "uint8"), "y": ActivationQuant("y", 8 / 255, 128, "uint8")}
+    weights = [WeightQuant("mm", 1, "w", q, np.array([s_w]), np.array([0], np.int8), None)]
+    with pytest.raises(PtqError, match=r"'w' of node 'mm' has int8 codes in \[-127, 127\].*int8_form=vnni"):
+        emit_qdq(model, FullQuantPlan(target="CPU", nodes=("mm",), activations=acts, weights=weights))
+    vnni = emit_qdq(model, FullQuantPlan(target="CPU", nodes=("mm",), activations=acts, weights=weights,
+                                         int8_form="vnni"))
+    assert {p.key: p.value for p in vnni.metadata_props}["ptqflow.int8_form"] == "vnni"

@@ -131,3 +131,20 @@ def test_a_crashed_predecessor_is_replaced_and_an_idle_server_stops_itself(home)
     while time.monotonic() < deadline and (group(pid) or state(home)):
         time.sleep(0.5)
     assert group(pid) == [] and state(home) is None
+
+
+def test_server_start_with_prefect_api_url_set_is_a_one_line_error(tmp_path):
+    env = dict(env_for(tmp_path / "h"), PREFECT_API_URL="http://127.0.0.1:9/api")
+    out = subprocess.run([str(PTQ), "server", "start"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "PREFECT_API_URL is set" in out.stderr
+    assert state(tmp_path / "h") is None
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_idle_period_is_a_clear_error(monkeypatch, value):
+    from ptq_core.errors import PtqError
+    from ptqflow import resident
+
+    monkeypatch.setenv(resident.IDLE_ENV, value)
+    with pytest.raises(PtqError, match=f"PTQFLOW_SERVER_IDLE_MINUTES={value!r}"):
+        resident.idle_seconds()

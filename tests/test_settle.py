@@ -77,3 +77,15 @@ def test_on_the_temporary_server_every_task_run_is_recorded_final_when_settle_re
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["settled"] is True
     assert len(result["states"]) == 3 and all(s in result["final"] for s in result["states"]), result
+
+
+def test_settling_after_a_run_on_a_real_server_does_not_import_prefects_server():
+    """Importing prefect.server to look for a temporary server cost 5.7 s of every flow run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import ptqflow; from ptqflow._settle import now, settle_task_runs; "
+            "assert settle_task_runs(now()); print('prefect.server.api.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
