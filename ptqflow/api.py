@@ -20,8 +20,10 @@ def convert(model: str | Path, config: str | Path, output: str | Path, *, input_
     1 - mean output cosine on the calibration set is at most this.
     """
     if use_flow:
+        from ptqflow.resident import in_use, start_early
+
+        start_early()  # the server boots while Prefect and the flow are imported
         from ptqflow.flows.quantize import quantize
-        from ptqflow.resident import in_use
 
         with in_use():  # the resident local server (started on first use), unless PREFECT_API_URL is set
             return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address,

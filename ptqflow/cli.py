@@ -147,7 +147,7 @@ def _server(args) -> int:
         if not resident.enabled():
             raise PtqError("PREFECT_API_URL is set (or PTQFLOW_RESIDENT_SERVER=0): flow runs use that, "
                            "not a resident server")
-        state = resident.ensure()
+        state = resident.start()
     else:
         state = resident.running()
         if state is None:
@@ -178,6 +178,10 @@ def _convert(args) -> int:
     inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
     check_output(args.output_file, args.model_file)  # before any work: nothing to lose at the end
+    if not args.no_flow:
+        from ptqflow.resident import start_early
+
+        start_early()  # the resident server boots while the model is checked and Prefect imported
     info = _precheck_model(args.model_file, cfg)
     input_specs(info.inputs, inputs.shape_map)  # --inputShape names real inputs of the right rank
     for notice in cfg.notices:
@@ -230,6 +234,9 @@ def _sweep(args) -> int:
     for point in points:
         check_runnable(point.config)
     _validate_paths(args)
+    from ptqflow.resident import start_early
+
+    start_early()
     _precheck_model(args.model_file, cfg)
     for notice in cfg.notices:
         report.notice(notice)

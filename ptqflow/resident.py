@@ -138,33 +138,73 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure(port: int = PREFERRED_PORT) -> ServerState:
-    """The running resident server, started (and waited for) if there is none."""
+def start(wait: bool = True, port: int = PREFERRED_PORT) -> ServerState:
+    """The resident server, started if there is none; with ``wait``, once it answers.
+
+    ``wait=False`` returns as soon as a start is under way: the CLI calls it before its own imports and
+    model checks, so that the server boots (about 7 s on 2 cores, most of it importing Prefect's
+    server) while the run gets ready, and waits for it only when the flow starts.
+    """
+    with _flock(folder() / "start.lock", fcntl.LOCK_EX):
+        state = read_state()
+        if state is None or not _alive(state.pid) or _hung(state):
+            stop()  # a crashed or hung predecessor: end its group, forget it
+            state = _spawn(port)
+    if wait:
+        _wait_ready(state)
+    return state
+
+
+
+
+
+def start_early() -> None:
+    """Begin starting the resident server (when flow runs use one) without waiting for it."""
+    if enabled():
+        start(wait=False)
+
+
+def _hung(state: ServerState) -> bool:
+    """Alive but not answering long after its start: a server that will never be ready."""
     from ptqflow.deployments.server import healthy
 
-    with _flock(folder() / "start.lock", fcntl.LOCK_EX):
-        state = running()
-        if state is not None:
-            return state
-        stop()  # a crashed or hung predecessor: end its group, forget it
-        log = folder() / "server.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "ptqflow.resident", "--port", str(port),
-                                     "--idle", str(idle_seconds())],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=_server_env())
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            state = read_state()
-            if state is not None and state.pid == proc.pid and healthy(state.api_url):
-                return state
-            if proc.poll() is not None:
-                raise PtqError(f"the resident Prefect server exited with code {proc.returncode} before it was "
-                               f"ready; see {log}")
-            if time.monotonic() > deadline:
-                _end_group(proc.pid)
-                raise PtqError(f"the resident Prefect server was not ready within {START_TIMEOUT_S:.0f} s; see {log}")
-            time.sleep(0.2)
+    return time.time() - state.started > START_TIMEOUT_S and not healthy(state.api_url)
+
+
+def _spawn(port: int) -> ServerState:
+    """Start the supervisor and record it at once (under the start lock), so that a run arriving while
+    it boots waits for this one instead of starting another."""
+    from ptqflow.deployments.server import free_port, port_in_use
+
+    if port_in_use(port):
+        port = free_port()
+    idle_s = idle_seconds()
+    with open(folder() / "server.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ptqflow.resident", "--port", str(port), "--idle", str(idle_s)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=_server_env())
+    state = ServerState(pid=proc.pid, port=port, started=time.time(), idle_s=idle_s)
+    _touch()  # a fresh start is a use: it must not idle out before the run that asked for it arrives
+    _write_state(state)
+    return state
+
+
+def _wait_ready(state: ServerState) -> None:
+    from ptqflow.deployments.server import healthy
+
+    log = folder() / "server.log"
+    deadline = state.started + START_TIMEOUT_S
+    while not healthy(state.api_url):
+        if not _alive(state.pid):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(state.pid, os.WNOHANG)
+            _clear_state(state.pid)
+            raise PtqError(f"the resident Prefect server exited before it was ready; see {log}")
+        if time.time() > deadline:
+            _end_group(state.pid)
+            _clear_state(state.pid)
+            raise PtqError(f"the resident Prefect server was not ready within {START_TIMEOUT_S:.0f} s; see {log}")
+        time.sleep(0.1)
 
 
 def _server_env() -> dict:
@@ -237,10 +277,13 @@ def in_use() -> Iterator[ServerState | None]:
     Yields the server (None when the resident server is off: a user ``PREFECT_API_URL`` or
     ``PTQFLOW_RESIDENT_SERVER=0``).
     """
+    from ptqflow import prefect_db
+
+    prefect_db.seed()  # Prefect's temporary server needs a database too
     if not enabled():
         yield None
         return
-    state = ensure()
+    state = start()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ptqflow import report
@@ -279,41 +322,37 @@ def _idle_for(idle_s: float) -> bool:
 
 
 def supervise(port: int, idle_s: float, poll_s: float = 1.0) -> int:
-    """Run ``prefect server start`` in this process group until idle, SIGTERM or the server's exit."""
-    from ptqflow.deployments.server import free_port, healthy, port_in_use, prefect_executable
+    """Serve Prefect's API and UI in this process (uvicorn, as ``prefect server start`` does, without
+    its CLI's imports) until idle or SIGTERM; a watcher thread asks uvicorn to stop once idle."""
+    import threading
 
-    if port_in_use(port):
-        port = free_port()
-    env = _server_env()
-    env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
-    server = subprocess.Popen([prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              stdin=subprocess.DEVNULL, env=env)  # same process group: stopped with us
+    from ptqflow import prefect_db
 
-    def on_term(signum, frame):
-        raise SystemExit(0)
+    prefect_db.seed()  # a new home: the schema snapshot, not 116 migrations
+    os.environ.update(_server_env())
+    os.environ.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
+    import uvicorn
+    from prefect.server.api.server import create_app
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    state = ServerState(pid=os.getpid(), port=port, started=time.time(), idle_s=idle_s)
-    try:
-        while not healthy(state.api_url):
-            if server.poll() is not None:
-                return server.returncode or 1
-            time.sleep(0.2)
+    server = uvicorn.Server(uvicorn.Config(create_app(final=True), host="127.0.0.1", port=port,
+                                           log_level="warning", timeout_keep_alive=5))
+
+    def watch() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.1)
         _touch()
-        _write_state(state)
-        while server.poll() is None and not _idle_for(idle_s):
+        while not server.should_exit and not _idle_for(idle_s):
             time.sleep(poll_s)
-        return 0
+        server.should_exit = True  # uvicorn then runs Prefect's shutdown (services, database) and returns
+
+    threading.Thread(target=watch, name="ptqflow-idle-watch", daemon=True).start()
+    try:
+        server.run()  # handles SIGTERM/SIGINT itself: a graceful stop
+        return 0 if server.started else 1
     finally:
         _clear_state(os.getpid())
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import pytest
 from modelgen import mixed_ops_model, save, write_config
 
 PTQ = Path(sys.executable).parent / "ptq"
-ENSURE = "from ptqflow import resident; s = resident.ensure(); print(s.pid, s.port, flush=True)"
+ENSURE = "from ptqflow import resident; s = resident.start(); print(s.pid, s.port, flush=True)"
 
 
 def env_for(home: Path, idle_minutes: float = 30.0) -> dict:
