@@ -164,6 +164,7 @@ class Summary:
     auto_tune: dict | None = None
     speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
+    time_split: dict | None = None  # a flow run's wall time: server start, Prefect and start-up, ptqflow (CLI)
     max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
     int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a

@@ -12,8 +12,19 @@ from rich.table import Table
 
 from ptq_core.pipeline import Summary
 
-console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 150)
-err_console = Console(stderr=True, highlight=False)
+console: Console
+err_console: Console
+
+
+def reset_consoles() -> None:
+    """(Re)make the consoles for the current stdout/stderr: at import, and in a warm runner's child once
+    the caller's terminal is in place (a console fixes its width and colours when it is made)."""
+    global console, err_console
+    console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 150)
+    err_console = Console(stderr=True, highlight=False)
+
+
+reset_consoles()
 
 
 def notice(text: str) -> None:
@@ -89,6 +100,8 @@ def print_summary(summary: Summary) -> None:
     if summary.timings:
         totals.add_row("phases", ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in summary.timings.items()))
     totals.add_row("wall time", f"{t['wall_time_s']:.2f} s")
+    if summary.time_split:
+        totals.add_row("time split", ", ".join(f"{k} {v:.2f} s" for k, v in summary.time_split.items()))
     console.print(totals)
 
 

@@ -151,7 +151,10 @@ def start(wait: bool = True, port: int = PREFERRED_PORT) -> ServerState:
             stop()  # a crashed or hung predecessor: end its group, forget it
             state = _spawn(port)
     if wait:
-        _wait_ready(state)
+        from ptqflow._phases import measure
+
+        with measure("server"):
+            _wait_ready(state)
     return state
 
 
@@ -343,8 +346,13 @@ def supervise(port: int, idle_s: float, poll_s: float = 1.0) -> int:
                 return
             time.sleep(0.1)
         _touch()
-        while not server.should_exit and not _idle_for(idle_s):
-            time.sleep(poll_s)
+        runner = _Runner()  # after the server is up: its imports would slow the run that started us
+        try:
+            while not server.should_exit and not _idle_for(idle_s):
+                runner.keep_alive()
+                time.sleep(poll_s)
+        finally:
+            runner.stop()
         server.should_exit = True  # uvicorn then runs Prefect's shutdown (services, database) and returns
 
     threading.Thread(target=watch, name="ptqflow-idle-watch", daemon=True).start()
@@ -353,6 +361,33 @@ def supervise(port: int, idle_s: float, poll_s: float = 1.0) -> int:
         return 0 if server.started else 1
     finally:
         _clear_state(os.getpid())
+
+
+class _Runner:
+    """The warm runner (:mod:`ptqflow.runner`) in the supervisor's group, restarted when it exits (it
+    does when ptqflow's code changed), at most three times a minute so that a broken one is not
+    restarted forever; runs fall back to running in their own process meanwhile."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.proc: subprocess.Popen | None = None
+        self.keep_alive()
+
+    def keep_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        self.starts = [t for t in self.starts if now - t < 60.0]
+        if len(self.starts) >= 3:
+            return
+        self.starts.append(now)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ptqflow.runner"], stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

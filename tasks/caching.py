@@ -17,9 +17,10 @@ def code_fingerprint() -> str:
     The version string alone is not enough: an editable install or a patched release keeps its version
     while a cached result (a pickled ``QuantConfig``, say) no longer matches the classes that read it.
     """
-    import ptqflow
     import ptqflow.flows
     import ptqflow.tasks
+
+    import ptqflow
 
     h = hashlib.sha256(ptq_core.__version__.encode())
     roots = sorted({Path(m.__file__).resolve().parent for m in (ptq_core, ptqflow, ptqflow.flows, ptqflow.tasks)})

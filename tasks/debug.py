@@ -15,12 +15,13 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from ptqflow.tasks.dask_stats import dask_client
 
 from ptq_core.debug import driver
 from ptq_core.runtime import InputOptions
 from ptqflow._env import cache_dir
+from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
-from ptqflow.tasks.dask_stats import dask_client
 
 
 def map_rounds(client, job, rounds: list, folder: str, progress=None) -> tuple[list, list]:
@@ -56,6 +57,7 @@ def _take(it, n: int) -> list:
 
 
 @task(name="debug_reports")
+@ours
 def debug_reports(model_path: str, output_path: str, cfg, inputs: InputOptions, rounds: list | None = None,
                   plan_path: str | None = None, dask_address: str | None = None) -> dict:
     """converter_lite's debug reports for a written model, the ranking and the HTML page.

@@ -7,6 +7,7 @@ import pickle
 
 import onnx
 from prefect import task
+from ptqflow.tasks.caching import content_key
 
 from ptq_core import pipeline
 from ptq_core.config import QuantConfig
@@ -14,7 +15,7 @@ from ptq_core.emit_weight import save_model_atomic
 from ptq_core.graph import ModelInfo
 from ptq_core.runtime import InputOptions
 from ptqflow._env import cache_dir
-from ptqflow.tasks.caching import content_key
+from ptqflow._phases import ours
 
 
 def _key(ctx, params) -> str:
@@ -22,6 +23,7 @@ def _key(ctx, params) -> str:
 
 
 @task(name="quantize_dynamic", cache_key_fn=_key, persist_result=True)
+@ours
 def quantize_dynamic(model_path: str, cfg: QuantConfig, info: ModelInfo) -> dict:
     plan, quantized = pipeline.quantize_dynamic_model(model_path, cfg)
     key = content_key("dynamic-result", info.sha256, cfg.fingerprint())
@@ -35,11 +37,13 @@ def quantize_dynamic(model_path: str, cfg: QuantConfig, info: ModelInfo) -> dict
 
 
 @task(name="emit_model")
+@ours
 def emit_dynamic(record: dict, output: str) -> str:
     return str(save_model_atomic(onnx.load(record["model_path"]), pipeline.output_file(output)))
 
 
 @task(name="summarize")
+@ours
 def summarize_dynamic(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: dict,
                       inputs: InputOptions):
     with open(record["plan_path"], "rb") as fh:

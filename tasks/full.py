@@ -6,8 +6,11 @@ import os
 import pickle
 
 from prefect import task
-from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+from ptqflow.tasks.caching import content_key
+from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+from ptqflow.tasks.locks import ProcessLockManager
 
 from ptq_core import collect, full_pipeline, model_cache
 from ptq_core.calibration import sample_digest
@@ -17,10 +20,8 @@ from ptq_core.full_pipeline import accumulate_bias, calibration_shapes
 from ptq_core.graph import ModelInfo
 from ptq_core.runtime import InputOptions, input_specs
 from ptqflow._env import cache_dir
+from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
-from ptqflow.tasks.caching import content_key
-from ptqflow.tasks.locks import ProcessLockManager
-from ptqflow.tasks.dask_stats import collect_distributed, dask_client
 
 
 def data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions) -> str:
@@ -41,6 +42,7 @@ def _shards_key(ctx, params) -> str:
 
 
 @task(name="preprocess_calibration", cache_policy=_locked(_shards_key), persist_result=True)
+@ours
 def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptions, digest: str) -> list[collect.Round]:
     """Decode and preprocess the calibration set once into content-addressed .npy shards."""
     model = model_cache.full_model(model_path)  # shared with the points' quantize_full in a sweep
@@ -55,6 +57,7 @@ def _stats_key(ctx, params) -> str:
 
 
 @task(name="collect_statistics", cache_policy=_locked(_stats_key), persist_result=True)
+@ours
 def collect_statistics(model_sha: str, digest: str, exposed_path: str, tensors: tuple[str, ...],
                        rounds: list[collect.Round], method: str, collector) -> dict:
     """One statistics pass, cached on its own so a sweep collects once per method, not once per point."""
@@ -76,6 +79,7 @@ def _full_key(ctx, params) -> str:
 
 
 @task(name="quantize_full", cache_key_fn=_full_key, persist_result=True)
+@ours
 def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions, digest: str,
                   rounds: list[collect.Round], dask_address: str | None = None) -> dict:
     """Statistics and bias correction run on Dask; the quantized model goes to a content-addressed file."""
@@ -113,15 +117,17 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
 
 
 @task(name="emit_model")
+@ours
 def emit_full(record: dict, output: str) -> str:
-    from ptq_core.pipeline import output_file
-
     import onnx
+
+    from ptq_core.pipeline import output_file
 
     return str(save_model_atomic(onnx.load(record["model_path"]), output_file(output)))
 
 
 @task(name="summarize")
+@ours
 def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: dict,
                    inputs: InputOptions):
     from ptq_core.pipeline import summarize_full as core_summarize

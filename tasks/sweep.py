@@ -6,14 +6,15 @@ import shutil
 from pathlib import Path
 
 from prefect import task
+from ptqflow.tasks import weight
+from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core.config import QuantConfig
 from ptq_core.graph import ModelInfo
 from ptq_core.runtime import InputOptions, input_specs, random_feeds
 from ptq_core.sweep import latency_ms
 from ptqflow._env import cache_dir
-from ptqflow.tasks import weight
-from ptqflow.tasks.caching import content_key, file_digest
+from ptqflow._phases import ours
 
 
 def point_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions) -> str:
@@ -33,6 +34,7 @@ def _point_cache_key(ctx, params) -> str:
 
 
 @task(name="sweep_point", cache_key_fn=_point_cache_key, persist_result=True)
+@ours
 def quantize_point(model: str, config_path: str, inputs: InputOptions, dask_address: str | None, key: str) -> dict:
     """One grid point through the quantize flow's cached steps; the model lands in the content cache."""
     from ptqflow.flows.quantize import quantize_steps
@@ -48,6 +50,7 @@ def _latency_key(ctx, params) -> str:
 
 
 @task(name="measure_latency", cache_key_fn=_latency_key, persist_result=True)
+@ours
 def measure_latency(model_path: str, info: ModelInfo, inputs: InputOptions, runs: int = 20) -> float:
     """Median ms on one onnxruntime thread with generated inputs (the values do not change the time)."""
     feeds = random_feeds(input_specs(info.inputs, inputs.shape_map))

@@ -7,14 +7,15 @@ import time
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core import model_cache, pipeline
 from ptq_core.config import QuantConfig
 from ptq_core.graph import ModelInfo, analyse_model, external_locations, file_sha256
 from ptq_core.runtime import InputOptions, input_specs
 from ptqflow._env import cache_dir
+from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
-from ptqflow.tasks.caching import content_key, file_digest
 
 
 def _config_key(ctx, params) -> str:
@@ -53,16 +54,19 @@ def _data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None)
 
 
 @task(name="resolve_config", cache_key_fn=_config_key, persist_result=True)
+@ours
 def resolve_config(config_path: str) -> QuantConfig:
     return pipeline.resolve_config(config_path)
 
 
 @task(name="analyse_model", cache_key_fn=_model_key, persist_result=True)
+@ours
 def analyse(model_path: str) -> ModelInfo:
     return analyse_model(model_path)
 
 
 @task(name="quantize_weights", cache_key_fn=_quant_key, persist_result=True)
+@ours
 def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None) -> dict:
     """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
     artifact = create_progress_artifact(progress=0.0, description="weight quantization: layers done")
@@ -91,12 +95,14 @@ def load_plan(plan_path: str):
 
 
 @task(name="emit_model")
+@ours
 def emit_model(model_path: str, plan_path: str, output: str) -> str:
     plan, _ = load_plan(plan_path)
     return str(pipeline.emit_model(model_path, plan, output))
 
 
 @task(name="summarize")
+@ours
 def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, plan_path: str,
               inputs: InputOptions | None = None) -> pipeline.Summary:
     plan, tuned = load_plan(plan_path)

@@ -2,11 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -86,6 +88,89 @@ def test_flow_runs_reuse_the_resident_server_and_say_where_its_dashboard_is(home
                   headers={"Content-Type": "application/json"})
     with urlopen(req, timeout=30) as resp:
         assert int(resp.read()) == 2  # both runs are on the dashboard
+
+
+def wait_for_runner(home: Path) -> None:
+    deadline = time.monotonic() + 90
+    while not (home / "server" / "runner.sock").exists():
+        assert time.monotonic() < deadline, "the warm runner did not come up"
+        time.sleep(0.2)
+
+
+DELEGATE = ("import sys\nfrom ptqflow.runner import delegate\ncode = delegate(sys.argv[1:])\n"
+            "sys.exit(99 if code is None else code)\n")
+
+
+def test_a_warm_runner_runs_later_conversions_and_writes_the_same_model(home, tmp_path):
+    wait_for_runner(home)
+    model = save(mixed_ops_model(), tmp_path / "m.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=6\n"
+                                           "min_quant_weight_size=0\nmin_quant_weight_channel=0\n")
+    args = ["convert", f"--modelFile={model}", f"--configFile={cfg}"]
+    served = subprocess.run([sys.executable, "-c", DELEGATE, *args, f"--outputFile={tmp_path / 'served'}"],
+                            env=env_for(home), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert served.returncode == 0, served.stderr[-2000:]  # 99: not delegated
+    assert "time split" in served.stdout and "server start" in served.stdout  # the child wrote to our stdout
+    direct = subprocess.run([str(PTQ), *args, "--no-flow", f"--outputFile={tmp_path / 'direct'}"],
+                            env=env_for(home), capture_output=True, text=True, timeout=300)
+    assert direct.returncode == 0, direct.stderr[-2000:]
+    assert (tmp_path / "served.onnx").read_bytes() == (tmp_path / "direct.onnx").read_bytes()
+
+
+def test_bad_input_through_the_warm_runner_is_one_line_and_exit_2(home, tmp_path):
+    wait_for_runner(home)
+    out = subprocess.run([sys.executable, "-c", DELEGATE, "convert", f"--modelFile={tmp_path / 'none.onnx'}",
+                          f"--configFile={tmp_path / 'none.cfg'}", f"--outputFile={tmp_path / 'q'}"],
+                         env=env_for(home), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "none.cfg" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_ptq_stops_the_runners_child_and_writes_nothing(home, tmp_path, sig):
+    from test_interrupt import slow_cnn
+
+    wait_for_runner(home)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        (calib / f"{i:03d}.bin").write_bytes(rng.normal(0, 1, (1, 3, 96, 96)).astype(np.float32).tobytes())
+    cfg = write_config(tmp_path / "f.cfg", "[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                       f"[data_preprocess_param]\ncalibrate_path=x:{calib}\ncalibrate_size=200\ninput_type=BIN\n"
+                       "[full_quant_param]\nactivation_quant_method=KL\n[ptqflow]\nlatency_guard=false\n")
+    out = tmp_path / "out" / "q"
+    proc = subprocess.Popen([str(PTQ), "convert", f"--modelFile={slow_cnn(tmp_path / 'm.onnx')}",
+                             f"--configFile={cfg}", f"--outputFile={out}"], env=env_for(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner = next(p for p in group(state(home)["pid"]) if "ptqflow.runner" in " ".join(p.cmdline()))
+    deadline = time.monotonic() + 60
+    while not runner.children():  # the child forked for this run
+        assert time.monotonic() < deadline and proc.poll() is None, "the run was not delegated"
+        time.sleep(0.1)
+    child = runner.children()[0]
+    time.sleep(2.5)  # into the calibration
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -9)
+    psutil.wait_procs([child], timeout=60)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no model, no temporary file
+
+
+def test_changed_code_is_never_served_by_an_older_runner(home, tmp_path):
+    """The runner refuses a caller whose ptqflow sources differ from those it imported, and exits."""
+    import ptqflow.report as source
+
+    wait_for_runner(home)
+    path = Path(source.__file__)
+    before = path.stat()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    try:
+        out = subprocess.run([sys.executable, "-c", DELEGATE, "convert", "--modelFile=x.onnx", "--configFile=x.cfg",
+                              "--outputFile=q"], env=env_for(home), capture_output=True, text=True, timeout=120)
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert out.returncode == 99, out.stderr  # not delegated: the caller runs it itself
 
 
 def test_ptq_serve_uses_the_resident_server_and_leaves_it_running(home):
