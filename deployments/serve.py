@@ -81,7 +81,7 @@ def serve_command(args) -> int:
             if not healthy(api_url):
                 raise PtqError(f"--api-url {args.api_url}: no healthy Prefect API there (GET /health failed)")
         elif resident.enabled():  # the server flow runs use: their runs and the deployments on one dashboard
-            state = resident.ensure(port=args.port)
+            state = resident.start(port=args.port)
             api_url = state.api_url
             moved = "" if state.port == args.port else f"; the resident server was already on port {state.port}"
             print(f"Prefect UI: {state.url}  (API {api_url}; resident server, kept running after this command "

@@ -8,7 +8,9 @@ Dask cluster (``tasks.dask_stats``).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,20 +19,19 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ptq_core import collect, model_cache
+from ptq_core import bias_correction, collect, model_cache
 from ptq_core.calibration import check_inputs, list_calibration_files, write_shards
 from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import emit_qdq
 from ptq_core.errors import ConfigError
 from ptq_core.full_plan import FullQuantPlan
+from ptq_core.observers import search_thresholds
 from ptq_core.full_quant import (
-    ChannelMeanDiff,
     apply_bias_correction,
     build_plan,
     correctable_nodes,
     observed_tensors,
     placement,
-    shadow_model,
 )
 from ptq_core.runtime import InputOptions, input_specs
 from ptq_core.weight_quant import LayerDecision
@@ -87,35 +88,48 @@ def collect_statistics(model: onnx.ModelProto, tensors: tuple[str, ...], rounds:
                        work_dir: Path, collector: Collector = collect.collect_serial) -> dict:
     path = collect.exposed_model_path(model, tensors, work_dir, model_key(model) + "-" +
                                       hashlib.sha256("\n".join(tensors).encode()).hexdigest()[:12])
-    return collector(str(path), tensors, rounds, method)
+    try:
+        return collector(str(path), tensors, rounds, method)
+    finally:
+        collect.forget_sessions(str(path))
 
 
-def accumulate_bias(model_path: str, pairs: dict, rounds: list[collect.Round]) -> dict:
-    """Worker side of the bias-correction pass: per node, per-channel mean of FP32 - shadow."""
-    outputs = tuple(sorted({name for pair in pairs.values() for name in pair}))
-    stats = {node: ChannelMeanDiff() for node in pairs}
+def accumulate_bias(model_path: str, probes: list, rounds: list[collect.Round]) -> dict:
+    """Worker side of the bias-correction pass: per node, its patch means (or FP32 - shadow) summed."""
+    outputs = tuple(sorted({name for probe in probes for name in bias_correction.probe_outputs(probe)}))
+    stats = {probe.node: bias_correction.new_accumulator(probe) for probe in probes}
     for rnd in rounds:
         values = collect.run_round(model_path, outputs, rnd.feeds())
-        for node, (ref, shadow) in pairs.items():
-            stats[node].update(values[ref], values[shadow])
+        for probe in probes:
+            stats[probe.node].update(*(values[t] for t in bias_correction.probe_outputs(probe)))
     return stats
 
 
 def bias_correction_pass(model: onnx.ModelProto, plan: FullQuantPlan, cfg: QuantConfig, rounds: list[collect.Round],
                          work_dir: Path, runner: Callable | None = None) -> tuple[FullQuantPlan, dict]:
-    """§8.7 over all calibration rounds; ``runner(model_path, pairs, rounds)`` may distribute it."""
+    """§8.7 over all calibration rounds (ptq_core.bias_correction); ``runner(model_path, probes, rounds)`` may
+    distribute it."""
     nodes = correctable_nodes(model, plan, cfg.common.skip_quant_node)
     if not nodes:
         return plan, {}
-    shadow, pairs = shadow_model(model, plan, nodes)
+    shapes = None
+    if any(a.name == "auto_pad" and a.s not in (b"NOTSET", b"VALID", b"") for n in model.graph.node
+           if n.name in nodes for a in n.attribute):  # SAME_* padding needs the input's size
+        from ptq_core.speed import tensor_shapes
+
+        shapes = tensor_shapes(model, {k: v.shape for k, v in rounds[0].feeds().items()})
+    probe_model, probes = bias_correction.statistics_model(model, plan, nodes, shapes)
     work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"shadow-{model_key(shadow)}.onnx"
+    path = work_dir / f"bias-{model_key(probe_model)}.onnx"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(shadow.SerializeToString(deterministic=True))
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # sweep points share the folder
+        tmp.write_bytes(probe_model.SerializeToString(deterministic=True))
         tmp.replace(path)
-    stats = (runner or accumulate_bias)(str(path), pairs, rounds)
-    diffs = {node: s.mean() for node, s in stats.items()}
+    try:
+        stats = (runner or accumulate_bias)(str(path), probes, rounds)
+    finally:
+        collect.forget_sessions(str(path))
+    diffs = bias_correction.mean_errors(model, plan, probes, stats)
     return apply_bias_correction(model, plan, diffs), diffs
 
 
@@ -271,6 +285,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     lap("statistics_s")
 
     def finish(place):
+        search_thresholds(observers.values())  # KL: every tensor's search at once, on all cores
         plan = build_plan(model, cfg, target, place, observers)
         lap("parameters_s")
         diffs = {}

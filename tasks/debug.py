@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from ptqflow.tasks.dask_stats import dask_client
+from ptqflow.tasks.dask_stats import dask_client, worker_threads
 
 from ptq_core.debug import driver
 from ptq_core.runtime import InputOptions
@@ -28,7 +28,7 @@ def map_rounds(client, job, rounds: list, folder: str, progress=None) -> tuple[l
     """Bounded in-flight map of ``driver.run_round`` over ``rounds``; folds the small results as they land."""
     from distributed import as_completed
 
-    width = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    width = 2 * worker_threads(client)
     pending = iter(rounds)
     outputs, worst, done = [], [], 0
     job_future = client.scatter(job, broadcast=True)

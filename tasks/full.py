@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
 from ptqflow.tasks.caching import content_key
-from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+from ptqflow.tasks.dask_stats import collect_distributed, dask_client, worker_threads
 from ptqflow.tasks.locks import ProcessLockManager
 
 from ptq_core import collect, full_pipeline, model_cache
@@ -94,7 +94,7 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
             return collect_distributed(client, model, tensors, rnds, method, progress)
 
         def bias_runner(model, pairs, rnds):
-            parts = collect.chunks(rnds, max(1, len(client.scheduler_info().get("workers", {}))) * 2)
+            parts = collect.chunks(rnds, worker_threads(client) * 2)
             futures = [client.submit(accumulate_bias, model, pairs, part, pure=False) for part in parts]
             results = client.gather(futures)
             merged = results[0]
