@@ -524,17 +524,19 @@ def histogram_counts(f: np.ndarray, interval, bins: int = KL_BINS) -> np.ndarray
     ``min(int(|x| / interval), bins-1)``, the division done in float32.
     """
     interval = np.float32(interval)
-    ax = np.abs(np.asarray(f, np.float32).reshape(-1))
-    ax = ax[ax > DBL_EPSILON]  # DBL_EPSILON = 2**-52 is exact in float32
-    if ax.size == 0:
+    ax = np.abs(np.asarray(f, np.float32).reshape(-1))  # a fresh array: worked on in place below
+    tiny = int(np.count_nonzero(ax <= DBL_EPSILON))  # DBL_EPSILON = 2**-52 is exact in float32
+    if tiny == ax.size:
         return np.zeros(bins, np.int64)
     if not interval > DBL_EPSILON:
         raise ValueError(f"KL observer: pass-1 values up to {float(ax.max())!r} but the pass-0 range is 0 "
                          "(interval 0); converter_lite fails here too")
     with np.errstate(over="ignore"):
-        q = ax / interval  # float32 / float32 -> float32
-    idx = np.minimum(q, np.float32(bins - 1)).astype(np.int64)  # truncation, like static_cast<int>
-    return np.bincount(idx, minlength=bins).astype(np.int64, copy=False)
+        np.divide(ax, interval, out=ax)  # float32 / float32 -> float32
+    np.minimum(ax, np.float32(bins - 1), out=ax)
+    counts = np.bincount(ax.astype(np.intp), minlength=bins).astype(np.int64, copy=False)  # truncation, like
+    counts[0] -= tiny  # static_cast<int>; the skipped |x| <= DBL_EPSILON all fell in bin 0 (interval > DBL_EPSILON)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
