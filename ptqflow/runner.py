@@ -149,12 +149,17 @@ def serve() -> int:
     import ptqflow.flows.quantize  # noqa: F401
     import ptqflow.flows.sweep  # noqa: F401
 
+    import gc
+
+    gc.collect()
+    gc.freeze()  # imported objects move out of the collector's reach: a child's collections do not copy their pages
     env_key, code = environment_key(dict(os.environ)), code_key()
     path = socket_path()
     tmp = path.with_name(f".runner.{os.getpid()}.sock")
     tmp.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp))
+    os.chmod(tmp, 0o600)  # only this user may hand it a job: it runs them as this user
     listener.listen(16)
     os.replace(tmp, path)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children report through their socket; the kernel reaps them
