@@ -31,7 +31,12 @@ def local_cluster(workers: int | None = None):
     n = workers or max(1, min(2, os.cpu_count() or 1))
     # CRITICAL only: a task's error reaches us through its future and becomes our one line; what the
     # cluster logs itself is shutdown noise during Ctrl-C or SIGTERM
-    return LocalCluster(n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None,
+    # TCP on loopback, not the inproc transport: inproc names its addresses after the machine's IP, which
+    # distributed finds by "connecting" a UDP socket to 8.8.8.8 and looking up the host name. The
+    # scheduler's and worker's HTTP servers (health, metrics) listen too; the defaults would bind them to
+    # 0.0.0.0:8787 and a free port on every interface.
+    return LocalCluster(n_workers=1, threads_per_worker=n, processes=False, protocol="tcp://", host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
                         silence_logs=logging.CRITICAL)
 
 

@@ -64,8 +64,11 @@ def job(tmp_path_factory):
 
 def _start(job) -> subprocess.Popen:
     args = [PTQ, "convert", f"--modelFile={job['model']}", f"--configFile={job['cfg']}", f"--outputFile={job['out']}"]
-    return subprocess.Popen(args, env=job["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    runs = len(_task_states(job, "quantize_full"))
+    popen = subprocess.Popen(args, env=job["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    popen.quantize_full_runs = runs  # what the database held before this run
+    return popen
 
 
 def _group(pgid: int) -> list[psutil.Process]:
@@ -85,12 +88,13 @@ def _statistics_started(job) -> bool:
 
 
 def _wait_for_calibration(popen: subprocess.Popen, job, timeout: float = 240) -> psutil.Process:
-    """Until the quantize_full task's statistics pass is under way (on the in-process Dask cluster)."""
+    """Until this run's quantize_full task runs its statistics pass (on the in-process Dask cluster)."""
     proc = psutil.Process(popen.pid)
+    before = popen.quantize_full_runs
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert popen.poll() is None, popen.communicate()
-        if _statistics_started(job):
+        if _statistics_started(job) and len(_task_states(job, "quantize_full")) > before:
             time.sleep(1.0)  # into the rounds
             assert popen.poll() is None, "calibration finished before it could be interrupted"
             return proc
@@ -136,6 +140,8 @@ def _shards(job) -> dict[Path, int]:
 
 def _task_states(job, name: str) -> list[str]:
     db = Path(job["env"]["PTQFLOW_HOME"]) / "prefect" / "prefect.db"
+    if not db.exists():  # connecting would create an empty file in the run's place
+        return []
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT state_name FROM task_run WHERE name LIKE ? ORDER BY created", (name + "%",))
         return [r[0] for r in rows]
@@ -147,7 +153,7 @@ def test_sigterm_then_sigkill_during_calibration_leave_nothing_and_a_rerun_resum
     popen = _start(job)
     proc = _wait_for_calibration(popen, job)
     listening = _listening(proc)
-    assert listening, listening  # Prefect's temporary server (the Dask cluster is in-process: no sockets)
+    assert listening, listening  # Prefect's temporary server, the in-process Dask cluster's HTTP servers
     assert {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
     popen.send_signal(signal.SIGTERM)
     err = _communicate(popen, 90)

@@ -1,7 +1,7 @@
 """Nothing reaches the network: services bind to loopback, a run connects to loopback only, no telemetry.
 
 (Prefect's temporary server of a real ``ptq convert`` is checked for loopback-only LISTEN sockets in
-tests/test_interrupt.py while it runs; the default Dask cluster is in-process and listens nowhere.)
+tests/test_interrupt.py while it runs, with the default in-process Dask cluster's HTTP servers.)
 """
 
 from __future__ import annotations
