@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
 
-.PHONY: demo test bench install clean serve
+.PHONY: demo test bench install clean serve prefect-schema
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,7 @@ serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ptqflow out
+
+# after a Prefect upgrade: rewrite ptqflow/prefect_schema.sql from a database Prefect's migrations make
+prefect-schema: $(STAMP)
+	$(BIN)/python -m ptqflow.prefect_db

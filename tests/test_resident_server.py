@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import psutil
 import pytest
 
@@ -139,16 +140,24 @@ def test_a_signal_to_ptq_stops_the_runners_child_and_writes_nothing(home, tmp_pa
                        f"[data_preprocess_param]\ncalibrate_path=x:{calib}\ncalibrate_size=200\ninput_type=BIN\n"
                        "[full_quant_param]\nactivation_quant_method=KL\n[ptqflow]\nlatency_guard=false\n")
     out = tmp_path / "out" / "q"
-    proc = subprocess.Popen([str(PTQ), "convert", f"--modelFile={slow_cnn(tmp_path / 'm.onnx')}",
+    model = onnx.load(str(slow_cnn(tmp_path / "m.onnx")))
+    model.doc_string = f"interrupted by {sig!r}"  # its own bytes: nothing of it is in the home's cache yet
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    exposed = home / "cache" / "work" / "models"
+    known = set(exposed.glob("exposed-*.onnx"))
+    proc = subprocess.Popen([str(PTQ), "convert", f"--modelFile={tmp_path / 'm.onnx'}",
                              f"--configFile={cfg}", f"--outputFile={out}"], env=env_for(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runner = next(p for p in group(state(home)["pid"]) if "ptqflow.runner" in " ".join(p.cmdline()))
     deadline = time.monotonic() + 60
     while not runner.children():  # the child forked for this run
         assert time.monotonic() < deadline and proc.poll() is None, "the run was not delegated"
-        time.sleep(0.1)
+        time.sleep(0.05)
     child = runner.children()[0]
-    time.sleep(2.5)  # into the calibration
+    while not set(exposed.glob("exposed-*.onnx")) - known:  # its statistics pass has begun
+        assert time.monotonic() < deadline and proc.poll() is None, "calibration never started"
+        time.sleep(0.05)
+    time.sleep(0.3)
     proc.send_signal(sig)
     proc.communicate(timeout=120)
     assert proc.returncode == (143 if sig == signal.SIGTERM else -9)
