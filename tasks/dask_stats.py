@@ -21,9 +21,10 @@ ADDRESS_ENV = "PTQFLOW_DASK_ADDRESS"
 def local_cluster(workers: int | None = None):
     """A private in-process LocalCluster: one Dask worker with a thread per core (at most 2 by default).
 
-    Threads, not worker processes: onnxruntime and NumPy release the GIL, so two threads calibrate
-    as fast as two processes on 2 cores (17.5 vs 19 ms per PP-OCR recognizer sample, measured), while
-    worker processes cost their own imports and model copies (hundreds of MB each) and a start-up.
+    Threads, not worker processes: onnxruntime and NumPy release the GIL, so two threads with a
+    session each use both cores (17.5-21 ms a PP-OCR recognizer sample, against 38-45 ms on one
+    thread, measured), while worker processes cost their own imports and model copies (over 100 MB
+    each) and a start-up. NumPy's bincount (KL's histogram pass) is the exception: it holds the GIL.
     A real scheduler (``--dask-address``) spreads the same tasks over machines.
     """
     from distributed import LocalCluster
