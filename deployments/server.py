@@ -76,9 +76,7 @@ def start_server(port: int, log_path: Path, env: dict | None = None, timeout: fl
     env.pop("PREFECT_API_URL", None)
     from ptqflow import prefect_db
 
-    if env.get("PREFECT_HOME") and not any(env.get(k) for k in ("PREFECT_API_DATABASE_CONNECTION_URL",
-                                                                  "PREFECT_SERVER_DATABASE_CONNECTION_URL")):
-        prefect_db.seed(Path(env["PREFECT_HOME"]) / "prefect.db")  # not 116 migrations on a new home
+    prefect_db.seed(env=env)  # a new home: the schema snapshot, not 116 migrations
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,12 +109,20 @@ def probe_outputs(probe) -> tuple[str, str]:
 # the statistics model
 
 
+def _auto_pad(attrs: dict) -> str:
+    value = attrs.get("auto_pad", b"NOTSET")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _same_padding(attrs: dict) -> bool:
+    return _auto_pad(attrs) in ("SAME_UPPER", "SAME_LOWER")
+
+
 def _conv_pads(node: onnx.NodeProto, spatial: int, in_shape: tuple[int, ...] | None,
                kernel: list[int], strides: list[int], dilations: list[int]) -> list[int] | None:
     """Explicit begin/end pads of a Conv, or None when they depend on an unknown input size."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = _auto_pad(attrs)
     if auto_pad in ("NOTSET", ""):
         return list(attrs.get("pads", [0] * (2 * spatial)))
     if auto_pad == "VALID":
@@ -199,7 +207,7 @@ def _shadow(graph, node, plan: FullQuantPlan, fq: str, prefix: str) -> str:
         if w is None:
             inputs.append(node.input[idx])
             continue
-        graph.initializer.append(numpy_helper.from_array(dequantized(w), prefix + f"w{idx}"))
+        graph.initializer.append(numpy_helper.from_array(w.dequantized(), prefix + f"w{idx}"))
         inputs.append(prefix + f"w{idx}")
     shadow = helper.make_node(node.op_type, inputs, [prefix + "y"])
     shadow.attribute.extend(node.attribute)
@@ -208,11 +216,14 @@ def _shadow(graph, node, plan: FullQuantPlan, fq: str, prefix: str) -> str:
 
 
 def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[str],
-                     shapes: dict[str, tuple[int, ...]] | None = None,
+                     input_shapes: dict[str, tuple[int, ...]] | None = None,
                      direct: bool = False) -> tuple[onnx.ModelProto, list]:
     """The FP32 model plus the probes of ``nodes``; returns it and one probe per node.
 
-    ``direct=True`` makes every probe a shadow layer (the reference the tests hold patch means to).
+    ``input_shapes`` (the graph inputs' shapes in the calibration rounds) lets ``auto_pad=SAME_*``
+    convolutions, whose pads depend on their input's size, use patch means too; shape inference runs
+    only for them. ``direct=True`` makes every probe a shadow layer (the reference the tests hold patch
+    means to).
     """
     from ptq_core.graph import default_opset
 
@@ -223,6 +234,7 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     patch_ok = not direct and default_opset(model) >= 11  # Pad and Slice take inputs from opset 11 on
+    shapes: dict[str, tuple[int, ...]] | None = None
     probes = []
     for k, name in enumerate(nodes):
         node = by_name[name]
@@ -236,6 +248,10 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
             spatial = len(kernel)
             strides = list(attrs.get("strides", [1] * spatial))
             dilations = list(attrs.get("dilations", [1] * spatial))
+            if shapes is None and input_shapes and _same_padding(attrs):
+                from ptq_core.speed import tensor_shapes
+
+                shapes = tensor_shapes(model, input_shapes)
             pads = _conv_pads(node, spatial, (shapes or {}).get(node.input[0]), kernel, strides, dilations)
             if pads is not None:
                 probe = PatchProbe(name, _conv_patch_means(graph, node.input[0], prefix + "x_", pads, kernel, strides,
@@ -260,14 +276,6 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
 # from statistics to per-channel errors
 
 
-def dequantized(w) -> np.ndarray:
-    shape = [1] * w.q.ndim
-    if w.axis is not None:
-        shape[w.axis] = -1
-    return ((w.q.astype(np.float32) - w.zero_point.astype(np.float32).reshape(shape))
-            * w.scale.reshape(shape)).astype(np.float32)
-
-
 def mean_errors(model: onnx.ModelProto, plan: FullQuantPlan, probes: list, stats: dict) -> dict[str, np.ndarray]:
     """Per node, per output channel: mean FP32 output minus mean output of the quantized layer."""
     by_name = {n.name: n for n in model.graph.node}
@@ -281,7 +289,7 @@ def mean_errors(model: onnx.ModelProto, plan: FullQuantPlan, probes: list, stats
             continue
         node = by_name[probe.node]
         w = inits[node.input[1]].astype(np.float64)
-        wq = dequantized(weights[(probe.node, 1)]).astype(np.float64)
+        wq = weights[(probe.node, 1)].dequantized().astype(np.float64)
         mx, mq = acc.x / max(1, acc.count), acc.q / max(1, acc.count)  # (C_in, taps, 1)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if probe.kind == "gemm":

@@ -21,7 +21,7 @@ from onnx import shape_inference
 from ptq_core.errors import DataError
 from ptq_core.observers import make_observer
 
-_SESSIONS: dict[tuple[str, tuple[str, ...], int], object] = {}
+_SESSIONS: dict[tuple[str, int], object] = {}
 _LOCK = threading.Lock()
 
 
@@ -62,20 +62,26 @@ def exposed_model_path(model: onnx.ModelProto, tensors: Sequence[str], folder: P
 
     ``key`` must cover the model *and* the tensor set: the file is reused whenever it exists.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"exposed-{key}.onnx"
+    return model_file(folder / f"exposed-{key}.onnx", lambda: expose_tensors(model, tensors, untyped_as_float))
+
+
+def model_file(path: Path, build) -> Path:
+    """``build()``'s model written to ``path`` unless it is there already (the name is a content key).
+
+    Written under a temporary name and renamed: concurrent runs and sweep points share the folder.
+    """
     if not path.exists():
-        data = expose_tensors(model, tensors, untyped_as_float).SerializeToString(deterministic=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs share the cache
-        tmp.write_bytes(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(build().SerializeToString(deterministic=True))
         tmp.replace(path)
     return path
 
 
-def _session(model_path: str, outputs: tuple[str, ...]):
+def _session(model_path: str):
     """This thread's session of ``model_path``: Dask's worker threads each run their own (two threads
     sharing one session ran 10 % slower on a text recognizer, measured)."""
-    key = (model_path, outputs, threading.get_ident())
+    key = (model_path, threading.get_ident())
     with _LOCK:
         session = _SESSIONS.get(key)
     if session is None:
@@ -116,7 +122,7 @@ class Round:
 
 
 def run_round(model_path: str, tensors: tuple[str, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = _session(model_path, tensors)
+    session = _session(model_path)
     values = session.run(list(tensors), feeds)
     return dict(zip(tensors, values))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,19 +111,9 @@ def bias_correction_pass(model: onnx.ModelProto, plan: FullQuantPlan, cfg: Quant
     nodes = correctable_nodes(model, plan, cfg.common.skip_quant_node)
     if not nodes:
         return plan, {}
-    shapes = None
-    if any(a.name == "auto_pad" and a.s not in (b"NOTSET", b"VALID", b"") for n in model.graph.node
-           if n.name in nodes for a in n.attribute):  # SAME_* padding needs the input's size
-        from ptq_core.speed import tensor_shapes
-
-        shapes = tensor_shapes(model, {k: v.shape for k, v in rounds[0].feeds().items()})
-    probe_model, probes = bias_correction.statistics_model(model, plan, nodes, shapes)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"bias-{model_key(probe_model)}.onnx"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # sweep points share the folder
-        tmp.write_bytes(probe_model.SerializeToString(deterministic=True))
-        tmp.replace(path)
+    input_shapes = {name: tuple(np.load(path, mmap_mode="r").shape) for name, path in rounds[0].shards}
+    probe_model, probes = bias_correction.statistics_model(model, plan, nodes, input_shapes)
+    path = collect.model_file(work_dir / f"bias-{model_key(probe_model)}.onnx", lambda: probe_model)
     try:
         stats = (runner or accumulate_bias)(str(path), probes, rounds)
     finally:
@@ -204,7 +193,6 @@ class FullResult:
 
 def speed_table_path() -> str | None:
     """The per-machine op timing table lives with ptqflow's cache when PTQFLOW_HOME is set."""
-    import os
 
     home = os.environ.get("PTQFLOW_HOME")
     if not home:

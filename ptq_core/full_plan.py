@@ -34,6 +34,14 @@ class WeightQuant:
     zero_point: np.ndarray  # same length as scale, in q's dtype
     axis: int | None  # channel axis in the ONNX weight layout; None = per tensor
 
+    def dequantized(self, dtype=np.float32) -> np.ndarray:
+        """(q - zero_point) * scale, per channel along ``axis``, in ``dtype``."""
+        shape = [1] * self.q.ndim
+        if self.axis is not None:
+            shape[self.axis] = -1
+        return ((self.q.astype(dtype) - self.zero_point.astype(dtype).reshape(shape))
+                * self.scale.astype(dtype).reshape(shape)).astype(dtype)
+
 
 @dataclass(frozen=True)
 class BiasQuant:

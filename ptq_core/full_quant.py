@@ -157,11 +157,10 @@ def _bias(node, inits, activations, node_weights, target: Target):
         need = np.abs(b) / (s_in * INT32_HALF)
         s_new = np.maximum(np.broadcast_to(s_w, b.shape) if s_w.size > 1 else np.full(1, s_w[0]),
                            need if s_w.size > 1 else need.max(initial=0))
-        w = wq.q.astype(np.float64)
-        shape = [1] * w.ndim
+        w_float = wq.dequantized(np.float64)
+        shape = [1] * w_float.ndim
         if wq.axis is not None:
             shape[wq.axis] = -1
-        w_float = (w - wq.zero_point.astype(np.float64).reshape(shape)) * s_w.reshape(shape)
         lo, hi = target.weight_qrange(wq.axis is not None)
         q = np.clip(round_half_away(w_float / s_new.reshape(shape)), lo, hi).astype(wq.q.dtype)
         fixed = replace(wq, q=q, scale=s_new.astype(np.float32), zero_point=np.zeros_like(wq.zero_point))

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from typing import Mapping
 
 SCHEMA = Path(__file__).with_name("prefect_schema.sql")
 _URL_ENV = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
@@ -30,32 +31,39 @@ _URL_ENV = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONN
 
 def snapshot_header() -> dict[str, str]:
     """``{"prefect": version, "alembic": revision}`` from the snapshot's first line."""
-    first = SCHEMA.read_text(encoding="utf-8").split("\n", 1)[0]
-    fields = dict(part.split("=", 1) for part in first.removeprefix("--").split())
-    return fields
+    return _header(SCHEMA.read_text(encoding="utf-8"))
 
 
-def database_path() -> Path | None:
-    """The SQLite file Prefect will use, or None when the user pointed Prefect at another database."""
-    if any(os.environ.get(name) for name in _URL_ENV):
+def _header(script: str) -> dict[str, str]:
+    first = script.split("\n", 1)[0]
+    return dict(part.split("=", 1) for part in first.removeprefix("--").split())
+
+
+def database_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """The SQLite file Prefect will use (under ``env``, default this process's environment), or None when
+    the user pointed Prefect at another database."""
+    env = os.environ if env is None else env
+    if any(env.get(name) for name in _URL_ENV):
         return None
-    prefect_home = os.environ.get("PREFECT_HOME")
+    prefect_home = env.get("PREFECT_HOME")
     if not prefect_home:
         return None
     return Path(prefect_home) / "prefect.db"
 
 
-def seed(path: Path | None = None) -> bool:
-    """Create Prefect's database from the snapshot if it does not exist yet; True when this call made it.
+def seed(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> bool:
+    """Create Prefect's database (``path``, default the one Prefect will use under ``env``) from the
+    snapshot if it does not exist yet; True when this call made it.
 
     Safe against concurrent first runs: the database is written under a temporary name and linked into
     place, so a process that finds the file finds it whole, and a loser of the race keeps the winner's.
     """
-    path = path or database_path()
+    path = path or database_path(env)
     if path is None or path.exists():
         return False
     try:
-        header = snapshot_header()
+        script = SCHEMA.read_text(encoding="utf-8")
+        header = _header(script)
     except (OSError, ValueError):
         return False
     if header.get("prefect") != version("prefect"):
@@ -66,7 +74,7 @@ def seed(path: Path | None = None) -> bool:
     tmp = Path(tmp_name)
     try:
         with contextlib.closing(sqlite3.connect(tmp)) as conn:
-            conn.executescript(SCHEMA.read_text(encoding="utf-8"))
+            conn.executescript(script)
         try:
             os.link(tmp, path)
         except FileExistsError:

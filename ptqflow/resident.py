@@ -2,8 +2,9 @@
 
 Without it every ``ptq convert`` started Prefect's temporary server (about 6 s on 2 cores) and the
 dashboard saw nothing once the run ended. Now the first flow run starts a detached *supervisor*
-(``python -m ptqflow.resident``) that runs ``prefect server start`` on 127.0.0.1 and stops it after
-an idle period; later runs, from the CLI, the Python API or a sweep, find it through
+(``python -m ptqflow.resident``) that serves Prefect's API and UI on 127.0.0.1 (uvicorn in its own
+process, as ``prefect server start`` does) and stops after an idle period, with the warm runner
+(:mod:`ptqflow.runner`) beside it; later runs, from the CLI, the Python API or a sweep, find it through
 ``$PTQFLOW_HOME/server/server.json`` and point ``PREFECT_API_URL`` at it.
 
 * **One per home.** Starting is guarded by an exclusive ``flock`` on ``server/start.lock``, so two
@@ -11,10 +12,10 @@ an idle period; later runs, from the CLI, the Python API or a sweep, find it thr
 * **Idle stop.** Each run holds a shared lock on ``server/in-use.lock`` while it works and touches
   ``server/last-used`` at start and end. The supervisor stops the server once nothing holds the lock
   and ``last-used`` is older than the idle period (``PTQFLOW_SERVER_IDLE_MINUTES``, default 30).
-* **Crashed predecessor.** A state file whose supervisor is gone, or whose server does not answer
-  ``/api/health``, is cleared (its process group ended) and a new server is started, on the preferred
+* **Crashed predecessor.** A state file whose supervisor is gone, or whose server still does not answer
+  ``/api/health`` two minutes after its start, is cleared (its process group ended) and a new server is started, on the preferred
   port (4200) when free, else on a free one.
-* **Nothing left behind.** Supervisor and server share one process group, led by the supervisor:
+* **Nothing left behind.** Supervisor (the server) and runner share one process group, led by the supervisor:
   ``ptq server stop`` ends the group (SIGTERM, then SIGKILL) and removes the state file.
 * **Opting out.** A user-set ``PREFECT_API_URL`` wins (no server is started). ``PTQFLOW_RESIDENT_SERVER=0``
   falls back to Prefect's temporary per-run server; the test-suite sets it and keeps its own harness.
@@ -156,9 +157,6 @@ def start(wait: bool = True, port: int = PREFERRED_PORT) -> ServerState:
         with measure("server"):
             _wait_ready(state)
     return state
-
-
-
 
 
 def start_early() -> None:

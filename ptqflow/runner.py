@@ -80,10 +80,12 @@ def wants_runner(argv: list[str]) -> bool:
 
 def delegate(argv: list[str]) -> int | None:
     """Run ``ptq <argv>`` in the warm runner; None when there is none, or it cannot serve this request."""
+    if not wants_runner(argv):  # before any import: `ptq --no-flow`, `ptq version` pay nothing here
+        return None
     import ptqflow.cli  # noqa: F401  (the CLI's environment defaults, as the runner has them)
     from ptqflow import resident
 
-    if not (wants_runner(argv) and resident.enabled()):
+    if not resident.enabled():
         return None
     path = socket_path()
     if not path.exists():
@@ -96,8 +98,9 @@ def delegate(argv: list[str]) -> int | None:
         return None
     from ptqflow._phases import process_age
 
-    request = {"argv": argv, "cwd": os.getcwd(), "age_s": process_age(), "env": dict(os.environ), "env_key": environment_key(dict(os.environ)),
-               "code_key": code_key()}
+    env = dict(os.environ)
+    request = {"argv": argv, "cwd": os.getcwd(), "age_s": process_age(), "env": env,
+               "env_key": environment_key(env), "code_key": code_key()}
     with conn:
         try:
             socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])

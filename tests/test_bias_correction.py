@@ -72,8 +72,7 @@ def errors(model: onnx.ModelProto, tmp_path, direct: bool, shape_of_x) -> tuple[
             observers.setdefault(name, make_observer("MAX_MIN")).update(value, 0)
     plan = build_plan(model, cfg, target, place, observers)
     nodes = correctable_nodes(model, plan, ())
-    shapes = {"r": tuple(shape_of_x)}
-    probe_model, probes = statistics_model(model, plan, nodes, shapes, direct=direct)
+    probe_model, probes = statistics_model(model, plan, nodes, {"x": tuple(shape_of_x)}, direct=direct)
     path = tmp_path / f"probe-{direct}.onnx"
     path.write_bytes(probe_model.SerializeToString())
     rounds = []
@@ -107,7 +106,7 @@ def test_same_padding_without_a_known_input_size_uses_the_shadow_layer(tmp_path)
     model = conv_model(**CONVS["SAME_UPPER stride 2"])
     target, place = placement(model, CFG)
     plan = build_plan(model, CFG, target, place, {t: _obs() for t in ("x", "r", "y")})
-    _, probes = statistics_model(model, plan, correctable_nodes(model, plan, ()), shapes=None)
+    _, probes = statistics_model(model, plan, correctable_nodes(model, plan, ()), input_shapes=None)
     assert isinstance(probes[0], ShadowProbe)
 
 

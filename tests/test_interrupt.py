@@ -22,6 +22,7 @@ import onnxruntime as ort
 import psutil
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from procs import process_group
 
 PTQ = shutil.which("ptq", path=str(Path(sys.executable).parent))
 N_SAMPLES = 160
@@ -71,17 +72,6 @@ def _start(job) -> subprocess.Popen:
     return popen
 
 
-def _group(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
-
-
 def _statistics_started(job) -> bool:
     """The statistics pass has its exposed model: preprocessing is over and the Dask tasks are running."""
     return any((Path(job["env"]["PTQFLOW_HOME"]) / "cache" / "work" / "models").glob("exposed-*.onnx"))
@@ -123,9 +113,9 @@ def _listening(proc: psutil.Process) -> list[tuple[str, int]]:
 
 def _no_process_left(pgid: int, timeout: float = 20) -> None:
     deadline = time.time() + timeout
-    while _group(pgid) and time.time() < deadline:
+    while process_group(pgid) and time.time() < deadline:
         time.sleep(0.2)
-    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in _group(pgid)]
+    left = [(p.pid, " ".join(p.cmdline())[:120]) for p in process_group(pgid)]
     assert left == [], f"processes outlived the run: {left}"
 
 

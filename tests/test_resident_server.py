@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from modelgen import mixed_ops_model, save, write_config
+from procs import process_group as group
 
 PTQ = Path(sys.executable).parent / "ptq"
 ENSURE = "from ptqflow import resident; s = resident.start(); print(s.pid, s.port, flush=True)"
@@ -30,17 +32,6 @@ def env_for(home: Path, idle_minutes: float = 30.0) -> dict:
 def state(home: Path) -> dict | None:
     path = home / "server" / "server.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def group(pgid: int) -> list[psutil.Process]:
-    out = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return out
 
 
 def stop(home: Path) -> subprocess.CompletedProcess:
@@ -104,6 +95,7 @@ DELEGATE = ("import sys\nfrom ptqflow.runner import delegate\ncode = delegate(sy
 
 def test_a_warm_runner_runs_later_conversions_and_writes_the_same_model(home, tmp_path):
     wait_for_runner(home)
+    assert stat.S_IMODE((home / "server" / "runner.sock").stat().st_mode) == 0o600  # only we may hand it jobs
     model = save(mixed_ops_model(), tmp_path / "m.onnx")
     cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=6\n"
                                            "min_quant_weight_size=0\nmin_quant_weight_channel=0\n")
@@ -225,6 +217,29 @@ def test_a_crashed_predecessor_is_replaced_and_an_idle_server_stops_itself(home)
     while time.monotonic() < deadline and (group(pid) or state(home)):
         time.sleep(0.5)
     assert group(pid) == [] and state(home) is None
+
+
+def test_a_hung_predecessor_is_ended_and_replaced(home):
+    """Alive but still not answering two minutes after its start: its group is ended, a new one starts."""
+    from ptqflow._watchdog import RESIDENT_MARK
+    from ptqflow.deployments.server import free_port
+
+    hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                            env=dict(env_for(home), **{RESIDENT_MARK: "1"}), start_new_session=True)
+    try:
+        (home / "server").mkdir(parents=True, exist_ok=True)
+        (home / "server" / "server.json").write_text(json.dumps(
+            {"pid": hung.pid, "port": free_port(), "started": time.time() - 600, "idle_s": 60}))
+        out = subprocess.run([sys.executable, "-c", "from ptqflow import resident; print(resident.start(wait=False).pid)"],
+                             env=env_for(home), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) != hung.pid and state(home)["pid"] == int(out.stdout)
+        assert hung.wait(timeout=30) is not None  # the hung one was ended
+    finally:
+        if hung.poll() is None:
+            hung.kill()
+        stop(home)
+    assert state(home) is None
 
 
 def test_server_start_with_prefect_api_url_set_is_a_one_line_error(tmp_path):
