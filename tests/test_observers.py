@@ -254,6 +254,23 @@ def test_kl_search_matches_reference_on_small_and_sparse_histograms():
         assert kl_threshold_bin(h, 32) == 32 + int(np.argmin(want))
 
 
+def test_kl_prefix_sum_search_agrees_with_the_bin_by_bin_search():
+    from ptq_core.observers import _kl_block
+
+    rng = np.random.default_rng(11)
+    makes = [lambda: np.abs(rng.normal(0, 1, 50_000)), lambda: np.abs(rng.standard_t(2, 50_000)),
+             lambda: np.maximum(rng.normal(0.3, 1, 50_000), 0), lambda: rng.uniform(0, 1, 50_000) ** 4]
+    for trial in range(12):
+        x = makes[trial % 4]().astype(np.float32)
+        h = histogram_counts(x, np.float32(x.max() / KL_BINS)).astype(np.float64) + KL_BIN_INIT
+        tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])
+        filled = np.ones(h.size, bool)
+        by_bin = _kl_block(h, filled, filled, tail, 128, 128, h.size)
+        fast = kl_divergences(h)
+        np.testing.assert_allclose(fast, by_bin, rtol=1e-8, atol=1e-15)
+        assert np.argmin(fast) == np.argmin(by_bin)
+
+
 def test_kl_histogram_skips_zeros_and_clamps_to_the_last_bin():
     interval = np.float32(0.5)
     x = np.array([0, 1e-17, -1e-17, 0.25, -0.75, 1023.9, -5000], np.float32)
@@ -285,7 +302,7 @@ def test_kl_search_is_fast():
     h = kl_histogram(_laplace_outliers(np.random.default_rng(9)).astype(np.float32))[1]
     start = time.perf_counter()
     kl_threshold_bin(h)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 0.25  # the prefix-sum search: ~0.04 s here, the bin-by-bin one ~0.3 s
 
 
 # ---------------------------------------------------------------------------------------------
