@@ -32,7 +32,7 @@ from ptq_core.full_quant import (
     observed_tensors,
     placement,
 )
-from ptq_core.runtime import InputOptions, input_specs
+from ptq_core.runtime import InputOptions, input_specs, release_free_memory
 from ptq_core.weight_quant import LayerDecision
 
 Collector = Callable[..., dict]
@@ -268,11 +268,13 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         from ptq_core.max_drop import border_tensors
 
         tensors = border_tensors(model, target, place, skip)
+    release_free_memory()  # the latency guard's sessions, before the statistics pass's peak
     observers = collect_statistics(model, tensors, rounds, cfg.full.activation_quant_method,
                                    work_dir / "models", collector)
     lap("statistics_s")
 
     def finish(place):
+        release_free_memory()  # the statistics pass's tensors, before bias correction's
         search_thresholds(observers.values())  # KL: every tensor's search at once, on all cores
         plan = build_plan(model, cfg, target, place, observers)
         lap("parameters_s")

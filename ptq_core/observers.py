@@ -576,7 +576,7 @@ def kl_divergences(hist, target_bins: int = KL_TARGET_BINS, chunk: int = 128) ->
     nz_edge = ah > DBL_EPSILON
     nz_inner = ah > KL_INNER_EPS
     if nz_inner.all():  # every histogram an observer builds: its bins start at 1e-7
-        return _kl_all_bins_filled(h, t)
+        return _kl_all_bins_filled(h, t, 2 * chunk)
     # tail[i] = sum(h[i:]), summed from the small end
     tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])
     out = np.empty(n - t, np.float64)
@@ -586,7 +586,7 @@ def kl_divergences(hist, target_bins: int = KL_TARGET_BINS, chunk: int = 128) ->
     return out
 
 
-def _kl_all_bins_filled(h: np.ndarray, t: int) -> np.ndarray:
+def _kl_all_bins_filled(h: np.ndarray, t: int, chunk: int = 256) -> np.ndarray:
     """``kl_divergences`` when no bin is empty, from prefix sums: O(target) per candidate, not O(i).
 
     With every bin non-empty each slot counts its full width (i/t bins), Q's total is the kept mass
@@ -609,7 +609,14 @@ def _kl_all_bins_filled(h: np.ndarray, t: int) -> np.ndarray:
     H = H_whole + H_frac
     A = np.concatenate([zero, np.cumsum(h * np.log(h))])  # A[k] = sum(h ln h over [:k])
     tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])  # summed from the small end, as in the block path
-    cand = np.arange(t, n, dtype=np.int64)[:, None]  # (R, 1)
+    return np.concatenate([_kl_filled_block(h, t, H_whole, H_frac, H, A, tail, c0, min(c0 + chunk, n))
+                           for c0 in range(t, n, chunk)])
+
+
+def _kl_filled_block(h, t: int, H_whole, H_frac, H, A, tail, c0: int, c1: int) -> np.ndarray:
+    """``_kl_all_bins_filled`` for candidates c0 … c1-1 (blocks keep the temporaries at a few MB a thread)."""
+    n = h.size
+    cand = np.arange(c0, c1, dtype=np.int64)[:, None]  # (R, 1)
     bounds = cand * np.arange(t + 1, dtype=np.int64)[None, :]  # slot edges in units of 1/t, (R, t+1)
     edge_bin, rem = bounds // t, bounds % t
     straddles = rem > 0  # the boundary falls inside bin edge_bin
