@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from ptq_core.config.flags import apply_optimize
 from ptq_core.pipeline import Summary, apply_max_drop
 from ptq_core.preflight import check_output
 from ptq_core.runtime import InputOptions
@@ -15,17 +16,17 @@ from ptqflow.tasks import debug, dynamic, full, weight
 
 
 @flow(name="quantize", persist_result=True)
-def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str = "NCHW",
-             dask_address: str | None = None, max_drop: float | None = None) -> Summary:
+def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str | None = None,
+             dask_address: str | None = None, max_drop: float | None = None, optimize: str | None = None) -> Summary:
     """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing).
 
     ``max_drop`` (``--max-drop``) overrides ``[ptqflow] max_drop``; it is part of the config's fingerprint,
-    so cached steps that depend on it rerun.
+    so cached steps that depend on it rerun. ``optimize`` is converter_lite's ``--optimize``.
     """
     start = time.perf_counter()
     inputs = InputOptions.from_flags(input_shape, input_data_format)
     model = str(Path(model).resolve())
-    cfg = apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop)
+    cfg = apply_optimize(apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop), optimize)
     check_output(output, model)
     info = weight.analyse(model)
     summary, made = _steps(model, cfg, info, output, inputs, dask_address)

@@ -53,7 +53,7 @@ def _cluster_for(quant_type: str | None, address: str | None) -> Iterator[str | 
 
 @flow(name="sweep", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_PARALLEL))
 def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shape: str = "",
-          input_data_format: str = "NCHW", dask_address: str | None = None, tolerance: float = 0.002,
+          input_data_format: str | None = None, dask_address: str | None = None, tolerance: float = 0.002,
           pick: str = "size", latency_runs: int = 20) -> dict:
     """Quantize ``model`` at every point of ``grid`` over ``config``; write the table, plot and best config.
 

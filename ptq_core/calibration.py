@@ -153,6 +153,25 @@ def check_inputs(cfg: QuantConfig, specs: list[InputSpec]) -> None:
 # BIN
 
 
+def layout_fact(cfg: QuantConfig, model_inputs, inputs) -> str | None:
+    """How 4-D BIN calibration files are read, and whether that was assumed; None when no such files.
+
+    converter_lite's documented --inputDataFormat default is NHWC while ONNX models are NCHW, so the
+    layout read is always said, and marked as assumed when the flag was absent.
+    """
+    if cfg.data.input_type != "BIN" or not cfg.data.has_calibration:
+        return None
+    ranks = {name: len(dims) for name, _, dims in model_inputs}
+    names = [c.input_name for c in cfg.data.calibrate_path if ranks.get(c.input_name) == 4]
+    if not names:
+        return None
+    text = f"BIN files of {', '.join(repr(n) for n in names)} read as {inputs.data_format}"
+    if not inputs.format_given:
+        text += (" (--inputDataFormat not given: NCHW assumed, as ONNX models are; converter_lite's default is "
+                 "NHWC, so pass --inputDataFormat=NHWC for files written that way)")
+    return text
+
+
 def _check_format(input_format: str) -> None:
     if input_format not in INPUT_FORMATS:
         raise ConfigError(f"--inputDataFormat {input_format!r}: must be NHWC or NCHW")

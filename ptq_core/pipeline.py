@@ -27,12 +27,15 @@ SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT", "DYNAMIC_QUANT")
 Progress = Callable[[int, int, str], None]
 
 
-def resolve_config(config_path: str | Path, max_drop: float | None = None) -> QuantConfig:
+def resolve_config(config_path: str | Path, max_drop: float | None = None, optimize: str | None = None) -> QuantConfig:
     """Read, validate and check that the config can run here, before any model or data is touched.
 
-    ``max_drop`` (``--max-drop``) overrides ``[ptqflow] max_drop``.
+    ``max_drop`` (``--max-drop``) overrides ``[ptqflow] max_drop``; ``optimize`` (``--optimize``) may
+    choose the FULL_QUANT target where the config does not (``ptq_core.config.flags``).
     """
-    cfg = apply_max_drop(load_config(config_path), max_drop)
+    from ptq_core.config.flags import apply_optimize
+
+    cfg = apply_optimize(apply_max_drop(load_config(config_path), max_drop), optimize)
     check_runnable(cfg)
     if cfg.common.debug_info_save_path:
         from ptq_core.debug.driver import debug_folder
@@ -169,6 +172,7 @@ class Summary:
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
     int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a
     notices: list[str] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)  # (label, text) rows: target, assumed layout, ...
 
     def int8_form_line(self) -> str | None:
         """What the int8 form means for where this model runs, in words."""
@@ -230,6 +234,7 @@ class Summary:
             "max_drop_int8_weight_fraction": None if not self.max_drop else
             round(self.max_drop["int8_weight_fraction"], 4),
             "int8_form": self.int8_form,
+            **{label: text for label, text in self.facts},
         }
 
 
@@ -291,14 +296,15 @@ def _disk_size(path: str | Path, model: onnx.ModelProto | None = None) -> int:
 
 def convert_direct(model: str | Path, config: str | Path, output: str | Path, inputs: InputOptions | None = None,
                    progress: Progress | None = None, work_dir: str | Path | None = None,
-                   info: ModelInfo | None = None, max_drop: float | None = None) -> Summary:
+                   info: ModelInfo | None = None, max_drop: float | None = None,
+                   optimize: str | None = None) -> Summary:
     """The whole conversion without Prefect: the same steps the flow runs.
 
     ``info`` lets a caller that already analysed the model (the CLI's pre-check) skip a second read;
-    ``max_drop`` overrides ``[ptqflow] max_drop``.
+    ``max_drop`` overrides ``[ptqflow] max_drop``, ``optimize`` is ``--optimize``.
     """
     start = time.perf_counter()
-    cfg = resolve_config(config, max_drop)
+    cfg = resolve_config(config, max_drop, optimize)
     check_output(output, model)
     info = info or analyse_model(model)
     if cfg.common.quant_type == "FULL_QUANT":
@@ -385,5 +391,18 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
         layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
-        int8_form=plan.int8_form if plan.weights else None,
+        int8_form=plan.int8_form if plan.weights else None, facts=full_facts(cfg, info, inputs),
     )
+
+
+def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None) -> list[tuple[str, str]]:
+    """FULL_QUANT choices the user did not spell out: the target's rules and the calibration layout."""
+    from ptq_core.calibration import layout_fact
+    from ptq_core.targets import get_target
+
+    target = get_target(cfg.full.target_device)
+    facts = [("target", f"{target.name}: {target.note}")]
+    layout = layout_fact(cfg, info.inputs, inputs or InputOptions())
+    if layout:
+        facts.append(("calibration layout", layout))
+    return facts

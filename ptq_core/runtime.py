@@ -54,12 +54,14 @@ class InputOptions:
 
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     data_format: str = "NCHW"
+    format_given: bool = True  # False: --inputDataFormat was absent and NCHW is assumed (the summary says so)
 
     @classmethod
-    def from_flags(cls, input_shape: str = "", data_format: str = "NCHW") -> "InputOptions":
-        if data_format not in ("NCHW", "NHWC"):
+    def from_flags(cls, input_shape: str = "", data_format: str | None = None) -> "InputOptions":
+        if data_format is not None and data_format not in ("NCHW", "NHWC"):
             raise ConfigError(f"--inputDataFormat={data_format}: must be NCHW or NHWC")
-        return cls(tuple(sorted(parse_input_shape(input_shape).items())), data_format)
+        return cls(tuple(sorted(parse_input_shape(input_shape).items())), data_format or "NCHW",
+                   data_format is not None)
 
     @property
     def shape_map(self) -> dict[str, tuple[int, ...]]:

@@ -9,15 +9,16 @@ from ptq_core.runtime import InputOptions
 
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",
-            input_data_format: str = "NCHW", use_flow: bool = True, dask_address: str | None = None,
-            progress=None, max_drop: float | None = None) -> Summary:
+            input_data_format: str | None = None, use_flow: bool = True, dask_address: str | None = None,
+            progress=None, max_drop: float | None = None, optimize: str | None = None) -> Summary:
     """Quantize ``model`` with the converter_lite ``config``; writes ``output`` + ``.onnx``.
 
     ``use_flow=True`` runs the cached Prefect ``quantize`` flow (a temporary local Prefect server
     starts on first use; FULL_QUANT statistics run on a local Dask cluster, or on ``dask_address``);
     ``use_flow=False`` runs the same steps directly in this process, without Prefect or Dask.
     ``max_drop`` (FULL_QUANT) overrides ``[ptqflow] max_drop``: keep nodes FP32, worst first, until
-    1 - mean output cosine on the calibration set is at most this.
+    1 - mean output cosine on the calibration set is at most this. ``optimize`` is converter_lite's
+    ``--optimize`` (``ascend_oriented`` / ``gpu_oriented`` choose the FULL_QUANT target the config leaves unset).
     """
     if use_flow:
         from ptqflow.resident import in_use, start_early
@@ -27,6 +28,6 @@ def convert(model: str | Path, config: str | Path, output: str | Path, *, input_
 
         with in_use():  # the resident local server (started on first use), unless PREFECT_API_URL is set
             return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address,
-                            max_drop)
+                            max_drop, optimize)
     return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress,
-                          max_drop=max_drop)
+                          max_drop=max_drop, optimize=optimize)

@@ -30,6 +30,26 @@ def _flag(parser: argparse.ArgumentParser, camel: str, kebab: str, **kw) -> None
     parser.add_argument(f"--{camel}", f"--{kebab}", **kw)
 
 
+def _add_converter_lite_flags(conv: argparse.ArgumentParser) -> None:
+    """converter_lite's other documented flags: --optimize acts, the rest are accepted with a notice."""
+    from ptq_core.config.flags import FOREIGN_FLAGS, OPTIMIZE_CHOICES
+
+    conv.add_argument("--optimize", choices=OPTIMIZE_CHOICES, default=None,
+                      help="converter_lite's optimization level; ascend_oriented / gpu_oriented select the ASCEND / "
+                           "NVGPU target rules when the config sets no target_device")
+    group = conv.add_argument_group("converter_lite flags accepted with a notice (they do not apply to ONNX output)")
+    for flag in FOREIGN_FLAGS:
+        group.add_argument(f"--{flag.camel}", dest=f"foreign_{flag.camel}", default=None,
+                           metavar="{" + ",".join(flag.choices) + "}" if flag.choices else "VALUE",
+                           choices=flag.choices or None, help=f"ignored: {flag.why}")
+
+
+def foreign_flag_values(args) -> dict[str, str | None]:
+    from ptq_core.config.flags import FOREIGN_FLAGS
+
+    return {flag.camel: getattr(args, f"foreign_{flag.camel}", None) for flag in FOREIGN_FLAGS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ptq", description="Post-training quantization of ONNX models with converter_lite configs.",
                      allow_abbrev=False)
@@ -42,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(conv, "configFile", "config-file", dest="config_file", required=True, help="converter_lite INI config")
     _flag(conv, "inputShape", "input-shape", dest="input_shape", default="",
           help='shapes for dynamic inputs, e.g. "input:1,3,48,320;mask:1,128"')
-    _flag(conv, "inputDataFormat", "input-data-format", dest="input_data_format", default="NCHW",
-          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files")
+    _flag(conv, "inputDataFormat", "input-data-format", dest="input_data_format", default=None,
+          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files (default: NCHW, said in a notice)")
+    _add_converter_lite_flags(conv)
     conv.add_argument("--dask-address", "--daskAddress", dest="dask_address",
                       default=os.environ.get("PTQFLOW_DASK_ADDRESS") or None,
                       help="scheduler of an existing Dask cluster for calibration statistics "
@@ -87,8 +108,8 @@ def _add_sweep(sub) -> None:
     _flag(sw, "outputDir", "output-dir", dest="output_dir", required=True,
           help="folder for point_<k>.onnx/.cfg, sweep.parquet, pareto.svg, best.cfg")
     _flag(sw, "inputShape", "input-shape", dest="input_shape", default="", help="shapes for dynamic inputs")
-    _flag(sw, "inputDataFormat", "input-data-format", dest="input_data_format", default="NCHW",
-          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files")
+    _flag(sw, "inputDataFormat", "input-data-format", dest="input_data_format", default=None,
+          choices=("NCHW", "NHWC"), help="layout of 4-D calibration BIN files (default: NCHW, said in a notice)")
     sw.add_argument("--dask-address", "--daskAddress", dest="dask_address",
                     default=os.environ.get("PTQFLOW_DASK_ADDRESS") or None,
                     help="existing Dask scheduler for FULL_QUANT statistics")
@@ -174,7 +195,7 @@ def _convert(args) -> int:
     from ptq_core.runtime import InputOptions, input_specs
     from ptqflow import report
 
-    cfg = resolve_config(args.config_file, args.max_drop)  # validated in full before the model is read
+    cfg = resolve_config(args.config_file, args.max_drop, args.optimize)  # validated before the model is read
     inputs = InputOptions.from_flags(args.input_shape, args.input_data_format)
     _validate_paths(args)
     check_output(args.output_file, args.model_file)  # before any work: nothing to lose at the end
@@ -187,7 +208,12 @@ def _convert(args) -> int:
     with measure("work"):
         info = _precheck_model(args.model_file, cfg)
         input_specs(info.inputs, inputs.shape_map)  # --inputShape names real inputs of the right rank
-    for notice in cfg.notices:
+    from ptq_core.config.flags import foreign_notices
+
+    from ptq_core.calibration import layout_fact
+
+    layout = None if inputs.format_given else layout_fact(cfg, info.inputs, inputs)
+    for notice in foreign_notices(foreign_flag_values(args)) + list(cfg.notices) + ([layout] if layout else []):
         report.notice(notice)
     start = time.perf_counter()
     with report.layer_progress() as progress:
@@ -195,7 +221,7 @@ def _convert(args) -> int:
             from ptq_core.pipeline import convert_direct
 
             summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress,
-                                     info=info, max_drop=args.max_drop)
+                                     info=info, max_drop=args.max_drop, optimize=args.optimize)
         else:
             from ptqflow._guard import quiet_console, watch_children
             from ptqflow._progress import terminal
@@ -208,7 +234,8 @@ def _convert(args) -> int:
             _started_a_flow()
             with in_use(), terminal(progress):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
-                                   args.input_shape, args.input_data_format, args.dask_address, args.max_drop)
+                                   args.input_shape, args.input_data_format, args.dask_address, args.max_drop,
+                                   args.optimize)
     if args.no_flow:
         summary.wall_time_s = time.perf_counter() - start
     else:  # what the user waited for, split so that a slow start is not taken for a slow quantization

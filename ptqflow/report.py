@@ -28,7 +28,7 @@ reset_consoles()
 
 
 def notice(text: str) -> None:
-    err_console.print(f"ptq: notice: {text}", markup=False)
+    err_console.print(f"ptq: notice: {text}", markup=False, soft_wrap=True)  # one line, whatever the width
 
 
 @contextmanager
@@ -78,6 +78,8 @@ def print_summary(summary: Summary) -> None:
     totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
                            f"({t['compression_ratio']:.2f}x smaller)")
     totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}")
+    for label, text in summary.facts:
+        totals.add_row(label, text)
     if summary.init_scale is not None:
         totals.add_row("init_scale", f"{summary.init_scale:g}")
     if summary.auto_tune:

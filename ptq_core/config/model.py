@@ -127,6 +127,7 @@ class QuantConfig:
     ascend_context: AscendContext = field(default_factory=AscendContext)
     ptqflow: PtqflowParam = field(default_factory=PtqflowParam)
     notices: tuple[str, ...] = ()
+    given: tuple[str, ...] = ()  # "section.key" of every key the file sets: which defaults a flag may change
 
     @property
     def common(self) -> CommonQuantParam:
@@ -149,9 +150,10 @@ class QuantConfig:
         return self.data_preprocess_param
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form; notices and the source path are left out so they do not change hashes."""
+        """Plain-JSON form; notices, the set keys and the source path are left out so they do not change hashes."""
         d = asdict(self)
         d.pop("notices")
+        d.pop("given")
         d.pop("source")
         return d
 
@@ -321,9 +323,40 @@ def build_config(raw: RawConfig) -> QuantConfig:
             f"{raw.source}: [data_preprocess_param] calibrate_size is not set, so calibrate_path is ignored "
             "(converter_lite needs both)"
         )
-    config = QuantConfig(source=raw.source, notices=tuple(notices), **sections)
+    notices.extend(_ignored_key_notices(raw.source, sections, lines))
+    config = QuantConfig(source=raw.source, notices=tuple(notices), given=tuple(sorted(f"{s}.{k}" for s, k in lines)),
+                         **sections)
     validate(config, raw.source, lines)
     return config
+
+
+def _ignored_key_notices(source, sections: dict, lines: dict) -> list[str]:
+    """Keys converter_lite reads that change nothing here, each said once, where the file sets them."""
+    notes = []
+
+    def where(section: str, key: str) -> str:
+        return f"{source}:{lines.get((section, key), 0)}: [{section}] {key}"
+
+    common = sections.get("common_quant_param")
+    if common is not None and common.workspace:
+        notes.append(f"{where('common_quant_param', 'workspace')}={common.workspace} is ignored: models over 2 GB "
+                     "are read and written as ONNX external data, without a scratch folder")
+    asc = sections.get("ascend_context")
+    if asc is not None and asc.provider:
+        notes.append(f"{where('ascend_context', 'provider')}={asc.provider} is ignored: the output is an ONNX model "
+                     "for onnxruntime")
+    if asc is not None and asc.dynamic_dims:
+        choices = re.findall(r"\[([^\]]*)\]", asc.dynamic_dims)
+        if len(choices) > 1 or any(sep in (choices[0] if choices else "") for sep in ("~", ",")):
+            notes.append(f"{where('ascend_context', 'dynamic_dims')}={asc.dynamic_dims}: calibration uses the first "
+                         "size only; the other values are ignored (the output keeps the ONNX model's own dynamic dims)")
+    data = sections.get("data_preprocess_param")
+    if data is not None and data.resize_method is None and (data.resize_width > 0 or data.resize_height > 0):
+        keys = [k for k in ("resize_width", "resize_height") if getattr(data, k) > 0]
+        notes.append(f"{where('data_preprocess_param', keys[0])}: {' and '.join(keys)} without resize_method: "
+                     "converter_lite does not resize then, and neither does ptqflow (set resize_method=LINEAR, "
+                     "NEAREST or CUBIC to resize)")
+    return notes
 
 
 def validate(config: QuantConfig, source: str | None = None, lines: dict | None = None) -> None:
