@@ -33,6 +33,7 @@ content-addressed ``.npy`` per (input, sample) so tasks can pass paths instead o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -90,12 +91,16 @@ def _list_folder(cfg: QuantConfig, input_name: str, directory: str) -> list[Path
                     raise DataError(f"{where}: more than {MAX_DIR_ENTRIES} entries in the folder (converter_lite's limit)")
                 try:
                     is_file = entry.is_file()  # follows links; a broken link is not a file
-                except OSError:
-                    is_file = False
+                    is_dir = not is_file and entry.is_dir()
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise DataError(f"{where}: {entry.name} is a symbolic link that loops (-> "
+                                        f"{os.readlink(entry.path)}); remove it or point it at a sample file") from None
+                    is_file = is_dir = False
                 if is_file:
                     files.append((_sort_key(entry.name), entry.name))
                 else:
-                    skipped.append(entry.name + ("/" if entry.is_dir() else ""))
+                    skipped.append(entry.name + ("/" if is_dir else ""))
     except PermissionError:
         raise DataError(f"{where}: folder {shown} cannot be read (permission denied)") from None
     except OSError as exc:

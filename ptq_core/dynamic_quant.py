@@ -129,7 +129,8 @@ from onnx import helper, numpy_helper
 from ptq_core.config import QuantConfig
 from ptq_core.cpu_kernels import get_form
 from ptq_core.errors import PtqError
-from ptq_core.graph import WeightSite, default_opset, find_weight_sites, initializer_array, set_metadata
+from ptq_core.graph import (WeightSite, check_finite_weight, default_opset, find_weight_sites, initializer_array,
+                             set_metadata)
 from ptq_core.quant import cosine, quantize, weight_params
 from ptq_core.rotation import block_for, hadamard, rotate_weight
 from ptq_core.weight_quant import DecisionRows, LayerDecision
@@ -285,6 +286,7 @@ class _Planner:
 
         def make():
             w = initializer_array(self.model, site.tensor).astype(np.float32)
+            check_finite_weight(w, site.tensor, node.name, node.op_type)
             if trans_b:
                 w = np.ascontiguousarray(w.T)
             if block:  # H^T W: the activation side gets X H at run time
@@ -303,6 +305,7 @@ class _Planner:
 
         def make():
             w = initializer_array(self.model, site.tensor).astype(np.float32)
+            check_finite_weight(w, site.tensor, node.name, node.op_type)
             params = weight_params(w, 8, site.axis)  # [-128, 127]
             return DynamicWeight(key, site.tensor, "gather", quantize(w, params), params.scale.astype(np.float32),
                                  params.zero_point.astype(np.int8), site.axis), w

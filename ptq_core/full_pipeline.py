@@ -28,6 +28,7 @@ from ptq_core.observers import search_thresholds
 from ptq_core.full_quant import (
     apply_bias_correction,
     build_plan,
+    check_weights,
     correctable_nodes,
     observed_tensors,
     placement,
@@ -235,6 +236,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
 
     model = model_cache.full_model(model_path)  # a private copy; optimized once per sweep
     target, place = placement(model, cfg)
+    check_weights(model, target, place)
     if rounds is None:
         rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
     lap("prepare_and_preprocess_s")

@@ -21,7 +21,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import QdqPlacement, place_qdq, upgrade_opset
 from ptq_core.errors import ModelError
 from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import WEIGHT_OPS, assign_node_names, prepare_model
+from ptq_core.graph import WEIGHT_OPS, assign_node_names, check_finite_weight, prepare_model
 from ptq_core.observers import ActivationRange
 from ptq_core.quant import round_half_away
 from ptq_core.targets import Target, get_target
@@ -90,6 +90,19 @@ def activation_range(r: ActivationRange, observed: tuple[float, float] | None, t
     return lo, hi
 
 
+def check_weights(model: onnx.ModelProto, target, place) -> None:
+    """Every weight the plan will quantize is finite: a NaN weight makes the FP32 statistics pass
+    non-finite, and the error would otherwise blame the calibration data."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in place.nodes or node.op_type not in target.compute_ops:
+            continue
+        for role in WEIGHT_OPS[node.op_type]:
+            name = node.input[role.input_index] if role.input_index < len(node.input) else ""
+            if name in inits:
+                check_finite_weight(numpy_helper.to_array(inits[name]), name, node.name, node.op_type)
+
+
 def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: QdqPlacement,
                observers: dict) -> FullQuantPlan:
     """Statistics -> activation params, int8 weights (target rules) and int32 biases (§8.5–8.6)."""
@@ -119,6 +132,7 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
             idx = role.input_index
             if idx < len(node.input) and node.input[idx] in inits:
                 w = inits[node.input[idx]].astype(np.float32)
+                check_finite_weight(w, node.input[idx], name, node.op_type)
                 q, s, z, axis = target.quantize_weight(w, node.op_type, idx, attrs, cfg.full.per_channel)
                 wq = WeightQuant(name, idx, node.input[idx], q, s, z, axis)
                 weights.append(wq)

@@ -405,6 +405,20 @@ def initializer_array(model: onnx.ModelProto, name: str, base_dir: str | Path | 
     raise ModelError(f"initializer {name!r} not found")
 
 
+def check_finite_weight(w: np.ndarray, tensor: str, node: str, op_type: str) -> None:
+    """Refuse a weight holding NaN or Inf before it is quantized: its channels' ranges would be
+    non-finite and every code of them garbage (and NumPy would warn on the way)."""
+    if w.dtype.kind != "f" or np.isfinite(w).all():
+        return
+    nan = int(np.count_nonzero(np.isnan(w)))
+    pinf = int(np.count_nonzero(w == np.inf))
+    ninf = int(np.count_nonzero(w == -np.inf))
+    seen = ", ".join(f"{c} {name}" for c, name in ((nan, "NaN"), (pinf, "+Inf"), (ninf, "-Inf")) if c)
+    raise ModelError(f"weight {tensor!r} of node {node!r} ({op_type}) has {nan + pinf + ninf} non-finite value"
+                     f"{'s' if nan + pinf + ninf != 1 else ''} ({seen}) among {w.size}; it cannot be quantized: fix the "
+                     f"model, or keep the node FP32 with skip_quant_node={node}")
+
+
 def _read_external(tensor: onnx.TensorProto, base: Path) -> np.ndarray:
     info = {e.key: e.value for e in tensor.external_data}
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")

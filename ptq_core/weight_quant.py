@@ -15,7 +15,7 @@ import onnx
 
 from ptq_core.config import QuantConfig
 from ptq_core.encoding import EncodedTensor, encode_fixed, encode_split, effective_bits
-from ptq_core.graph import WeightSite, find_weight_sites, initializer_array
+from ptq_core.graph import WeightSite, check_finite_weight, find_weight_sites, initializer_array
 from ptq_core.mixed_bit import MixedBitResult, mixed_codes, search_step
 from ptq_core.quant import passes_gain_check
 from ptq_core.weight_blocks import BLOCK_ELEMENTS, CosineSums, quantize_fixed
@@ -167,6 +167,7 @@ def plan_weight_quant(
             )
             continue
         w = initializer_array(model, site.tensor, base_dir).astype(np.float32, copy=False)
+        check_finite_weight(w, site.tensor, site.node, site.op_type)
         shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
         per_channel = cfg.weight.per_channel and not shared_matmul
         axis = site.axis if per_channel else None
