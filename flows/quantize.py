@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from ptq_core.calibration import shapes_from_images
 from ptq_core.config.flags import apply_optimize
 from ptq_core.pipeline import Summary, apply_max_drop
 from ptq_core.preflight import check_output
@@ -29,6 +30,7 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     cfg = apply_optimize(apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop), optimize)
     check_output(output, model)
     info = weight.analyse(model)
+    inputs = shapes_from_images(cfg, info.inputs, inputs)  # dynamic dims the calibration images fix
     summary, made = _steps(model, cfg, info, output, inputs, dask_address)
     if cfg.common.debug_info_save_path:
         # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ptq_core import model_cache
+from ptq_core.calibration import shapes_from_images
 from ptq_core.config import check_runnable
 from ptq_core.config.model import parse_config
 from ptq_core.errors import ConfigError
@@ -78,6 +79,7 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     # outputs); released after the points
     with model_cache.sharing():
         info = weight.analyse(model)
+        inputs = shapes_from_images(base, info.inputs, inputs)  # dynamic dims the calibration images fix
         keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
         with _cluster_for(base.common.quant_type, dask_address) as address:
             futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)

@@ -307,6 +307,9 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     cfg = resolve_config(config, max_drop, optimize)
     check_output(output, model)
     info = info or analyse_model(model)
+    from ptq_core.calibration import shapes_from_images
+
+    inputs = shapes_from_images(cfg, info.inputs, inputs or InputOptions())  # dynamic dims the images fix
     if cfg.common.quant_type == "FULL_QUANT":
         summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)
     elif cfg.common.quant_type == "DYNAMIC_QUANT":

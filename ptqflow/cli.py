@@ -208,6 +208,9 @@ def _convert(args) -> int:
     with measure("work"):
         info = _precheck_model(args.model_file, cfg)
         input_specs(info.inputs, inputs.shape_map)  # --inputShape names real inputs of the right rank
+        from ptq_core.calibration import shapes_from_images
+
+        shapes_from_images(cfg, info.inputs, inputs)  # images of different sizes fail here, before any work
     from ptq_core.config.flags import foreign_notices
 
     from ptq_core.calibration import layout_fact
