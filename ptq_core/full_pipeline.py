@@ -342,6 +342,12 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         place, plan, diffs, quantized = build.place, build.plan, build.diffs, build.quantized
         max_drop = report.to_dict()
         lap("max_drop_s")
+    if speed is not None and speed["demoted"]:  # FP32 for speed, not accuracy: 8-bit storage all the same
+        from ptq_core.kept_weights import store_kept_weights
+
+        quantized, stored = store_kept_weights(quantized, set(speed["demoted"]) - set(plan.nodes), cfg)
+        plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
+        lap("emit_s")
     if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
         from ptq_core.graph import set_metadata
         from ptq_core.speed import machine_key
@@ -378,6 +384,11 @@ def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDec
             gran = "per-channel" if w.axis is not None else "per-layer"
             rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, True, f"int8 {gran}", 8, gran,
                                       "int8", size * 4, size, 8.0))
+        elif node.name in plan.stored_weights:  # FP32 compute, weights stored as 8-bit codes
+            stored, cosine = plan.stored_weights[node.name]
+            reason = plan.kept_float.get(node.name, "kept FP32") + "; weights stored 8-bit, decoded at load"
+            rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, False, reason, 8, "per-channel",
+                                      "int8 storage", size * 4, stored, 8.0, weight_cosine=cosine))
         else:
             reason = plan.kept_float.get(node.name, "not in the int8 region")
             rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, False, reason,

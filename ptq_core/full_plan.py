@@ -70,3 +70,6 @@ class FullQuantPlan:
     biases: list[BiasQuant] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)  # node -> why it stays FP32
     int8_form: str | None = None  # weight form for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a
+    # nodes the latency guard kept FP32 whose weights are stored as 8-bit codes (ptq_core.kept_weights):
+    # node -> (bytes stored, weight cosine)
+    stored_weights: dict[str, tuple[int, float]] = field(default_factory=dict)

@@ -220,6 +220,7 @@ class Summary:
             "bit_num": self.bits,
             "layers_quantized": sum(1 for d in self.layers if d.quantized),
             "layers_skipped": sum(1 for d in self.layers if not d.quantized),
+            "layers_int8_storage": sum(1 for d in self.layers if not d.quantized and d.encoding == "int8 storage"),
             "size_before_bytes": self.size_before,
             "size_after_bytes": self.size_after,
             "compression_ratio": round(self.ratio, 3),

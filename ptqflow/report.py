@@ -74,7 +74,9 @@ def print_summary(summary: Summary) -> None:
     totals = Table(show_header=False, box=None)
     totals.add_column(style="bold")
     totals.add_column()
-    totals.add_row("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped")
+    stored = (f" ({t['layers_int8_storage']} of them FP32 compute on 8-bit stored weights)"
+              if t.get("layers_int8_storage") else "")
+    totals.add_row("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped{stored}")
     totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
                            f"({t['compression_ratio']:.2f}x smaller)")
     totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}")
