@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
 		--outputFile=out/digits_mixed --configFile=examples/configs/weight_mixed_bit.cfg
 	$(BIN)/ptq convert --fmk=ONNX --modelFile=examples/digits/digits_cnn.onnx \
-		--outputFile=out/digits_int8 --configFile=examples/configs/full_quant.cfg
+		--outputFile=out/digits_int8 --configFile=examples/configs/full_quant.cfg --inputDataFormat=NCHW
 	$(BIN)/python examples/evaluate_digits.py out/digits_fixed8.onnx out/digits_mixed.onnx out/digits_int8.onnx
 
 test: $(STAMP)

@@ -237,6 +237,11 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     model = model_cache.full_model(model_path)  # a private copy; optimized once per sweep
     target, place = placement(model, cfg)
     check_weights(model, target, place)
+    chains = []
+    if not cfg.full.per_channel and target.cross_layer_equalization and cfg.ptqflow.cross_layer_equalization:
+        from ptq_core.equalization import equalize
+
+        model, chains = equalize(model)  # weights only: the placement's graph is the same
     if rounds is None:
         rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
     lap("prepare_and_preprocess_s")
@@ -279,6 +284,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
         release_free_memory()  # the statistics pass's tensors, before bias correction's
         search_thresholds(observers.values())  # KL: every tensor's search at once, on all cores
         plan = build_plan(model, cfg, target, place, observers)
+        plan.equalized = tuple(c.nodes for c in chains)
         lap("parameters_s")
         diffs = {}
         source = model

@@ -73,3 +73,4 @@ class FullQuantPlan:
     # nodes the latency guard kept FP32 whose weights are stored as 8-bit codes (ptq_core.kept_weights):
     # node -> (bytes stored, weight cosine)
     stored_weights: dict[str, tuple[int, float]] = field(default_factory=dict)
+    equalized: tuple[tuple[str, ...], ...] = ()  # cross-layer equalization chains (ptq_core.equalization)

@@ -395,12 +395,13 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
         layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
-        int8_form=plan.int8_form if plan.weights else None, facts=full_facts(cfg, info, inputs),
+        int8_form=plan.int8_form if plan.weights else None, facts=full_facts(cfg, info, inputs, plan),
     )
 
 
-def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None) -> list[tuple[str, str]]:
-    """FULL_QUANT choices the user did not spell out: the target's rules and the calibration layout."""
+def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan=None) -> list[tuple[str, str]]:
+    """FULL_QUANT choices the user did not spell out: the target's rules, the calibration layout and
+    cross-layer equalization."""
     from ptq_core.calibration import layout_fact
     from ptq_core.targets import get_target
 
@@ -409,4 +410,13 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None) -
     layout = layout_fact(cfg, info.inputs, inputs or InputOptions())
     if layout:
         facts.append(("calibration layout", layout))
+    equalized = getattr(plan, "equalized", ())
+    if equalized:
+        pairs = sum(1 for c in equalized if len(c) == 2)
+        names = "; ".join(" -> ".join(c) for c in equalized[:3]) + ("; ..." if len(equalized) > 3 else "")
+        facts.append(("equalization", f"{pairs} conv pairs and {len(equalized) - pairs} conv -> depthwise -> conv "
+                                      f"chains equalized for per-layer weights ({names})"))
+    elif not cfg.full.per_channel and get_target(cfg.full.target_device).cross_layer_equalization:
+        facts.append(("equalization", "none" if cfg.ptqflow.cross_layer_equalization else
+                      "off ([ptqflow] cross_layer_equalization=false)"))
     return facts
