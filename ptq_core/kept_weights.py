@@ -33,9 +33,12 @@ class StoredWeight:
 def store_kept_weights(model: onnx.ModelProto, nodes: set[str], cfg: QuantConfig) -> tuple[onnx.ModelProto,
                                                                                              list[StoredWeight]]:
     """``model`` (the emitted QDQ model) with the float weights read only by ``nodes`` stored as 8-bit codes
-    (per channel on the weight's output axis, WEIGHT_QUANT's numerics); unchanged when there are none."""
+    (symmetric, per channel on the weight's output axis); unchanged when there are none."""
     from ptq_core.emit_weight import emit_weight_only
-    from ptq_core.weight_quant import QuantizedWeight, WeightPlan, _fixed
+    from ptq_core.encoding import encode_fixed
+    from ptq_core.quant import cosine as _cosine
+    from ptq_core.quant import dequantize, quantize, weight_params
+    from ptq_core.weight_quant import QuantizedWeight, WeightPlan
 
     consumers: dict[str, set[str]] = defaultdict(set)
     for node in model.graph.node:
@@ -51,10 +54,17 @@ def store_kept_weights(model: onnx.ModelProto, nodes: set[str], cfg: QuantConfig
         w = initializer_array(model, site.tensor).astype(np.float32, copy=False)
         if not np.isfinite(w).all():
             continue  # left float: the guard's nodes are not the place to refuse a model
-        enc, zp, scale, mean, cosine = _fixed(w, 8, site.axis, cfg)
-        plan.weights.append(QuantizedWeight(site.tensor, site.shape, site.axis, enc, zp, scale, mean,
+        # symmetric per channel (zero point 0, [-127, 127]) as the int8 weights are: the decode chain is a
+        # Cast and a Mul, with no per-channel offset to store
+        params = weight_params(w, 8, site.axis, symmetric=True, limits=(-127, 127))
+        codes = quantize(w, params)
+        zp = np.zeros(len(params.scale), np.float32)
+        enc = encode_fixed(codes, 8, zp, enable_encode=cfg.common.enable_encode)
+        scale = params.scale.astype(np.float32)
+        cosine = _cosine(w, dequantize(codes, params))
+        plan.weights.append(QuantizedWeight(site.tensor, site.shape, site.axis, enc, zp, scale, None,
                                             tuple(sorted(consumers[site.tensor]))))
-        extra = (zp.size if np.any(zp) else 0) + scale.nbytes + (mean.nbytes if mean is not None else 0)
+        extra = scale.nbytes
         for user in sorted(consumers[site.tensor]):
             stored.append(StoredWeight(user, site.tensor, site.size * 4, enc.nbytes + extra, float(cosine)))
     if not plan.weights:

@@ -80,8 +80,10 @@ def print_summary(summary: Summary) -> None:
     totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
                            f"({t['compression_ratio']:.2f}x smaller)")
     totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}")
+    from rich.markup import escape
+
     for label, text in summary.facts:
-        totals.add_row(label, text)
+        totals.add_row(label, escape(text))  # "[ptqflow] ..." is text, not a style
     if summary.init_scale is not None:
         totals.add_row("init_scale", f"{summary.init_scale:g}")
     if summary.auto_tune:

@@ -116,3 +116,12 @@ def test_a_notice_is_one_line_on_a_narrow_terminal(tmp_path, capfd, monkeypatch)
     assert proc.returncode == 0
     said = [line for line in proc.stderr.splitlines() if "workspace" in line]
     assert len(said) == 1 and said[0].startswith("ptq: notice: ") and said[0].endswith("scratch folder")
+
+
+def test_summary_rows_keep_their_config_section_names(tmp_path, capsys):
+    cfg = digits_full_cfg(tmp_path, "cross_layer_equalization=false\n").read_text().replace(
+        "[full_quant_param]", "[full_quant_param]\nper_channel=false")
+    path = write_config(tmp_path / "pl.cfg", cfg)
+    assert main(["convert", f"--modelFile={ROOT / 'examples/digits/digits_cnn.onnx'}", f"--configFile={path}",
+                 f"--outputFile={tmp_path / 'q'}", "--inputDataFormat=NCHW", "--no-flow"]) == 0
+    assert "off ([ptqflow] cross_layer_equalization=false)" in " ".join(capsys.readouterr().out.split())

@@ -74,3 +74,13 @@ def test_without_the_guard_nothing_is_stored_that_way(tmp_path):
     model_path = save(cnn_model(), tmp_path / "m.onnx")
     result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=False), InputOptions(), tmp_path / "w")
     assert result.plan.stored_weights == {}
+
+
+def test_the_written_model_carries_no_shape_annotations_onnxruntime_infers_itself(tmp_path):
+    model = cnn_model()
+    model = onnx.shape_inference.infer_shapes(model)
+    assert len(model.graph.value_info) > 0
+    model_path = save(model, tmp_path / "m.onnx")
+    result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=False), InputOptions(), tmp_path / "w")
+    assert len(result.quantized.graph.value_info) == 0
+    run(result.quantized, X)
