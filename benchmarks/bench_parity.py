@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -78,10 +79,25 @@ def convert(model: Path, cfg: Path, out: Path, *flags: str) -> dict:
             "summary": [ln for ln in lines if ln.startswith(keep)], "err": proc.stderr.strip()[-600:]}
 
 
-def cls_accuracy(path: str, x: np.ndarray, y: np.ndarray) -> float:
+def cls_predictions(path: str, x: np.ndarray) -> np.ndarray:
     sess = harness.make_session(path, threads=None)
-    logits = bfq.batched_run(sess, "x", x)
-    return float(np.mean(np.argmax(logits, axis=1) == y))
+    return np.argmax(bfq.batched_run(sess, "x", x), axis=1)
+
+
+def cls_accuracy(path: str, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(cls_predictions(path, x) == y))
+
+
+def sign_test(better: int, worse: int) -> float:
+    """Two-sided exact sign test on the discordant pairs."""
+    n, k = better + worse, min(better, worse)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
+def paired_note(on_right: np.ndarray, off_right: np.ndarray, what: str) -> str:
+    """Equalization on vs off on the same items: how many each wins, and the sign test's p."""
+    better, worse = int(np.sum(on_right & ~off_right)), int(np.sum(~on_right & off_right))
+    return f"{what}: equalization better on {better}, worse on {worse} (sign test p = {sign_test(better, worse):.2f})"
 
 
 def section_equalization(args, work: Path) -> list[dict]:
@@ -100,7 +116,8 @@ def section_equalization(args, work: Path) -> list[dict]:
         res = convert(cls, cfg, work / "out" / f"cls_{pc}_{cle}")
         row = {"model": "classifier", "setting": label, "rc": res["rc"], "summary": res["summary"]}
         if res["rc"] == 0:
-            row["accuracy"] = cls_accuracy(res["path"], x, y)
+            row["right"] = cls_predictions(res["path"], x) == y
+            row["accuracy"] = float(np.mean(row["right"]))
         else:
             row["error"] = res["err"]
         rows.append(row)
@@ -122,12 +139,26 @@ def section_equalization(args, work: Path) -> list[dict]:
         if res["rc"] == 0:
             s = harness.make_session(res["path"], threads=None)
             got = [s.run(None, {"x": t})[0] for t in lines]
-            row["cos_mean"] = float(np.mean([harness.cosine(a[None], b[None]) for a, b in zip(ref, got)]))
-            row["text_agree"] = float(np.mean([bfq._ctc(a, chars) == bfq._ctc(b, chars) for a, b in zip(ref, got)]))
+            row["cos"] = np.array([harness.cosine(a[None], b[None]) for a, b in zip(ref, got)])
+            row["same_text"] = np.array([bfq._ctc(a, chars) == bfq._ctc(b, chars) for a, b in zip(ref, got)])
+            row["cos_mean"] = float(row["cos"].mean())
+            row["text_agree"] = float(row["same_text"].mean())
         else:
             row["error"] = res["err"]
         rows.append(row)
         print(f"  recognizer {label}: {row.get('cos_mean')} {row.get('text_agree')}", flush=True)
+    on_off = {(r["model"], r["setting"]): r for r in rows}
+    for model in ("classifier", "recognizer"):
+        on = on_off.get((model, "per_channel=false, equalization on"), {})
+        off = on_off.get((model, "per_channel=false, equalization off"), {})
+        if model == "classifier" and "right" in on and "right" in off:
+            on["paired"] = paired_note(on["right"], off["right"], "images classified right")
+        if model == "recognizer" and "cos" in on and "cos" in off:
+            on["paired"] = (paired_note(on["cos"] > off["cos"], on["cos"] < off["cos"], "lines' output cosine") + "; "
+                            + paired_note(on["same_text"], off["same_text"], "lines read as FP32 reads them"))
+    for r in rows:
+        for key in ("right", "cos", "same_text"):
+            r.pop(key, None)
     return rows
 
 
@@ -192,6 +223,7 @@ def render(cmd: str, env: dict, eq: list[dict], cmds: list[dict], size: list[dic
         text = f"{r['text_agree']:.3f}" if "text_agree" in r else ""
         out.append(f"| {r['model']} | {r['setting']}{' (error: ' + r['error'] + ')' if 'error' in r else ''} | {acc} | "
                    f"{cos} | {text} | {eqrow[len('equalization '):][:160]} |")
+    out += [""] + [f"- {r['model']}: {r['paired']}" for r in eq if r.get("paired")]
     out += ["", "## 2. Command lines", "", "| command | exit | wall s | what it said |", "|---|---|---|---|"]
     for r in cmds:
         out.append(f"| {r['command']} | {r['rc']} | {r['wall_s']:.1f} | {r['note'][:200]} |")
@@ -212,7 +244,7 @@ def main() -> None:
     ap.add_argument("--cls-calib", type=int, default=300)
     ap.add_argument("--cls-eval", type=int, default=1000)
     ap.add_argument("--rec-calib", type=int, default=32)
-    ap.add_argument("--rec-eval", type=int, default=40)
+    ap.add_argument("--rec-eval", type=int, default=100)
     ap.add_argument("--lat-rounds", type=int, default=5)
     ap.add_argument("--lat-iters", type=int, default=40)
     args = ap.parse_args()

@@ -99,10 +99,18 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
         nodes, inits, group_outputs = group_nodes(plan.group, f"{base}g_", opset)
         new_nodes.extend(nodes)
         new_inits.extend(inits)
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    outputs = {o.name for o in graph.output}
     for index, qw in enumerate(plan.weights):
         # short prefixes: the decode chain repeats its prefix in every name it creates
         prefix = f"{base}{index}_"
-        output = _unique(f"{qw.tensor}_dequant", taken)
+        # the chain takes over the weight's own name when every reader is decoded (the float initializer
+        # goes): no renamed inputs, and no second long name stored twice per weight
+        takes_name = readers.get(qw.tensor, set()) <= set(qw.nodes) and qw.tensor not in outputs
+        output = qw.tensor if takes_name else _unique(f"{qw.tensor}_dequant", taken)
         codes = group_outputs[qw.group_index] if qw.group_index is not None else None
         nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
         new_nodes.extend(nodes)
@@ -113,8 +121,9 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
                 if name == qw.tensor:
                     node.input[i] = output
         replaced.add(qw.tensor)
-    still_used = {name for n in graph.node for name in n.input}
-    still_used |= {o.name for o in graph.output}
+    decoded = {o for n in new_nodes for o in n.output}
+    still_used = {name for n in graph.node for name in n.input} - decoded
+    still_used |= outputs
     keep = [t for t in graph.initializer if t.name not in replaced or t.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

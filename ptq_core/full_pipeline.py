@@ -211,13 +211,55 @@ def _guard_applies(cfg: QuantConfig, target) -> bool:
     return cfg.ptqflow.latency_guard and target.name == "CPU"
 
 
+EQUALIZATION_CHECK_ROUNDS = 8  # calibration rounds that decide cross_layer_equalization=auto
+
+
 def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
                   collector: Collector = collect.collect_serial, bias_runner: Callable | None = None,
                   rounds: list[collect.Round] | None = None, progress: Callable | None = None) -> FullResult:
     """Prepare, place, calibrate, plan, bias-correct and emit (no file written).
 
     ``progress(done, total, label)`` follows the serial calibration rounds (Dask collectors report their own).
+
+    Cross-layer equalization (per_channel=false) preserves the FP32 function but moves the activations'
+    ranges, and on some models per-layer int8 ends up worse with it (the PP-OCRv4 recognizer, measured).
+    ``[ptqflow] cross_layer_equalization=auto`` (the default) therefore quantizes both ways and keeps the
+    model whose outputs are closer to FP32 on the first calibration rounds; ``true`` always equalizes, as
+    converter_lite does; ``false`` never does.
     """
+    setting = cfg.ptqflow.cross_layer_equalization
+    if rounds is None:
+        rounds = calibration_rounds(cfg, model_cache.full_model(model_path), inputs, work_dir / "shards")
+    args = (model_path, cfg, inputs, work_dir, collector, bias_runner, rounds, progress)
+    result = _quantize_full_once(*args, equalize=setting != "false")
+    if setting != "auto" or not result.plan.equalized:
+        return result
+    plain = _quantize_full_once(*args, equalize=False)
+    check = rounds[:EQUALIZATION_CHECK_ROUNDS]
+    with_cle, without = (calibration_cosine(result.model, r.quantized, check) for r in (result, plain))
+    keep = result if with_cle > without else plain
+    chains = result.plan.equalized
+    keep.plan.equalized = chains if keep is result else ()
+    keep.plan.equalization_note = (
+        f"{'kept' if keep is result else 'tried and left out'}: output cosine vs FP32 {with_cle:.6f} with, "
+        f"{without:.6f} without, over {len(check)} calibration rounds")
+    keep.timings = {k: round(result.timings.get(k, 0.0) + plain.timings.get(k, 0.0), 3)
+                    for k in {**result.timings, **plain.timings}}
+    return keep
+
+
+def calibration_cosine(fp32: onnx.ModelProto, quantized: onnx.ModelProto, rounds: list[collect.Round]) -> float:
+    """Mean output cosine of ``quantized`` against ``fp32`` over ``rounds``."""
+    from ptq_core.runtime import make_session, output_cosine, run
+
+    a, b = make_session(fp32), make_session(quantized)
+    return float(np.mean([output_cosine(run(a, feeds), run(b, feeds)) for feeds in (r.feeds() for r in rounds)]))
+
+
+def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
+                        collector: Collector, bias_runner: Callable | None, rounds: list[collect.Round],
+                        progress: Callable | None, equalize: bool) -> FullResult:
+    """One quantization of the model, with or without cross-layer equalization where it applies."""
     if progress and collector is collect.collect_serial:
         def collector(m, t, r, meth):
             return collect.collect_serial(m, t, r, meth, progress=progress)
@@ -238,7 +280,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
     target, place = placement(model, cfg)
     check_weights(model, target, place)
     chains = []
-    if not cfg.full.per_channel and target.cross_layer_equalization and cfg.ptqflow.cross_layer_equalization:
+    if equalize and not cfg.full.per_channel and target.cross_layer_equalization:
         from ptq_core.equalization import equalize
 
         model, chains = equalize(model)  # weights only: the placement's graph is the same

@@ -74,3 +74,4 @@ class FullQuantPlan:
     # node -> (bytes stored, weight cosine)
     stored_weights: dict[str, tuple[int, float]] = field(default_factory=dict)
     equalized: tuple[tuple[str, ...], ...] = ()  # cross-layer equalization chains (ptq_core.equalization)
+    equalization_note: str = ""  # cross_layer_equalization=auto: whether it was kept, and the evidence

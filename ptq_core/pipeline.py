@@ -411,12 +411,15 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, p
     if layout:
         facts.append(("calibration layout", layout))
     equalized = getattr(plan, "equalized", ())
+    note = getattr(plan, "equalization_note", "")
     if equalized:
         pairs = sum(1 for c in equalized if len(c) == 2)
         names = "; ".join(" -> ".join(c) for c in equalized[:3]) + ("; ..." if len(equalized) > 3 else "")
         facts.append(("equalization", f"{pairs} conv pairs and {len(equalized) - pairs} conv -> depthwise -> conv "
-                                      f"chains equalized for per-layer weights ({names})"))
+                                      f"chains equalized for per-layer weights ({names})" + (f"; {note}" if note else "")))
+    elif note:
+        facts.append(("equalization", note))
     elif not cfg.full.per_channel and get_target(cfg.full.target_device).cross_layer_equalization:
-        facts.append(("equalization", "none" if cfg.ptqflow.cross_layer_equalization else
-                      "off ([ptqflow] cross_layer_equalization=false)"))
+        facts.append(("equalization", "off ([ptqflow] cross_layer_equalization=false)"
+                      if cfg.ptqflow.cross_layer_equalization == "false" else "no conv chain to equalize"))
     return facts

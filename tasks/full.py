@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -50,10 +51,11 @@ def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptio
 
 
 def _stats_key(ctx, params) -> str:
-    # Activation statistics depend on the FP32 model, the calibration samples (digest covers files and
-    # shapes), the method and which tensors are observed; not on per_channel, bias_correction or target.
-    return content_key("statistics", params["model_sha"], params["method"], params["digest"],
-                       sorted(params["tensors"]))
+    # Activation statistics depend on the model that ran (the exposed model's name is its content key: a
+    # model equalized for per_channel=false has other activations than the file's), the calibration samples
+    # (digest covers files and shapes), the method and the observed tensors; not on bias_correction or target.
+    return content_key("statistics", params["model_sha"], Path(params["exposed_path"]).name, params["method"],
+                       params["digest"], sorted(params["tensors"]))
 
 
 @task(name="collect_statistics", cache_policy=_locked(_stats_key), persist_result=True)

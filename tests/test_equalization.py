@@ -111,3 +111,43 @@ def test_per_layer_full_quant_is_closer_to_fp32_with_equalization(tmp_path):
     per_channel, pc_chains = cosine("true", "true")
     assert chains == (("conv_a", "conv_b"),) and none == () and pc_chains == ()  # per_channel: no equalization
     assert 1 - with_cle < 0.7 * (1 - without)  # measured: 0.00059 vs 0.00117
+
+
+def _per_layer_setup(tmp_path):
+    from ptq_core.config import parse_config
+
+    model_path = save(chain_model("relu", spread=200.0), tmp_path / "m.onnx")
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        (folder / f"{i}.bin").write_bytes(rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32).tobytes())
+    cfg = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                       f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
+                       "[full_quant_param]\nper_channel=false\n[ptqflow]\nlatency_guard=false\n")
+    return model_path, cfg
+
+
+def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_path):
+    from ptq_core.full_pipeline import quantize_full
+    from ptq_core.runtime import InputOptions
+
+    model_path, cfg = _per_layer_setup(tmp_path)
+    res = quantize_full(model_path, cfg, InputOptions(), tmp_path / "w")
+    assert res.plan.equalized == (("conv_a", "conv_b"),) and res.plan.equalization_note.startswith("kept")
+
+
+def test_auto_leaves_equalization_out_where_it_does_worse(tmp_path, monkeypatch):
+    from ptq_core import full_pipeline
+    from ptq_core.runtime import InputOptions
+
+    model_path, cfg = _per_layer_setup(tmp_path)
+    scores = iter([0.90, 0.95])  # with equalization, then without
+    monkeypatch.setattr(full_pipeline, "calibration_cosine", lambda *a: next(scores))
+    res = full_pipeline.quantize_full(model_path, cfg, InputOptions(), tmp_path / "w")
+    assert res.plan.equalized == () and res.plan.equalization_note.startswith("tried and left out")
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model_path)).graph.initializer}
+    assert "wa" in weights  # the written model computes with the file's own (unequalized) weights
+    forced = full_pipeline.quantize_full(model_path, cfg.replace(ptqflow={"cross_layer_equalization": "true"}),
+                                         InputOptions(), tmp_path / "w2")
+    assert forced.plan.equalized and forced.plan.equalization_note == ""

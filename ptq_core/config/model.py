@@ -110,7 +110,7 @@ class PtqflowParam:
     max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.max_drop)
     rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.rotation)
     int8_form: str = "portable"  # int8 weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
-    cross_layer_equalization: bool = True  # FULL_QUANT per_channel=false: converter_lite's §8.8 (ptq_core.equalization)
+    cross_layer_equalization: str = "auto"  # FULL_QUANT per_channel=false: §8.8 (ptq_core.equalization); auto|true|false
 
 
 @dataclass(frozen=True)

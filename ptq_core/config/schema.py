@@ -184,10 +184,11 @@ SECTIONS = SECTIONS + (
                         "codes in [-64, 64], exact on every CPU onnxruntime runs on. vnni: the full int8 range, one "
                         "bit more per weight, but correct only on x86 CPUs with AVX512-VNNI/AVX-VNNI and on Arm64 "
                         "(onnxruntime's x86 kernels saturate without VNNI); the model records this in its metadata."),
-            KeySpec("cross_layer_equalization", "bool", True,
+            KeySpec("cross_layer_equalization", "enum", "auto", ("auto", "true", "false"),
                     doc="FULL_QUANT with per_channel=false (every target but DSP): equalize the channel ranges of "
-                        "adjacent convolutions (conv -> conv, conv -> depthwise -> conv) before quantizing, as "
-                        "converter_lite does; false turns it off (to compare)."),
+                        "adjacent convolutions (conv -> conv, conv -> depthwise -> conv) before quantizing. auto: "
+                        "quantize with and without it and keep the model closer to FP32 on the first 8 calibration "
+                        "rounds (twice the work); true: always, as converter_lite does; false: never."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),
