@@ -4,8 +4,9 @@ line, and the size of a latency-guarded FULL_QUANT model. One run, one machine.
     .venv-bench/bin/python benchmarks/bench_parity.py            # ~6 min on 2 cores
     .venv-bench/bin/python benchmarks/bench_parity.py --quick    # smaller sets, a smoke run
 
-1. Per-layer weights (``per_channel=false``) with and without cross-layer equalization, beside per-channel,
-   on the PP-OCR text-direction classifier (IMAGE calibration, top-1 accuracy on rendered lines) and the
+1. Per-layer weights (``per_channel=false``) with cross-layer equalization always on (converter_lite's
+   behaviour), off, and ``auto`` (the default: both, keep the closer), beside per-channel, on the PP-OCR
+   text-direction classifier (IMAGE calibration, top-1 accuracy on rendered lines) and the
    PP-OCRv4 recognizer (BIN calibration, mean output cosine and CTC text agreement with FP32). KL, bias
    correction on, latency guard off (so every convolution the target allows runs int8 and the weights'
    granularity shows).
@@ -42,27 +43,30 @@ import models  # noqa: E402
 import ocr_cls_data  # noqa: E402
 
 PTQ = Path(sys.executable).parent / "ptq"
+SETTINGS = (("per_channel=true", True, "auto"), ("per_channel=false, equalization on", False, "true"),
+            ("per_channel=false, equalization off", False, "false"),
+            ("per_channel=false, equalization auto (default)", False, "auto"))
 CLS_RESIZE = "resize_width=192\nresize_height=48\nresize_method=LINEAR\n"
 
 
-def cls_cfg(path: Path, calib_dir: Path, n: int, per_channel: bool, cle: bool, guard: bool, method: str = "KL") -> Path:
+def cls_cfg(path: Path, calib_dir: Path, n: int, per_channel: bool, cle, guard: bool, method: str = "KL") -> Path:
     text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n[data_preprocess_param]\n"
             f"calibrate_path=x:{calib_dir}\ncalibrate_size={n}\ninput_type=IMAGE\nimage_to_format=BGR\n"
             "normalize_mean=[127.5,127.5,127.5]\nnormalize_std=[127.5,127.5,127.5]\n" + CLS_RESIZE +
             f"[full_quant_param]\nactivation_quant_method={method}\nper_channel={str(per_channel).lower()}\n"
             "bias_correction=true\n"
-            f"[ptqflow]\nlatency_guard={str(guard).lower()}\ncross_layer_equalization={str(cle).lower()}\n")
+            f"[ptqflow]\nlatency_guard={str(guard).lower()}\ncross_layer_equalization={cle if isinstance(cle, str) else str(cle).lower()}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
 
-def rec_cfg(path: Path, bindir: Path, n: int, per_channel: bool, cle: bool, method: str = "KL") -> Path:
+def rec_cfg(path: Path, bindir: Path, n: int, per_channel: bool, cle, method: str = "KL") -> Path:
     text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n[data_preprocess_param]\n"
             f"calibrate_path=x:{bindir}\ncalibrate_size={n}\ninput_type=BIN\n"
             f"[full_quant_param]\nactivation_quant_method={method}\nper_channel={str(per_channel).lower()}\n"
             "bias_correction=true\n"
-            f"[ptqflow]\nlatency_guard=false\ncross_layer_equalization={str(cle).lower()}\n")
+            f"[ptqflow]\nlatency_guard=false\ncross_layer_equalization={cle if isinstance(cle, str) else str(cle).lower()}\n")
     path.write_text(text)
     return path
 
@@ -110,8 +114,7 @@ def section_equalization(args, work: Path) -> list[dict]:
     calib = (root / "calib").resolve()
     fp32_acc = cls_accuracy(str(cls), x, y)
     rows.append({"model": "classifier", "setting": "FP32", "accuracy": fp32_acc})
-    for label, pc, cle in (("per_channel=true", True, True), ("per_channel=false, equalization on", False, True),
-                           ("per_channel=false, equalization off", False, False)):
+    for label, pc, cle in SETTINGS:
         cfg = cls_cfg(work / "cfg" / f"cls_{pc}_{cle}.cfg", calib, args.cls_calib, pc, cle, guard=False)
         res = convert(cls, cfg, work / "out" / f"cls_{pc}_{cle}")
         row = {"model": "classifier", "setting": label, "rc": res["rc"], "summary": res["summary"]}
@@ -131,8 +134,7 @@ def section_equalization(args, work: Path) -> list[dict]:
     ref = [fp32.run(None, {"x": t})[0] for t in lines]
     rows.append({"model": "recognizer", "setting": "FP32", "cos_mean": 1.0, "text_agree": 1.0})
     n = len(list(bindir.glob("*.bin")))
-    for label, pc, cle in (("per_channel=true", True, True), ("per_channel=false, equalization on", False, True),
-                           ("per_channel=false, equalization off", False, False)):
+    for label, pc, cle in SETTINGS:
         cfg = rec_cfg(work / "cfg" / f"rec_{pc}_{cle}.cfg", bindir.resolve(), n, pc, cle)
         res = convert(rec, cfg, work / "out" / f"rec_{pc}_{cle}", "--inputShape=x:1,3,48,320")
         row = {"model": "recognizer", "setting": label, "rc": res["rc"], "summary": res["summary"]}

@@ -211,7 +211,7 @@ def _guard_applies(cfg: QuantConfig, target) -> bool:
     return cfg.ptqflow.latency_guard and target.name == "CPU"
 
 
-EQUALIZATION_CHECK_ROUNDS = 8  # calibration rounds that decide cross_layer_equalization=auto
+EQUALIZATION_CHECK_ROUNDS = 32  # rounds that decide equalization=auto (8 chose wrong on the recognizer)
 
 
 def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,

@@ -187,7 +187,7 @@ SECTIONS = SECTIONS + (
             KeySpec("cross_layer_equalization", "enum", "auto", ("auto", "true", "false"),
                     doc="FULL_QUANT with per_channel=false (every target but DSP): equalize the channel ranges of "
                         "adjacent convolutions (conv -> conv, conv -> depthwise -> conv) before quantizing. auto: "
-                        "quantize with and without it and keep the model closer to FP32 on the first 8 calibration "
+                        "quantize with and without it and keep the model closer to FP32 on the first 32 calibration "
                         "rounds (twice the work); true: always, as converter_lite does; false: never."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
