@@ -9,6 +9,7 @@ calibration statistics of ``placement.source`` tensors -> ``build_plan`` -> opti
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +58,40 @@ def prepare_full_model(path: str | Path, model: onnx.ModelProto | None = None) -
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: onnxruntime cannot load the model: {first}") from None
         optimized = onnx.load(dst)
+    restore_fused_names(optimized)
     return assign_node_names(optimized)
+
+
+_FUSED_NAME = re.compile(r"^[A-Za-z]+Fusion_(?:W_|BN_B_|B_)?(.+)$")
+
+
+def restore_fused_names(model: onnx.ModelProto) -> None:
+    """Give initializers onnxruntime's fusions renamed (``ConvBnFusion_W_conv1_weights``) their own name
+    back (``conv1_weights``) where nothing else holds it, in place: summaries and reports show the
+    user's tensor names, and the quantized file does not store the prefix in every reference."""
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # subgraphs may read the outer names; left as they are
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        taken.update(node.input)
+        taken.update(node.output)
+    rename = {}
+    for tensor in graph.initializer:
+        match = _FUSED_NAME.match(tensor.name)
+        if match and match.group(1) not in taken:
+            rename[tensor.name] = match.group(1)
+            taken.add(match.group(1))
+    if not rename:
+        return
+    for tensor in graph.initializer:
+        tensor.name = rename.get(tensor.name, tensor.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for value in graph.input:
+        value.name = rename.get(value.name, value.name)
 
 
 def placement(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[Target, QdqPlacement]:

@@ -285,3 +285,23 @@ def test_input_shape_flag_that_does_not_fit_the_model_is_an_error():
         input_specs((("x", onnx.TensorProto.FLOAT, (1, 3, 16, 16)),), {"x": (1, 3, 8, 8)})
     with pytest.raises(ConfigError, match="did you mean 'x'"):
         input_specs((("x", onnx.TensorProto.FLOAT, (1, 3, 16, 16)),), {"xx": (1, 3, 16, 16)})
+
+
+def test_weights_folded_with_batchnorm_keep_the_users_names(tmp_path):
+    from ptq_core.full_quant import prepare_full_model
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "conv1_weights")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+              (("bn_scale", rng.uniform(0.5, 1.5, 4)), ("bn_offset", rng.normal(0, 0.1, 4)),
+               ("bn_mean", rng.normal(0, 0.1, 4)), ("bn_var", rng.uniform(0.5, 1.5, 4)))]
+    nodes = [helper.make_node("Conv", ["x", "conv1_weights"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "bn_scale", "bn_offset", "bn_mean", "bn_var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    prepared = prepare_full_model(save(model, tmp_path / "bn.onnx"))
+    conv = next(n for n in prepared.graph.node if n.op_type == "Conv")
+    assert "BatchNormalization" not in {n.op_type for n in prepared.graph.node}  # folded
+    assert list(conv.input[1:]) == ["conv1_weights", "bn_offset"]
