@@ -93,9 +93,13 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     measured: list[Measured] = []
     rows: list[dict] = []
     for point, record in zip(points, records):
+        summary = record["summary"]
+        if summary.output_cosine is None:
+            from ptq_core.errors import ModelError
+
+            raise ModelError(f"a sweep ranks its points by output cosine, which was {summary.cosine_inputs}")
         target = sweep_tasks.copy_atomic(record["model_path"], out_dir / f"point_{point.index}.onnx")
         ms = sweep_tasks.measure_latency(str(target), info, inputs, latency_runs)
-        summary = record["summary"]
         measured.append(Measured(point.index, int(summary.size_after), float(ms), float(summary.output_cosine)))
         rows.append({"point": point.index, **{k: v for k, v in point.overrides.items()},
                      "size_bytes": int(summary.size_after), "latency_ms": round(float(ms), 4),

@@ -114,6 +114,7 @@ class ModelInfo:
     inputs: tuple[tuple[str, int, tuple], ...]  # (name, onnx elem type, dims with str for symbolic)
     outputs: tuple[str, ...]
     float_bytes: int  # bytes of all float32 initializers
+    quantized_ops: tuple[tuple[str, int], ...] = ()  # already-quantized constructs found: (what, count)
 
 
 def file_sha256(path: str | Path, locations: list[str] | None = None) -> str:
@@ -378,7 +379,26 @@ def analyse_model(path: str | Path) -> ModelInfo:
         inputs=inputs,
         outputs=tuple(o.name for o in model.graph.output),
         float_bytes=float_bytes,
+        quantized_ops=quantized_constructs(model),
     )
+
+
+#: onnxruntime's and ONNX's integer kernels: a model holding them was quantized before it reached us
+QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits", "QGemm",
+                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "QLinearAdd", "QLinearMul",
+                 "MatMulIntegerToFloat", "QLinearConcat", "QLinearGlobalAveragePool")
+
+
+def quantized_constructs(model: onnx.ModelProto) -> tuple[tuple[str, int], ...]:
+    """Integer kernels, and DequantizeLinear nodes decoding integer weights (a QDQ model), with counts."""
+    counts = Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)
+    integer_inits = {t.name for t in model.graph.initializer
+                     if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                                        onnx.TensorProto.UINT4, onnx.TensorProto.INT16, onnx.TensorProto.INT32)}
+    dq = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in integer_inits)
+    if dq:
+        counts["DequantizeLinear of integer weights"] = dq
+    return tuple(sorted(counts.items()))
 
 
 def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> None:

@@ -100,6 +100,37 @@ def reference_inputs(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | N
     return ReferenceInputs(random_feeds(specs), "generated (uniform [0.1, 1) floats, ones for integers)")
 
 
+def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None,
+                    kind: str) -> tuple[float | None, str]:
+    """Output cosine of the written model against FP32, and on which inputs; (None, why) when no input
+    set the tool can make runs the FP32 model (ptq_core.probe_inputs). Calibration data is the user's:
+    a failure on it stays an error."""
+    inputs = inputs or InputOptions()
+    lean = kind == "lean"
+    if cfg.data.has_calibration:
+        ref = reference_inputs(cfg, info, inputs)
+        before = model_cache.reference_outputs(model_path, kind, ref.feeds,
+                                               lambda: run(make_session(str(model_path), lean=lean), ref.feeds))
+        return output_cosine(before, run(make_session(str(output_path), lean=lean), ref.feeds)), ref.source
+    from ptq_core.errors import ModelError
+    from ptq_core.probe_inputs import candidates, needs_shape_hint
+
+    graph = onnx.load(str(model_path), load_external_data=False)
+    fp32 = None
+    failures: list[str] = []
+    for cand in candidates(graph, info.inputs, inputs.shape_map):
+        fp32 = fp32 or make_session(str(model_path), lean=lean)
+        try:
+            before = model_cache.reference_outputs(model_path, kind, cand.feeds, lambda: run(fp32, cand.feeds))
+        except ModelError as exc:
+            failures.append(str(exc).removeprefix("onnxruntime failed to run the model: "))
+            continue
+        return output_cosine(before, run(make_session(str(output_path), lean=lean), cand.feeds)), cand.source
+    hint = needs_shape_hint(info.inputs, inputs.shape_map)
+    return None, (f"not measured: the FP32 model ran on none of {len(failures)} generated input sets "
+                  f"(onnxruntime: {failures[0][:160]})" + (f"; give --inputShape={hint}" if hint else ""))
+
+
 def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None,
                      progress: Progress | None = None) -> tuple[WeightPlan, TuneResult | None, str | None]:
     """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
@@ -160,7 +191,7 @@ class Summary:
     layers: list[LayerDecision]
     size_before: int
     size_after: int
-    output_cosine: float
+    output_cosine: float | None  # None: not measured (no input set ran the FP32 model; cosine_inputs says why)
     cosine_inputs: str
     wall_time_s: float = 0.0
     init_scale: float | None = None
@@ -224,7 +255,7 @@ class Summary:
             "size_before_bytes": self.size_before,
             "size_after_bytes": self.size_after,
             "compression_ratio": round(self.ratio, 3),
-            "output_cosine": round(self.output_cosine, 6),
+            "output_cosine": None if self.output_cosine is None else round(self.output_cosine, 6),
             "cosine_inputs": self.cosine_inputs,
             "wall_time_s": round(self.wall_time_s, 2),
             "init_scale": self.init_scale,
@@ -245,10 +276,7 @@ def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig,
 
     Lean sessions: for a model of a few GB, folding the decode chains would cost far more memory than
     the quantization itself, and one run gives the same values unfolded."""
-    ref = reference_inputs(cfg, info, inputs)
-    before = model_cache.reference_outputs(model_path, "lean", ref.feeds,
-                                           lambda: run(make_session(str(model_path), lean=True), ref.feeds))
-    after = run(make_session(str(output_path), lean=True), ref.feeds)
+    cosine, source = measured_cosine(model_path, output_path, cfg, info, inputs, "lean")
     return Summary(
         model=str(model_path),
         output=str(output_path),
@@ -257,8 +285,9 @@ def summarize(model_path: str | Path, output_path: str | Path, cfg: QuantConfig,
         layers=list(plan.decisions),
         size_before=_fp32_size(model_path),
         size_after=_disk_size(output_path),
-        output_cosine=output_cosine(before, after),
-        cosine_inputs=ref.source,
+        output_cosine=cosine,
+        cosine_inputs=source,
+        facts=already_quantized_fact(info),
         init_scale=plan.init_scale,
         auto_tune=None if tuned is None else {
             "init_scale": tuned.init_scale,
@@ -362,14 +391,11 @@ def quantize_dynamic_model(model_path, cfg: QuantConfig):
 
 def summarize_dynamic(model_path, output_path, cfg: QuantConfig, info: ModelInfo, plan,
                       inputs: InputOptions | None = None) -> Summary:
-    ref = reference_inputs(_without_data(cfg), info, inputs)
-    before = model_cache.reference_outputs(model_path, "default", ref.feeds,
-                                           lambda: run(make_session(str(model_path)), ref.feeds))
-    after = run(make_session(str(output_path)), ref.feeds)
+    cosine, source = measured_cosine(model_path, output_path, _without_data(cfg), info, inputs, "default")
     return Summary(
         model=str(model_path), output=str(output_path), quant_type="DYNAMIC_QUANT", bits=8,
         layers=list(plan.decisions), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
-        output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+        output_cosine=cosine, cosine_inputs=source, notices=list(cfg.notices), facts=already_quantized_fact(info),
         int8_form=plan.written_form,
     )
 
@@ -399,6 +425,14 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
     )
 
 
+def already_quantized_fact(info: ModelInfo) -> list[tuple[str, str]]:
+    """A model quantized before it reached us is said to be, with what was left to do."""
+    if not info.quantized_ops:
+        return []
+    found = ", ".join(f"{n} {what}" for what, n in info.quantized_ops)
+    return [("already quantized", f"{found}; ptqflow quantized only the float weights left")]
+
+
 def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan=None) -> list[tuple[str, str]]:
     """FULL_QUANT choices the user did not spell out: the target's rules, the calibration layout and
     cross-layer equalization."""
@@ -406,7 +440,7 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, p
     from ptq_core.targets import get_target
 
     target = get_target(cfg.full.target_device)
-    facts = [("target", f"{target.name}: {target.note}")]
+    facts = already_quantized_fact(info) + [("target", f"{target.name}: {target.note}")]
     layout = layout_fact(cfg, info.inputs, inputs or InputOptions())
     if layout:
         facts.append(("calibration layout", layout))

@@ -127,7 +127,7 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: b
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failure reaches the user as our one line, not ORT's log
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
         options.enable_cpu_mem_arena = False

@@ -216,6 +216,10 @@ def _convert(args) -> int:
     from ptq_core.calibration import layout_fact
 
     layout = None if inputs.format_given else layout_fact(cfg, info.inputs, inputs)
+    if info.quantized_ops:
+        found = ", ".join(f"{n} {what}" for what, n in info.quantized_ops)
+        report.notice(f"{args.model_file}: already quantized ({found}); ptqflow quantizes only the float weights "
+                      "left, and the summary counts them")
     for notice in foreign_notices(foreign_flag_values(args)) + list(cfg.notices) + ([layout] if layout else []):
         report.notice(notice)
     start = time.perf_counter()

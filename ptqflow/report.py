@@ -79,7 +79,8 @@ def print_summary(summary: Summary) -> None:
     totals.add_row("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped{stored}")
     totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
                            f"({t['compression_ratio']:.2f}x smaller)")
-    totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}")
+    totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}"
+                   if t["output_cosine"] is not None else t["cosine_inputs"])
     from rich.markup import escape
 
     for label, text in summary.facts:
