@@ -115,13 +115,18 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
     from ptq_core.errors import ModelError
     from ptq_core.probe_inputs import candidates, needs_shape_hint
 
-    graph = onnx.load(str(model_path), load_external_data=False)
-    fp32 = None
+    sessions: list = []  # the FP32 session, built once and only if some candidate's outputs are not cached
+
+    def fp32_outputs(feeds):
+        if not sessions:
+            sessions.append(make_session(str(model_path), lean=lean))
+        return run(sessions[0], feeds)
+
     failures: list[str] = []
-    for cand in candidates(graph, info.inputs, inputs.shape_map):
-        fp32 = fp32 or make_session(str(model_path), lean=lean)
+    for cand in candidates(lambda: model_cache.prepared_model(model_path, load_data=False), info.inputs,
+                           inputs.shape_map):
         try:
-            before = model_cache.reference_outputs(model_path, kind, cand.feeds, lambda: run(fp32, cand.feeds))
+            before = model_cache.reference_outputs(model_path, kind, cand.feeds, lambda: fp32_outputs(cand.feeds))
         except ModelError as exc:
             failures.append(str(exc).removeprefix("onnxruntime failed to run the model: "))
             continue

@@ -33,7 +33,8 @@ class Candidate:
 
 def compared_constants(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Per graph input, the integer constants the graph compares it with (Equal / Greater / Less ...)."""
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer  # scalars only, never external data
+              if t.data_location != onnx.TensorProto.EXTERNAL and int(np.prod(t.dims)) <= 1}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute:
             value = next((a for a in node.attribute if a.name == "value"), None)
@@ -79,10 +80,12 @@ def _shape_tries(dims, given: tuple[int, ...] | None) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(tries))
 
 
-def candidates(model: onnx.ModelProto, model_inputs, shapes: dict[str, tuple[int, ...]]) -> Iterator[Candidate]:
-    """Input sets to try, most plausible first, at most ``MAX_TRIES``."""
+def candidates(graph, model_inputs, shapes: dict[str, tuple[int, ...]]) -> Iterator[Candidate]:
+    """Input sets to try, most plausible first, at most ``MAX_TRIES``. ``graph()`` gives the model (read
+    only when an input is an integer, to find the values the graph compares it with)."""
     specs = input_specs(model_inputs, shapes)
-    compared = compared_constants(model)
+    integers = any(not np.issubdtype(s.dtype, np.floating) for s in specs)
+    compared = compared_constants(graph()) if integers else {}
     per_input: list[list[InputSpec]] = []
     for spec, (name, _, dims) in zip(specs, model_inputs):
         tries = _shape_tries(dims, shapes.get(name))
