@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.errors import PtqError
-from ptq_core.graph import default_opset, upgrade_opset
+from ptq_core.graph import default_opset, subgraphs, upgrade_opset
 from ptq_core.onnx_decode import decode_nodes
 from ptq_core.quant import broadcast_shape
 from ptq_core.weight_quant import QuantizedWeight, WeightPlan
@@ -82,9 +82,12 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     out = upgrade_opset(out, MIN_OPSET)
     opset = default_opset(out)
     graph = out.graph
-    taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        taken.update(node.output)
+    bodies = dict(subgraphs(graph))
+    taken = set()
+    for g in [graph, *bodies.values()]:
+        taken |= {n.name for n in g.node} | {t.name for t in g.initializer}
+        for node in g.node:
+            taken.update(node.output)
     node_by_name = {n.name: n for n in graph.node}
     base = "q"
     while any(name.startswith(base) for name in taken):  # no new name can collide with an old one
@@ -107,6 +110,14 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     for index, qw in enumerate(plan.weights):
         # short prefixes: the decode chain repeats its prefix in every name it creates
         prefix = f"{base}{index}_"
+        if qw.graph:  # a weight an If/Loop/Scan body holds: decoded in the main graph, read from outer scope
+            output = _unique(f"{qw.tensor}_dequant", taken)
+            codes = group_outputs[qw.group_index] if qw.group_index is not None else None
+            nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
+            new_nodes.extend(nodes)
+            new_inits.extend(inits)
+            _rewire_body(bodies[qw.graph], qw, output)
+            continue
         # the chain takes over the weight's own name when every reader is decoded (the float initializer
         # goes): no renamed inputs, and no second long name stored twice per weight
         takes_name = readers.get(qw.tensor, set()) <= set(qw.nodes) and qw.tensor not in outputs
@@ -139,6 +150,22 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     return out
+
+
+def _rewire_body(body: onnx.GraphProto, qw: QuantizedWeight, output: str) -> None:
+    """Point the body's readers of ``qw.tensor`` at the decoded outer-scope tensor; drop the body's float
+    initializer once nothing in the body reads it."""
+    wanted = {name.rpartition("/")[2] for name in qw.nodes}
+    for index, node in enumerate(body.node):
+        if (node.name or f"{node.op_type}@{index}") in wanted:
+            for i, name in enumerate(node.input):
+                if name == qw.tensor:
+                    node.input[i] = output
+    still = any(qw.tensor in node.input for node in body.node) or any(o.name == qw.tensor for o in body.output)
+    if not still:
+        keep = [t for t in body.initializer if t.name != qw.tensor]
+        del body.initializer[:]
+        body.initializer.extend(keep)
 
 
 def _share_small_constants(graph: onnx.GraphProto, new: set[str], limit: int = 256) -> None:

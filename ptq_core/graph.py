@@ -91,6 +91,7 @@ class WeightSite:
     axis: int
     conv_like: bool
     users: int  # how many node inputs read this tensor
+    graph: str = ""  # "" for the main graph, else the subgraph's path ("If_0/then_branch"; see subgraphs())
 
     @property
     def size(self) -> int:
@@ -267,10 +268,17 @@ def assign_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Turn ``Constant`` nodes with a tensor value into initializers, so weights look the same however exported."""
+    """Turn ``Constant`` nodes with a tensor value into initializers, so weights look the same however
+    exported; in If/Loop/Scan bodies too (into the body's own initializers)."""
+    for graph in [model.graph] + [g for _, g in subgraphs(model.graph)]:
+        _constants_to_initializers(graph)
+    return model
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     keep = []
     moved = []
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
             tensor = onnx.TensorProto()
             tensor.CopyFrom(node.attribute[0].t)
@@ -279,10 +287,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             keep.append(node)
     if moved:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-        model.graph.initializer.extend(moved)
-    return model
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(moved)
 
 
 def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
@@ -298,17 +305,55 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def find_weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
-    """Every float initializer with ≥ 2 dims at a weight input of a known op, in node order."""
-    inits = {t.name: t for t in model.graph.initializer}
-    graph_inputs = {i.name for i in model.graph.input}
+def subgraphs(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.GraphProto]]:
+    """Every graph nested in ``graph``'s nodes (If branches, Loop and Scan bodies, at any depth), with a
+    stable path: ``<node name>/<attribute>`` (``If_0/then_branch``), nested paths joined by ``/``."""
+    found = []
+    for index, node in enumerate(graph.node):
+        owner = node.name or f"{node.op_type}@{index}"
+        for attr in node.attribute:
+            bodies = [(attr.name, attr.g)] if attr.type == onnx.AttributeProto.GRAPH else \
+                [(f"{attr.name}[{k}]", g) for k, g in enumerate(attr.graphs)] if attr.type == onnx.AttributeProto.GRAPHS else []
+            for name, body in bodies:
+                path = f"{prefix}{owner}/{name}"
+                found.append((path, body))
+                found.extend(subgraphs(body, path + "/"))
+    return found
+
+
+def graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
+    """The graph a WeightSite's ``graph`` path names ("" = the main graph)."""
+    if not path:
+        return model.graph
+    for found, graph in subgraphs(model.graph):
+        if found == path:
+            return graph
+    raise ModelError(f"no subgraph {path!r} in the model")
+
+
+def find_weight_sites(model: onnx.ModelProto, inside_subgraphs: bool = False) -> list[WeightSite]:
+    """Every float initializer with ≥ 2 dims at a weight input of a known op, in node order.
+
+    ``inside_subgraphs``: also the weights that If/Loop/Scan bodies hold as their own initializers; their
+    nodes are named by path (``If_0/then_branch/MatMul_3``) and their site's ``graph`` says where.
+    """
+    graphs = [("", model.graph)] + (subgraphs(model.graph) if inside_subgraphs else [])
+    sites = []
+    for path, graph in graphs:
+        sites.extend(_graph_sites(graph, path))
+    return sites
+
+
+def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
+    inits = {t.name: t for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
     users: Counter = Counter()
-    for node in model.graph.node:
+    for node in graph.node:
         for name in node.input:
             if name:
                 users[name] += 1
     sites = []
-    for node in model.graph.node:
+    for index, node in enumerate(graph.node):
         roles = WEIGHT_OPS.get(node.op_type)
         if not roles:
             continue
@@ -333,7 +378,7 @@ def find_weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
                 axis = role.axis_fn(attrs, len(shape))
             sites.append(
                 WeightSite(
-                    node=node.name,
+                    node=f"{path}/{node.name or f'{node.op_type}@{index}'}" if path else node.name,
                     op_type=node.op_type,
                     input_index=role.input_index,
                     tensor=name,
@@ -341,6 +386,7 @@ def find_weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
                     axis=axis,
                     conv_like=role.conv_like,
                     users=users[name],
+                    graph=path,
                 )
             )
     return sites
@@ -412,10 +458,12 @@ def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> Non
             )
 
 
-def initializer_array(model: onnx.ModelProto, name: str, base_dir: str | Path | None = None) -> np.ndarray:
-    """One initializer as an array; an EXTERNAL one (``load_data=False``) is read from ``base_dir``
-    without filling the proto, so reading every weight in turn holds one at a time."""
-    for tensor in model.graph.initializer:
+def initializer_array(model: onnx.ModelProto, name: str, base_dir: str | Path | None = None,
+                      graph: str = "") -> np.ndarray:
+    """One initializer (of the main graph, or of the subgraph at path ``graph``) as an array; an EXTERNAL
+    one (``load_data=False``) is read from ``base_dir`` without filling the proto, so reading every
+    weight in turn holds one at a time."""
+    for tensor in graph_at(model, graph).initializer:
         if tensor.name == name:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 array = _read_external(tensor, Path(base_dir or "."))

@@ -57,6 +57,7 @@ class QuantizedWeight:
     mean_corr: np.ndarray | None  # float32 or None when the runtime ignores it
     nodes: tuple[str, ...]  # consumer nodes that read the quantized weight
     group_index: int | None = None  # position in the plan's entropy group (then ``encoded`` is unused)
+    graph: str = ""  # the subgraph holding the weight ("" = main graph; graph.subgraphs)
 
 
 class DecisionRows:
@@ -144,7 +145,7 @@ def plan_weight_quant(
     bits = cfg.common.bit_num
     target = init_scale if init_scale is not None else cfg.mixed.init_scale
     plan = WeightPlan(init_scale=target if bits == 0 else None)
-    sites = find_weight_sites(model)
+    sites = find_weight_sites(model, inside_subgraphs=True)
     by_tensor: dict[str, list[WeightSite]] = {}
     for site in sites:
         by_tensor.setdefault(site.tensor, []).append(site)
@@ -156,17 +157,19 @@ def plan_weight_quant(
         if reason:
             plan.decisions.append(_skip(site, reason))
             continue
-        if site.tensor in done:
-            shared = done[site.tensor]
-            done[site.tensor] = QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
-            first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized)
+        key = (site.graph, site.tensor)
+        if key in done:
+            shared = done[key]
+            done[key] = QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
+            first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized
+                         and d.node.rpartition("/")[0] == site.node.rpartition("/")[0])
             plan.decisions.append(
                 LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, f"shares weight with {first.node}",
                               first.bits, first.granularity, first.encoding, 0, 0, first.effective_bits, first.step,
                               first.weight_cosine)
             )
             continue
-        w = initializer_array(model, site.tensor, base_dir).astype(np.float32, copy=False)
+        w = initializer_array(model, site.tensor, base_dir, site.graph).astype(np.float32, copy=False)
         check_finite_weight(w, site.tensor, site.node, site.op_type)
         shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
         per_channel = cfg.weight.per_channel and not shared_matmul
@@ -193,8 +196,8 @@ def plan_weight_quant(
                     continue
             enc, zp, scale, mean, weight_cos = _fixed(w, bits, axis, cfg)
             used_bits, how, axis_used = bits, f"{bits}-bit {granularity}", axis
-        qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,))
-        done[site.tensor] = qw
+        qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,), graph=site.graph)
+        done[key] = qw
         plan.decisions.append(
             LayerDecision(
                 site.node, site.op_type, site.tensor, site.shape, True, how, used_bits, granularity, enc.kind,

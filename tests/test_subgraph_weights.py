@@ -1,0 +1,66 @@
+"""Weights an If body holds are found, quantized with their channel axis, named by a stable path, and the
+written model runs both branches in plain onnxruntime."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from modelgen import save, write_config
+
+W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
+
+
+def two_rate_model() -> onnx.ModelProto:
+    """A VAD-like model: an If on sr == 16000 whose branches each hold their own 64x64 MatMul weight."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, seed: int) -> onnx.GraphProto:
+        w = np.random.default_rng(seed).normal(0, 0.2, (64, 64)).astype(np.float32)
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=f"mm_{name}")],
+                                 name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(w, f"w_{name}")])
+
+    nodes = [helper.make_node("Equal", ["sr", "k16000"], ["is16k"], name="is16k"),
+             helper.make_node("If", ["is16k"], ["y"], name="by_rate", then_branch=branch("then", 1),
+                              else_branch=branch("else", 2))]
+    graph = helper.make_graph(nodes, "vad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+                                            helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(16000, np.int64), "k16000")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_weights_inside_both_if_branches_are_quantized_and_named_by_path(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    model = save(two_rate_model(), tmp_path / "vad.onnx")
+    cfg = write_config(tmp_path / "w.cfg", W8)
+    assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
+                 "--no-flow"]) == 0
+    out = capsys.readouterr().out
+    assert "by_rate/then_branch/mm_then" in out and "by_rate/else_branch/mm_else" in out
+    assert "2 quantized" in out
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    bodies = {a.name: a.g for n in q.graph.node if n.op_type == "If" for a in n.attribute}
+    assert all(not body.initializer for body in bodies.values())  # the float weights left the branches
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * model.stat().st_size
+    x = np.random.default_rng(3).normal(0, 1, (1, 64)).astype(np.float32)
+    fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    quant = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    for rate in (16000, 8000):  # both branches
+        feeds = {"x": x, "sr": np.array(rate, np.int64)}
+        a, b = fp32.run(None, feeds)[0].ravel(), quant.run(None, feeds)[0].ravel()
+        assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.999
+
+
+def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
+    from ptq_core.graph import find_weight_sites
+
+    model = two_rate_model()
+    assert find_weight_sites(model) == []  # the main graph holds no weight
+    sites = find_weight_sites(model, inside_subgraphs=True)
+    assert sorted((s.node, s.graph, s.axis) for s in sites) == [("by_rate/else_branch/mm_else", "by_rate/else_branch", 1),
+                                                              ("by_rate/then_branch/mm_then", "by_rate/then_branch", 1)]
