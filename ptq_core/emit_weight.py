@@ -155,7 +155,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
 def _rewire_body(body: onnx.GraphProto, qw: QuantizedWeight, output: str) -> None:
     """Point the body's readers of ``qw.tensor`` at the decoded outer-scope tensor; drop the body's float
     initializer once nothing in the body reads it."""
-    wanted = {name.rpartition("/")[2] for name in qw.nodes}
+    wanted = {name[len(qw.graph) + 1:] for name in qw.nodes}  # node names may hold "/" themselves
     for index, node in enumerate(body.node):
         if (node.name or f"{node.op_type}@{index}") in wanted:
             for i, name in enumerate(node.input):

@@ -270,8 +270,7 @@ def assign_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """Turn ``Constant`` nodes with a tensor value into initializers, so weights look the same however
     exported; in If/Loop/Scan bodies too (into the body's own initializers)."""
-    for graph in [model.graph] + [g for _, g in subgraphs(model.graph)]:
-        _constants_to_initializers(graph)
+    _constants_to_initializers(model.graph)
     return model
 
 
@@ -290,6 +289,10 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
         del graph.node[:]
         graph.node.extend(keep)
         graph.initializer.extend(moved)
+    for node in graph.node:  # after the rebuild: references into the old node list would be stale copies
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _constants_to_initializers(body)
 
 
 def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:

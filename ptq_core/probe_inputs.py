@@ -100,7 +100,8 @@ def candidates(graph, model_inputs, shapes: dict[str, tuple[int, ...]]) -> Itera
             values = compared.get(spec.name)
             if values and not np.issubdtype(spec.dtype, np.floating):
                 feeds[spec.name] = np.full(spec.shape, values[0], dtype=spec.dtype)
-        shapes_text = "; ".join(f"{s.name}:{','.join(map(str, s.shape))}" for s in chosen)
+        shapes_text = "; ".join(f"{s.name}:{','.join(map(str, s.shape))}" if s.shape else
+                                f"{s.name}={feeds[s.name].item()}" for s in chosen)
         yield Candidate(feeds, f"generated inputs ({shapes_text}; uniform [0.1, 1) floats, integers "
                                "as the graph compares them, else ones)")
         yielded += 1

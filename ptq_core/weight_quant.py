@@ -162,7 +162,7 @@ def plan_weight_quant(
             shared = done[key]
             done[key] = QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
             first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized
-                         and d.node.rpartition("/")[0] == site.node.rpartition("/")[0])
+                         and d.node.startswith(site.graph))
             plan.decisions.append(
                 LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, f"shares weight with {first.node}",
                               first.bits, first.granularity, first.encoding, 0, 0, first.effective_bits, first.step,

@@ -17,7 +17,7 @@ def two_rate_model() -> onnx.ModelProto:
 
     def branch(name: str, seed: int) -> onnx.GraphProto:
         w = np.random.default_rng(seed).normal(0, 0.2, (64, 64)).astype(np.float32)
-        return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=f"mm_{name}")],
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=f"enc/{name}/mm")],
                                  name, [], [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)],
                                  [numpy_helper.from_array(w, f"w_{name}")])
 
@@ -41,7 +41,7 @@ def test_weights_inside_both_if_branches_are_quantized_and_named_by_path(tmp_pat
     assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
                  "--no-flow"]) == 0
     out = capsys.readouterr().out
-    assert "by_rate/then_branch/mm_then" in out and "by_rate/else_branch/mm_else" in out
+    assert "by_rate/then_branch/enc/then/mm" in out and "by_rate/else_branch/enc/else/mm" in out  # "/" in names too
     assert "2 quantized" in out
     q = onnx.load(str(tmp_path / "q.onnx"))
     bodies = {a.name: a.g for n in q.graph.node if n.op_type == "If" for a in n.attribute}
@@ -56,11 +56,25 @@ def test_weights_inside_both_if_branches_are_quantized_and_named_by_path(tmp_pat
         assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.999
 
 
+def test_constant_nodes_inside_nested_bodies_become_their_initializers():
+    from ptq_core.graph import constants_to_initializers, subgraphs
+
+    model = two_rate_model()
+    for _, body in subgraphs(model.graph):  # weights as Constant nodes, as exporters inline them
+        tensor = body.initializer[0]
+        body.node.insert(0, helper.make_node("Constant", [], [tensor.name], value=tensor))
+        del body.initializer[:]
+    constants_to_initializers(model)
+    assert all(len(body.initializer) == 1 and not any(n.op_type == "Constant" for n in body.node)
+               for _, body in subgraphs(model.graph))
+
+
 def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
     from ptq_core.graph import find_weight_sites
 
     model = two_rate_model()
     assert find_weight_sites(model) == []  # the main graph holds no weight
     sites = find_weight_sites(model, inside_subgraphs=True)
-    assert sorted((s.node, s.graph, s.axis) for s in sites) == [("by_rate/else_branch/mm_else", "by_rate/else_branch", 1),
-                                                              ("by_rate/then_branch/mm_then", "by_rate/then_branch", 1)]
+    assert sorted((s.node, s.graph, s.axis) for s in sites) == [
+        ("by_rate/else_branch/enc/else/mm", "by_rate/else_branch", 1),
+        ("by_rate/then_branch/enc/then/mm", "by_rate/then_branch", 1)]
