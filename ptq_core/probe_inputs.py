@@ -77,6 +77,8 @@ def _shape_tries(dims, given: tuple[int, ...] | None) -> list[tuple[int, ...]]:
             tries.append(tuple(shape))
     elif len(dims) == 2 and dynamic:
         tries += [tuple(n if i in dynamic else d for i, d in enumerate(base)) for n in SEQUENCE_LENGTHS]
+    elif dynamic:  # a state or mask beside the main input: its free dims are most often a batch of 1
+        tries.append(tuple(1 if i in dynamic else d for i, d in enumerate(base)))
     return list(dict.fromkeys(tries))
 
 

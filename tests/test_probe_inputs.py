@@ -104,3 +104,21 @@ def test_a_model_quantized_before_is_said_to_be(tmp_path):
     said = [line for line in proc.stderr.splitlines() if "already quantized" in line]
     assert len(said) == 1 and "MatMulInteger" in said[0]
     assert "already quantized" in proc.stdout and "only the float weights left" in " ".join(proc.stdout.split())
+
+
+def test_an_audio_window_with_a_state_input_is_probed_at_512_samples_and_batch_1(tmp_path):
+    """x[1, T] needs T = 512 (a MatMul), and state[2, b, 8] is joined with it, so b must be 1."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Unsqueeze", ["h", "axis0"], ["h3"], name="as_state"),
+             helper.make_node("Concat", ["state", "h3"], ["y"], name="join", axis=0)]
+    graph = helper.make_graph(nodes, "vad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T"]),
+                                            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "b", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.normal(0, 0.1, (512, 8)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    proc = convert(save(model, tmp_path / "vad.onnx"), write_config(tmp_path / "c.cfg", W8), tmp_path / "q")
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "x:1,512; state:2,1,8" in text and "not measured" not in text
