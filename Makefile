@@ -38,6 +38,7 @@ bench: $(STAMP)
 	.venv-bench/bin/python benchmarks/bench_flow_cost.py
 	.venv-bench/bin/python benchmarks/bench_calibration_speed.py
 	.venv-bench/bin/python benchmarks/bench_parity.py
+	.venv-bench/bin/python benchmarks/bench_zoo.py
 	.venv-bench/bin/python benchmarks/bench_debug.py
 	.venv-bench/bin/python benchmarks/bench_debug.py --flow-cost
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_alwc_sensitivity.py
