@@ -4,6 +4,7 @@ written model runs both branches in plain onnxruntime."""
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelgen import save, write_config
@@ -78,3 +79,15 @@ def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
     assert sorted((s.node, s.graph, s.axis) for s in sites) == [
         ("by_rate/else_branch/enc/else/mm", "by_rate/else_branch", 1),
         ("by_rate/then_branch/enc/then/mm", "by_rate/then_branch", 1)]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_writes_the_same_model_as_the_direct_path(tmp_path):
+    from ptqflow.api import convert
+
+    model = save(two_rate_model(), tmp_path / "vad.onnx")
+    cfg = write_config(tmp_path / "w.cfg", W8)
+    via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
+    direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+    assert sum(d.quantized for d in via_flow.layers) == 2
