@@ -14,7 +14,6 @@ W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight
 
 def two_rate_model() -> onnx.ModelProto:
     """A VAD-like model: an If on sr == 16000 whose branches each hold their own 64x64 MatMul weight."""
-    rng = np.random.default_rng(0)
 
     def branch(name: str, seed: int) -> onnx.GraphProto:
         w = np.random.default_rng(seed).normal(0, 0.2, (64, 64)).astype(np.float32)
