@@ -1,7 +1,7 @@
 """converter_lite's command-line flags as data: which ones act here and what the others are told.
 
 converter_lite documents more flags than an ONNX-to-ONNX quantizer can use. A command line written
-for it must run unchanged (docs/converter-lite.md §2), so every documented flag is accepted: those
+for it must run unchanged (docs/converter-lite.md §14), so every documented flag is accepted: those
 with a meaning here act on it, the others give one notice each saying why they do not apply.
 """
 
