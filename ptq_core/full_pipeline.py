@@ -32,6 +32,7 @@ from ptq_core.full_quant import (
     correctable_nodes,
     observed_tensors,
     placement,
+    skip_names,
 )
 from ptq_core.runtime import InputOptions, input_specs, release_free_memory
 from ptq_core.weight_quant import LayerDecision
@@ -289,7 +290,7 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
     lap("prepare_and_preprocess_s")
     feeds0 = rounds[0].feeds()
     speed: dict | None = None
-    skip = tuple(cfg.common.skip_quant_node)
+    skip = skip_names(model, cfg.common.skip_quant_node)  # fused nodes keep the user's name as a prefix
     table = None
     decision_key = ""
     if _guard_applies(cfg, target):

@@ -96,7 +96,16 @@ def restore_fused_names(model: onnx.ModelProto) -> None:
 
 def placement(model: onnx.ModelProto, cfg: QuantConfig) -> tuple[Target, QdqPlacement]:
     target = get_target(cfg.full.target_device, cfg.ptqflow.int8_form)
-    return target, place_qdq(model, target, skip=cfg.common.skip_quant_node)
+    return target, place_qdq(model, target, skip=skip_names(model, cfg.common.skip_quant_node))
+
+
+def skip_names(model: onnx.ModelProto, skip: tuple[str, ...]) -> tuple[str, ...]:
+    """``skip_quant_node`` in the prepared graph: a node onnxruntime fused keeps the user's name with the
+    fusion appended (``MatMul.0/MatMulAddFusion``), and skipping ``MatMul.0`` must still skip it."""
+    wanted = set(skip)
+    fused = tuple(n.name for n in model.graph.node if "/" in n.name
+                  and n.name.rsplit("/", 1)[1].endswith("Fusion") and n.name.rsplit("/", 1)[0] in wanted)
+    return tuple(skip) + fused
 
 
 def observed_tensors(place: QdqPlacement) -> tuple[str, ...]:

@@ -305,3 +305,31 @@ def test_weights_folded_with_batchnorm_keep_the_users_names(tmp_path):
     conv = next(n for n in prepared.graph.node if n.op_type == "Conv")
     assert "BatchNormalization" not in {n.op_type for n in prepared.graph.node}  # folded
     assert list(conv.input[1:]) == ["conv1_weights", "bn_offset"]
+
+
+def test_skip_quant_node_also_skips_the_node_onnxruntime_fused_it_into(tmp_path):
+    """MatMul + Add become one Gemm named "mm/MatMulAddFusion"; skip_quant_node=mm must keep it FP32."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (32, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="bias")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "mm.onnx")
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.bin").write_bytes(rng.normal(0, 1, (1, 32)).astype(np.float32).tobytes())
+
+    def cfg(extra):
+        return parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + extra +
+                            f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=4\ninput_type=BIN\n"
+                            "[ptqflow]\nlatency_guard=false\n")
+
+    quantized = quantize_full(path, cfg(""), InputOptions(), tmp_path / "w1")
+    assert any(name.startswith("mm") for name in quantized.plan.nodes)  # fused and quantized
+    skipped = quantize_full(path, cfg("skip_quant_node=mm\n"), InputOptions(), tmp_path / "w2")
+    assert not any(name.startswith("mm") for name in skipped.plan.nodes)
