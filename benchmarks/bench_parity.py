@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -214,7 +213,8 @@ def section_size(args, work: Path) -> list[dict]:
 
 def render(cmd: str, env: dict, eq: list[dict], cmds: list[dict], size: list[dict], wall: float) -> str:
     out = ["# converter_lite parity, round two (issue 14)", "", f"`{cmd}`", "",
-           f"Machine: {env['cpu']} ({env['isa']}), {env['cores']} cores, onnxruntime {env['ort']}; wall {wall:.0f} s.", "",
+           f"Machine: {env['cpu']}, {env['cores']} cores, onnxruntime {env['packages']['onnxruntime']}; "
+           f"git {env['git']}, {env['date']}; wall {wall:.0f} s.", "",
            "## 1. Per-layer weights with and without cross-layer equalization (KL, bias correction, guard off)", "",
            "| model | setting | top-1 accuracy | mean output cosine | CTC text = FP32 | equalization row |",
            "|---|---|---|---|---|---|"]
@@ -262,12 +262,7 @@ def main() -> None:
     cmds = section_commands(args, work)
     print("3. guarded size ...", flush=True)
     size = section_size(args, work)
-    import onnxruntime
-
-    from ptq_core.speed import machine_key
-
-    env = {"cpu": platform.processor() or platform.machine(), "isa": machine_key(), "cores": os.cpu_count(),
-           "ort": onnxruntime.__version__}
+    env = harness.environment(("onnxruntime",))
     md = render(" ".join([".venv-bench/bin/python", "benchmarks/bench_parity.py", *sys.argv[1:]]), env, eq, cmds, size,
                 time.perf_counter() - t0)
     (HERE / "results" / "parity.md").write_text(md)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -40,6 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
+
+import harness  # noqa: E402
 
 PTQ = Path(sys.executable).parent / "ptq"
 WORK = HERE / "work" / "zoo"
@@ -88,10 +89,10 @@ def fetch_models() -> dict[str, Path]:
     return found
 
 
-def convert(model: Path, mode: str, tag: str, shapes: str = "", *extra: str) -> dict:
+def convert(model: Path, cfg_text: str, tag: str, shapes: str = "", *extra: str) -> dict:
     cfg = WORK / "cfg" / f"{tag}.cfg"
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(MODES[mode])
+    cfg.write_text(cfg_text)
     out = WORK / "out" / tag
     out.parent.mkdir(parents=True, exist_ok=True)
     flags = ([f"--inputShape={shapes}"] if shapes else []) + list(extra)
@@ -160,18 +161,15 @@ def full_quant(name: str, model: Path, input_name: str, height: int, width: int,
             text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
                     f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n"
                     f"[ptqflow]\nlatency_guard={guard}\n")
-            MODES[tag] = text
             print(f"  {name} FULL_QUANT {method} guard={guard} ...", flush=True)
             row = {"model": name, "mode": f"FULL_QUANT {method}, guard {'on' if guard == 'true' else 'off'}",
-                   "input_shape": "", **convert(model, tag, tag, "", "--inputDataFormat=NCHW")}
-            del MODES[tag]
+                   "input_shape": "", **convert(model, text, tag, "", "--inputDataFormat=NCHW")}
             if row["rc"] == 0:
                 q = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
                 cos = []
                 for f, r in zip(feeds, ref):
                     got = q.run(None, f)
-                    cos.append(np.mean([float(np.dot(a.ravel().astype(np.float64), b.ravel()) /
-                                              (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)) for a, b in zip(r, got)]))
+                    cos.append(np.mean([harness.cosine(a, b) for a, b in zip(r, got)]))
                 row["photo_cosine"] = float(np.mean(cos))
                 row["photo_cosine_min"] = float(np.min(cos))
             rows.append(row)
@@ -206,8 +204,6 @@ def speech_probabilities(path: str, audio: np.ndarray, window: int = 512) -> np.
 
 
 def main() -> None:
-    from ptq_core.speed import machine_key
-
     t_start = time.perf_counter()
     models = fetch_models()
     rows = []
@@ -216,10 +212,10 @@ def main() -> None:
         for mode in MODES:
             tag = f"{path.stem}-{mode.replace(' ', '_')}"
             print(f"  {name} {mode} ...", flush=True)
-            rows.append({"model": name, "mode": mode, "input_shape": "", **convert(path, mode, tag)})
+            rows.append({"model": name, "mode": mode, "input_shape": "", **convert(path, MODES[mode], tag)})
             if silero:
                 row = {"model": name, "mode": mode, "input_shape": SILERO_SHAPES,
-                       **convert(path, mode, tag + "-shaped", SILERO_SHAPES)}
+                       **convert(path, MODES[mode], tag + "-shaped", SILERO_SHAPES)}
                 if row["rc"] == 0:
                     audio = silero_audio()
                     ref = speech_probabilities(str(path), audio)
@@ -228,7 +224,7 @@ def main() -> None:
                 rows.append(row)
     for name, input_name, height, width, prep in CNNS:
         rows += full_quant(name, models[name], input_name, height, width, prep)
-    env = {"cpu": platform.processor() or platform.machine(), "isa": machine_key(), "cores": os.cpu_count()}
+    env = harness.environment(("onnxruntime",))
     md = render(rows, env, time.perf_counter() - t_start)
     (HERE / "results" / "zoo.md").write_text(md)
     (HERE / "results" / "zoo.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
@@ -238,7 +234,8 @@ def main() -> None:
 def render(rows: list[dict], env: dict, wall: float) -> str:
     out = ["# Model zoo, data-free modes (issue 15, first part)", "",
            "`.venv-bench/bin/python benchmarks/bench_zoo.py`", "",
-           f"Machine: {env['isa']}, {env['cores']} cores; wall {wall:.0f} s.", "",
+           f"Machine: {env['cpu']}, {env['cores']} cores, onnxruntime {env['packages']['onnxruntime']}; "
+           f"git {env['git']}, {env['date']}; wall {wall:.0f} s.", "",
            "| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
            "output cosine | on | speech-prob max diff / photo cosine (mean, min) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]

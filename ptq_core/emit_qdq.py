@@ -30,7 +30,14 @@ from ptq_core.cpu_kernels import get_form
 from ptq_core.emit_weight import MIN_OPSET, PRODUCER, _unique
 from ptq_core.errors import ModelError, PtqError
 from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import assign_node_names, default_opset, set_metadata, upgrade_opset  # noqa: F401  (re-exported)
+from ptq_core.graph import (  # noqa: F401  (assign_node_names, set_metadata, upgrade_opset re-exported)
+    all_names,
+    assign_node_names,
+    default_opset,
+    node_bodies,
+    set_metadata,
+    upgrade_opset,
+)
 from ptq_core.targets import COMPUTE_OPS, TARGETS, Target
 
 PREFIX = "ptq_"
@@ -283,30 +290,12 @@ def _clip_ok(node: onnx.NodeProto, inits) -> bool:
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     used: set[str] = set()
     for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                for n in sub.node:
-                    used.update(n.input)
-                used |= _subgraph_inputs(sub)
-                used.update(o.name for o in sub.output)
+        for _, sub in node_bodies(node):
+            for n in sub.node:
+                used.update(n.input)
+            used |= _subgraph_inputs(sub)
+            used.update(o.name for o in sub.output)
     return used
-
-
-def _all_names(graph: onnx.GraphProto, taken: set[str]) -> set[str]:
-    taken.update(n.name for n in graph.node)
-    taken.update(t.name for t in graph.initializer)
-    taken.update(i.name for i in graph.input)
-    taken.update(o.name for o in graph.output)
-    taken.update(v.name for v in graph.value_info)
-    for node in graph.node:
-        taken.update(node.input)
-        taken.update(node.output)
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                _all_names(sub, taken)
-    return taken
 
 
 def _check_activation(t: str, aq: ActivationQuant) -> None:
@@ -358,7 +347,7 @@ def emit_qdq(model: onnx.ModelProto, plan: FullQuantPlan) -> onnx.ModelProto:
             raise PtqError(f"plan: tensor {node.input[0]!r} already feeds QuantizeLinear {node.name!r}; it would be quantized twice")
 
     acts = dict(plan.activations)
-    taken = _all_names(graph, set())
+    taken = all_names(graph)
     nodes = _fold_clamps(nodes, acts, inits, graph_outputs | _subgraph_inputs(graph))
     producer = {name: node for node in nodes for name in node.output if name}
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.errors import PtqError
-from ptq_core.graph import default_opset, subgraphs, upgrade_opset
+from ptq_core.graph import all_names, default_opset, node_label, subgraphs, upgrade_opset
 from ptq_core.onnx_decode import decode_nodes
 from ptq_core.quant import broadcast_shape
 from ptq_core.weight_quant import QuantizedWeight, WeightPlan
@@ -83,11 +83,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     opset = default_opset(out)
     graph = out.graph
     bodies = dict(subgraphs(graph))
-    taken = set()
-    for g in [graph, *bodies.values()]:
-        taken |= {n.name for n in g.node} | {t.name for t in g.initializer}
-        for node in g.node:
-            taken.update(node.output)
+    taken = all_names(graph)
     node_by_name = {n.name: n for n in graph.node}
     base = "q"
     while any(name.startswith(base) for name in taken):  # no new name can collide with an old one
@@ -157,7 +153,7 @@ def _rewire_body(body: onnx.GraphProto, qw: QuantizedWeight, output: str) -> Non
     initializer once nothing in the body reads it."""
     wanted = {name[len(qw.graph) + 1:] for name in qw.nodes}  # node names may hold "/" themselves
     for index, node in enumerate(body.node):
-        if (node.name or f"{node.op_type}@{index}") in wanted:
+        if node_label(node, index) in wanted:
             for i, name in enumerate(node.input):
                 if name == qw.tensor:
                     node.input[i] = output

@@ -22,7 +22,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.emit_qdq import QdqPlacement, place_qdq, upgrade_opset
 from ptq_core.errors import ModelError
 from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import WEIGHT_OPS, assign_node_names, check_finite_weight, prepare_model
+from ptq_core.graph import WEIGHT_OPS, assign_node_names, check_finite_weight, node_bodies, prepare_model
 from ptq_core.observers import ActivationRange
 from ptq_core.quant import round_half_away
 from ptq_core.targets import Target, get_target
@@ -70,7 +70,7 @@ def restore_fused_names(model: onnx.ModelProto) -> None:
     back (``conv1_weights``) where nothing else holds it, in place: summaries and reports show the
     user's tensor names, and the quantized file does not store the prefix in every reference."""
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if any(node_bodies(n) for n in graph.node):
         return  # subgraphs may read the outer names; left as they are
     taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
     for node in graph.node:
@@ -174,8 +174,7 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
         for role in WEIGHT_OPS[node.op_type]:
             idx = role.input_index
             if idx < len(node.input) and node.input[idx] in inits:
-                w = inits[node.input[idx]].astype(np.float32)
-                check_finite_weight(w, node.input[idx], name, node.op_type)
+                w = inits[node.input[idx]].astype(np.float32)  # finite: check_weights ran before statistics
                 q, s, z, axis = target.quantize_weight(w, node.op_type, idx, attrs, cfg.full.per_channel)
                 wq = WeightQuant(name, idx, node.input[idx], q, s, z, axis)
                 weights.append(wq)

@@ -290,9 +290,8 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
         graph.node.extend(keep)
         graph.initializer.extend(moved)
     for node in graph.node:  # after the rebuild: references into the old node list would be stale copies
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _constants_to_initializers(body)
+        for _, body in node_bodies(node):
+            _constants_to_initializers(body)
 
 
 def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
@@ -308,19 +307,48 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A node's name, or ``<op>@<index>`` for the unnamed nodes of If/Loop/Scan bodies (which
+    assign_node_names does not name): the label that subgraph paths and body rewiring agree on."""
+    return node.name or f"{node.op_type}@{index}"
+
+
+def node_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """The graphs a node holds (If's branches, a Loop or Scan body), each with its attribute name."""
+    bodies = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies.append((attr.name, attr.g))
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies.extend((f"{attr.name}[{k}]", g) for k, g in enumerate(attr.graphs))
+    return bodies
+
+
+def all_names(graph: onnx.GraphProto, taken: set[str] | None = None) -> set[str]:
+    """Every node, tensor and value name in ``graph`` and the bodies nested in it: what a new name must avoid."""
+    taken = set() if taken is None else taken
+    taken.update(n.name for n in graph.node)
+    taken.update(t.name for t in graph.initializer)
+    taken.update(i.name for i in graph.input)
+    taken.update(o.name for o in graph.output)
+    taken.update(v.name for v in graph.value_info)
+    for node in graph.node:
+        taken.update(node.input)
+        taken.update(node.output)
+        for _, body in node_bodies(node):
+            all_names(body, taken)
+    return taken
+
+
 def subgraphs(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.GraphProto]]:
     """Every graph nested in ``graph``'s nodes (If branches, Loop and Scan bodies, at any depth), with a
     stable path: ``<node name>/<attribute>`` (``If_0/then_branch``), nested paths joined by ``/``."""
     found = []
     for index, node in enumerate(graph.node):
-        owner = node.name or f"{node.op_type}@{index}"
-        for attr in node.attribute:
-            bodies = [(attr.name, attr.g)] if attr.type == onnx.AttributeProto.GRAPH else \
-                [(f"{attr.name}[{k}]", g) for k, g in enumerate(attr.graphs)] if attr.type == onnx.AttributeProto.GRAPHS else []
-            for name, body in bodies:
-                path = f"{prefix}{owner}/{name}"
-                found.append((path, body))
-                found.extend(subgraphs(body, path + "/"))
+        for name, body in node_bodies(node):
+            path = f"{prefix}{node_label(node, index)}/{name}"
+            found.append((path, body))
+            found.extend(subgraphs(body, path + "/"))
     return found
 
 
@@ -381,7 +409,7 @@ def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
                 axis = role.axis_fn(attrs, len(shape))
             sites.append(
                 WeightSite(
-                    node=f"{path}/{node.name or f'{node.op_type}@{index}'}" if path else node.name,
+                    node=f"{path}/{node_label(node, index)}" if path else node.name,
                     op_type=node.op_type,
                     input_index=role.input_index,
                     tensor=name,

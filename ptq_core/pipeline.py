@@ -346,7 +346,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
 
     inputs = shapes_from_images(cfg, info.inputs, inputs or InputOptions())  # dynamic dims the images fix
     if cfg.common.quant_type == "FULL_QUANT":
-        summary = _convert_full(model, cfg, info, output, inputs or InputOptions(), work_dir, progress)
+        summary = _convert_full(model, cfg, info, output, inputs, work_dir, progress)
     elif cfg.common.quant_type == "DYNAMIC_QUANT":
         plan, quantized = quantize_dynamic_model(model, cfg)
         out = save_model_atomic(quantized, output_file(output))
@@ -360,7 +360,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     if cfg.common.debug_info_save_path:
         from ptq_core.debug.driver import debug_step
 
-        summary.debug = debug_step(cfg, model, summary.output, inputs or InputOptions(),
+        summary.debug = debug_step(cfg, model, summary.output, inputs,
                                    plan=None if cfg.common.quant_type == "FULL_QUANT" else plan,
                                    work_dir=work_dir, progress=progress)
     summary.wall_time_s = time.perf_counter() - start
@@ -418,27 +418,28 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
                    plan, inputs: InputOptions | None = None) -> Summary:
     from ptq_core.full_pipeline import full_decisions
 
-    ref = reference_inputs(cfg, info, inputs)
-    before = model_cache.reference_outputs(model_path, "default", ref.feeds,
-                                           lambda: run(make_session(str(model_path)), ref.feeds))
-    after = run(make_session(str(output_path)), ref.feeds)
+    cosine, source = measured_cosine(model_path, output_path, cfg, info, inputs, "default")  # calibration sample 0
     return Summary(
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
         layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
-        output_cosine=output_cosine(before, after), cosine_inputs=ref.source, notices=list(cfg.notices),
+        output_cosine=cosine, cosine_inputs=source, notices=list(cfg.notices),
         int8_form=plan.int8_form if plan.weights else None, facts=full_facts(cfg, info, inputs, plan),
     )
+
+
+def already_quantized_text(info: ModelInfo) -> str:
+    """The integer constructs a model was quantized with before it reached us, with counts."""
+    return ", ".join(f"{n} {what}" for what, n in info.quantized_ops)
 
 
 def already_quantized_fact(info: ModelInfo) -> list[tuple[str, str]]:
     """A model quantized before it reached us is said to be, with what was left to do."""
     if not info.quantized_ops:
         return []
-    found = ", ".join(f"{n} {what}" for what, n in info.quantized_ops)
-    return [("already quantized", f"{found}; ptqflow quantized only the float weights left")]
+    return [("already quantized", f"{already_quantized_text(info)}; ptqflow quantized only the float weights left")]
 
 
-def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan=None) -> list[tuple[str, str]]:
+def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan) -> list[tuple[str, str]]:
     """FULL_QUANT choices the user did not spell out: the target's rules, the calibration layout and
     cross-layer equalization."""
     from ptq_core.calibration import layout_fact
@@ -449,8 +450,7 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, p
     layout = layout_fact(cfg, info.inputs, inputs or InputOptions())
     if layout:
         facts.append(("calibration layout", layout))
-    equalized = getattr(plan, "equalized", ())
-    note = getattr(plan, "equalization_note", "")
+    equalized, note = plan.equalized, plan.equalization_note
     if equalized:
         pairs = sum(1 for c in equalized if len(c) == 2)
         names = "; ".join(" -> ".join(c) for c in equalized[:3]) + ("; ..." if len(equalized) > 3 else "")
@@ -458,7 +458,7 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, p
                                       f"chains equalized for per-layer weights ({names})" + (f"; {note}" if note else "")))
     elif note:
         facts.append(("equalization", note))
-    elif not cfg.full.per_channel and get_target(cfg.full.target_device).cross_layer_equalization:
+    elif not cfg.full.per_channel and target.cross_layer_equalization:
         facts.append(("equalization", "off ([ptqflow] cross_layer_equalization=false)"
                       if cfg.ptqflow.cross_layer_equalization == "false" else "no conv chain to equalize"))
     return facts

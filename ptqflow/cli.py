@@ -190,7 +190,9 @@ def _validate_paths(args) -> None:
 
 
 def _convert(args) -> int:
-    from ptq_core.pipeline import output_file, resolve_config
+    from ptq_core.calibration import layout_fact, shapes_from_images
+    from ptq_core.config.flags import foreign_notices
+    from ptq_core.pipeline import already_quantized_text, output_file, resolve_config
     from ptq_core.preflight import check_output
     from ptq_core.runtime import InputOptions, input_specs
     from ptqflow import report
@@ -208,18 +210,11 @@ def _convert(args) -> int:
     with measure("work"):
         info = _precheck_model(args.model_file, cfg)
         input_specs(info.inputs, inputs.shape_map)  # --inputShape names real inputs of the right rank
-        from ptq_core.calibration import shapes_from_images
-
-        shapes_from_images(cfg, info.inputs, inputs)  # images of different sizes fail here, before any work
-    from ptq_core.config.flags import foreign_notices
-
-    from ptq_core.calibration import layout_fact
-
+        inputs = shapes_from_images(cfg, info.inputs, inputs)  # images of different sizes fail here, before any work
     layout = None if inputs.format_given else layout_fact(cfg, info.inputs, inputs)
     if info.quantized_ops:
-        found = ", ".join(f"{n} {what}" for what, n in info.quantized_ops)
-        report.notice(f"{args.model_file}: already quantized ({found}); ptqflow quantizes only the float weights "
-                      "left, and the summary counts them")
+        report.notice(f"{args.model_file}: already quantized ({already_quantized_text(info)}); ptqflow quantizes "
+                      "only the float weights left, and the summary counts them")
     for notice in foreign_notices(foreign_flag_values(args)) + list(cfg.notices) + ([layout] if layout else []):
         report.notice(notice)
     start = time.perf_counter()

@@ -84,22 +84,14 @@ def test_relu6_a_shared_output_or_a_graph_output_breaks_the_chain():
 
 
 def test_per_layer_full_quant_is_closer_to_fp32_with_equalization(tmp_path):
-    from ptq_core.config import parse_config
     from ptq_core.full_pipeline import quantize_full
     from ptq_core.runtime import InputOptions
 
-    model_path = save(chain_model("relu", spread=200.0), tmp_path / "m.onnx")
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(8):
-        (folder / f"{i}.bin").write_bytes(rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32).tobytes())
+    model_path, folder, rng = _chain_and_calibration(tmp_path)  # rng goes on past the calibration samples
 
     def cosine(per_channel: str, cle: str) -> tuple[float, tuple]:
-        cfg = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
-                           f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
-                           f"[full_quant_param]\nper_channel={per_channel}\nbias_correction=false\n"
-                           f"[ptqflow]\nlatency_guard=false\ncross_layer_equalization={cle}\n")
+        cfg = _per_layer_config(folder, f"per_channel={per_channel}\nbias_correction=false\n",
+                                f"cross_layer_equalization={cle}\n")
         res = quantize_full(model_path, cfg, InputOptions(), tmp_path / f"w{per_channel}{cle}")
         xs = rng.normal(0, 1, (16, 1, 3, 10, 10)).astype(np.float32)
         want = np.concatenate([run(onnx.load(str(model_path)), x).ravel() for x in xs])
@@ -113,19 +105,28 @@ def test_per_layer_full_quant_is_closer_to_fp32_with_equalization(tmp_path):
     assert 1 - with_cle < 0.7 * (1 - without)  # measured: 0.00059 vs 0.00117
 
 
-def _per_layer_setup(tmp_path):
-    from ptq_core.config import parse_config
-
+def _chain_and_calibration(tmp_path):
+    """The 200x-spread conv pair, 8 calibration samples for it, and the generator that drew them."""
     model_path = save(chain_model("relu", spread=200.0), tmp_path / "m.onnx")
     folder = tmp_path / "calib"
     folder.mkdir()
     rng = np.random.default_rng(2)
     for i in range(8):
         (folder / f"{i}.bin").write_bytes(rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32).tobytes())
-    cfg = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
-                       f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
-                       "[full_quant_param]\nper_channel=false\n[ptqflow]\nlatency_guard=false\n")
-    return model_path, cfg
+    return model_path, folder, rng
+
+
+def _per_layer_config(folder, full: str = "per_channel=false\n", ptqflow: str = ""):
+    from ptq_core.config import parse_config
+
+    return parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
+                        f"[data_preprocess_param]\ncalibrate_path=x:{folder}\ncalibrate_size=8\ninput_type=BIN\n"
+                        f"[full_quant_param]\n{full}[ptqflow]\nlatency_guard=false\n{ptqflow}")
+
+
+def _per_layer_setup(tmp_path):
+    model_path, folder, _ = _chain_and_calibration(tmp_path)
+    return model_path, _per_layer_config(folder)
 
 
 def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_path):
