@@ -397,9 +397,9 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
         quantized, stored = store_kept_weights(quantized, set(speed["demoted"]) - set(plan.nodes), cfg)
         plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
         lap("emit_s")
-    from ptq_core.graph import drop_inferable_value_info
+    from ptq_core.compact import compact_model
 
-    drop_inferable_value_info(quantized)
+    compact_model(quantized)
     if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
         from ptq_core.graph import set_metadata
         from ptq_core.speed import machine_key

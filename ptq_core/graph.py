@@ -504,19 +504,6 @@ def initializer_array(model: onnx.ModelProto, name: str, base_dir: str | Path | 
     raise ModelError(f"initializer {name!r} not found")
 
 
-def drop_inferable_value_info(model: onnx.ModelProto) -> None:
-    """Remove the shape annotations of tensors that standard ONNX ops produce, in place.
-
-    onnxruntime infers them again when it loads the model; in a small quantized model they are a few
-    percent of the file (8 KB of 200 on the PP-OCR classifier). Annotations of custom-domain outputs stay:
-    there they may be the only type information.
-    """
-    standard = {out for node in model.graph.node if node.domain in ("", "ai.onnx") for out in node.output}
-    keep = [v for v in model.graph.value_info if v.name not in standard]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(keep)
-
-
 def check_finite_weight(w: np.ndarray, tensor: str, node: str, op_type: str) -> None:
     """Refuse a weight holding NaN or Inf before it is quantized: its channels' ranges would be
     non-finite and every code of them garbage (and NumPy would warn on the way)."""
