@@ -19,13 +19,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import models  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-import models  # noqa: E402
 from ptq_core.config import parse_config  # noqa: E402
-from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic  # noqa: E402
+from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic  # noqa: E402
 
 N_SENTENCES = 96
 

@@ -42,11 +42,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import psutil  # noqa: E402
-
 import bench_full_quant as bfq  # noqa: E402
 import harness  # noqa: E402
 import models  # noqa: E402
+import psutil  # noqa: E402
 
 PTQ = Path(sys.executable).parent / "ptq"
 METHODS = ("MAX_MIN", "KL", "REMOVAL_OUTLIER")
@@ -213,7 +212,7 @@ def main() -> None:
 
 
 def _isa() -> str:
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     return machine_isa()
 

@@ -39,9 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
+import numpy as np  # noqa: E402
 
 CLS_SHAPE = "x:1,3,48,192"
 HEAD_SIZE = 32
@@ -79,9 +78,9 @@ def _cfg(path: Path, lines: list[str]) -> Path:
 
 # --------------------------------------------------------------------------- detection head
 def bench_head(work: Path) -> dict:
+    import debug_models as dm
     import onnx
 
-    import debug_models as dm
     from ptq_core.debug.stats import cosine
 
     folder = work / "head"

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,11 +42,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import bench_weight_quant as bwq  # noqa: E402
 import harness  # noqa: E402
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 
 CLS_SHAPE = "x:1,3,48,192"
 MINILM_SHAPE = bwq.MINILM_SHAPE
@@ -181,7 +179,7 @@ def rss_run(path: str, feeds_npz: Path, n: int, repeats: int) -> dict:
 def kernels(path: str) -> dict:
     """Op types of ORT's optimized graph (CPU EP, extended level), integer and float compute only."""
     try:
-        from ptq_core.emit_qdq import fused_ops
+        from ptq_core.modes.full.emit_qdq import fused_ops
 
         c = fused_ops(Path(path).read_bytes())
     except Exception as e:  # noqa: BLE001
@@ -552,7 +550,7 @@ def render(cmd, env, minilm, cls, T, wall, args) -> str:
         rows, meta = minilm
         L += ["## all-MiniLM-L6-v2", "",
               "ptqflow's ALWC and ACWL rows use the default `[ptqflow] rotation_block=16` (block-Hadamard "
-              "rotation of each quantized activation, `ptq_core/rotation.py`); the `rotation_block=0` rows are "
+              "rotation of each quantized activation, `ptq_core/modes/dynamic/rotation.py`); the `rotation_block=0` rows are "
               "converter_lite's numerics. "
               f"Cosine: mean-pooled (attention-masked) embedding vs FP32, per sentence, mean (min) over "
               f"{meta['n_sentences']} sentences from `pydoc_data.topics` padded to {meta['seq_len']} tokens "

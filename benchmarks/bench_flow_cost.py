@@ -130,7 +130,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     sys.path.insert(0, str(ROOT))
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     result = {"isa": machine_isa(), "cores": os.cpu_count(), "repeats": args.repeats, "runs_s": rows,
               "median_s": med, "time_split": splits}

@@ -24,11 +24,9 @@ issue's targets) and benchmarks/results/full_quant.json; prints the markdown.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -42,10 +40,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 
 CLS_SHAPE = "x:1,3,48,192"
 REC_SHAPE = (1, 3, 48, 320)
@@ -140,7 +137,12 @@ def _prepare_ort_input(src: str, prep: str, tmp: Path) -> str:
 
 def _child_ort(spec: dict, out: dict) -> None:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     ort.set_default_logger_severity(3)
     out["base_rss_mb"] = _status_mb("VmRSS")
@@ -159,7 +161,10 @@ def _child_ort(spec: dict, out: dict) -> None:
             # quantize_static forwards no bin counts to the Entropy calibrator, whose defaults
             # (128 bins, 128 quantized bins) leave one candidate threshold = the max (= MinMax). A
             # careful user calls the calibrator with TensorRT's 2048/128 and hands the ranges over.
-            from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+            from onnxruntime.quantization.calibrate import (
+                create_calibrator,
+                save_tensors_data,
+            )
 
             cal = create_calibrator(Path(model_in), None, augmented_model_path=str(tmp / "aug.onnx"),
                                     calibrate_method=CalibrationMethod.Entropy,
@@ -271,7 +276,7 @@ def batched_run(sess, name: str, x: np.ndarray, chunk: int = 50) -> np.ndarray:
 
 def int8_profile(path: str) -> dict:
     """What ORT's optimizer (CPU EP, extended) made of the model: integer kernels vs float compute ops."""
-    from ptq_core.emit_qdq import fused_ops
+    from ptq_core.modes.full.emit_qdq import fused_ops
 
     c = fused_ops(Path(path).read_bytes())
     int8 = sum(v for k, v in c.items() if k.startswith(INT8_OPS_PREFIX))
@@ -282,8 +287,8 @@ def int8_profile(path: str) -> dict:
 def rules_check(path: str, target: str) -> list[str]:
     import onnx
 
-    from ptq_core.emit_qdq import check_target_rules
-    from ptq_core.targets import get_target
+    from ptq_core.modes.full.emit_qdq import check_target_rules
+    from ptq_core.modes.full.targets import get_target
 
     return check_target_rules(onnx.load(path), get_target(target))
 

@@ -4,7 +4,7 @@
     .venv-bench/bin/python benchmarks/bench_int8_portability.py --quick   # smoke run
 
 onnxruntime's x86 u8 x s8 kernels saturate pairs of products in int16 on CPUs without VNNI
-(ptq_core/cpu_kernels.py, docs/int8-portability.md). This benchmark measures, on the machine it runs on
+(ptq_core/onnxgraph/cpu.py, docs/int8-portability.md). This benchmark measures, on the machine it runs on
 (its ISA is printed with every table):
 
 1. **Kernels.** ``MatMulInteger`` 128x384 @ 384x384 and ``QLinearConv`` 64->64 3x3 on 1x64x56x56, for
@@ -46,10 +46,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 
 REC_SHAPE = (1, 3, 48, 320)
 CLS_SHAPE = (1, 3, 48, 192)
@@ -61,7 +60,7 @@ MAX_LAT = 1.05
 # =========================================================================== machine
 def isa() -> str:
     """CPU model and the ISA flags that decide onnxruntime's int8 kernels."""
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     return machine_isa()
 
@@ -271,7 +270,13 @@ def full_cfg(calib: str, size: int, form: str, image: bool) -> str:
 
 def ort_static(src: Path, dst: Path, tensors: np.ndarray, reduce_range: bool) -> Path:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -313,7 +318,7 @@ def score_rows(rows: list[dict], score, dynamic: bool) -> None:
     """score(session) -> float, as run here and exact; and the int8 weights that saturate without VNNI."""
     import onnx
 
-    from ptq_core.cpu_kernels import integer_weights, saturating_weights
+    from ptq_core.onnxgraph.cpu import integer_weights, saturating_weights
 
     for r in rows:
         if r.get("scheme") != "fp32":
@@ -336,7 +341,7 @@ def latency(rows: list[dict], feeds: dict, iters: int, rounds: int = 10, repeats
     noise floor (a second FP32 session / the first). Also records the int8 kernels onnxruntime runs."""
     import statistics
 
-    from ptq_core.emit_qdq import fused_ops
+    from ptq_core.modes.full.emit_qdq import fused_ops
 
     sessions = {i: session(r["path"], threads=1) for i, r in enumerate(rows)}
     sessions["fp32-again"] = session(rows[0]["path"], threads=1)

@@ -38,16 +38,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
+import numpy as np  # noqa: E402
 
 CLS_SHAPE = "x:1,3,48,192"
 HEAD_SIZE = 32
 
 
 def _mean_cosine(ref_sess, cand_sess, feeds_list) -> float:
-    from ptq_core.runtime import output_cosine
+    from ptq_core.onnxgraph.session import output_cosine
 
     return float(np.mean([output_cosine(ref_sess.run(None, f), cand_sess.run(None, f)) for f in feeds_list]))
 
@@ -79,8 +78,8 @@ def _latency(paths: dict[str, Path], feeds: dict, args) -> dict[str, float]:
 # --------------------------------------------------------------------------- detection head
 def bench_head(args, work: Path) -> dict:
     import onnx
-
     from modelgen import detection_head_model
+
     from ptqflow.api import convert
 
     folder = work / "head"
@@ -123,6 +122,7 @@ def bench_head(args, work: Path) -> dict:
 def bench_cls(args, work: Path) -> dict:
     import models
     import ocr_cls_data
+
     from ptqflow.api import convert
 
     root = Path(args.cls_root)

@@ -10,7 +10,7 @@ end), each part with a fresh PTQFLOW_HOME (empty caches) unless it says otherwis
 1. MiniLM, 5-point ``init_scale`` sweep (mixed bit): first run, then the same sweep again. Task run states
    read back from the API show which steps ran and which were served from cache; counters on ``onnx.load``
    and ``onnxruntime.InferenceSession`` show how often the FP32 file was parsed, and the steps a point no
-   longer repeats (ptq_core.model_cache) are timed on their own.
+   longer repeats (ptq_core.onnxgraph.cache) are timed on their own.
 2. PP-OCR text-direction classifier, 3 ``activation_quant_method`` x 2 ``per_channel`` FULL_QUANT sweep vs
    six independent ``ptq convert`` processes (each with its own empty cache, against the same server).
 3. Statistics on an external ``dask scheduler`` + 2 ``dask worker`` processes on loopback vs the local
@@ -71,9 +71,8 @@ def _timed_flow(fn, *args, **kwargs):
 
 # ------------------------------------------------------------------------------------------ 1
 def minilm_sweep(work: Path, base: Path) -> dict:
-    import onnx
-
     import models
+    import onnx
     from ptqflow.flows.sweep import sweep
 
     model = models.export_minilm(HERE / "work")
@@ -119,7 +118,7 @@ class _FP32Reads:
         import onnx
         import onnxruntime
 
-        from ptq_core import model_cache
+        from ptq_core.onnxgraph import cache as model_cache
 
         self._onnx, self._ort = onnx, onnxruntime
         self._load, self._session = onnx.load, onnxruntime.InferenceSession
@@ -144,7 +143,7 @@ class _FP32Reads:
         self._onnx.load, self._ort.InferenceSession = self._load, self._session
 
     def counts(self) -> dict:
-        from ptq_core import model_cache
+        from ptq_core.onnxgraph import cache as model_cache
 
         return {"onnx_load_analysis": self.analysis, "onnx_load_points": self.points,
                 "ort_sessions_on_fp32": self.sessions,
@@ -157,9 +156,15 @@ def _saved_per_point(model: Path) -> dict:
     reference run of the summary (session + run); minus the copy emit now makes of the shared model."""
     import onnx
 
-    from ptq_core import pipeline
-    from ptq_core.graph import analyse_model, prepare_model
-    from ptq_core.runtime import InputOptions, input_specs, make_session, random_feeds, run
+    from ptq_core import convert as pipeline
+    from ptq_core.onnxgraph.graph import analyse_model, prepare_model
+    from ptq_core.onnxgraph.session import (
+        InputOptions,
+        input_specs,
+        make_session,
+        random_feeds,
+        run,
+    )
 
     path = str(model.resolve())
     info = analyse_model(path)
@@ -265,10 +270,11 @@ def _start_cluster():
 
 def cluster_stats(work: Path, base: Path, calib: Path, n: int) -> dict:
     import models
-    from ptq_core.config import parse_config
-    from ptq_core.full_pipeline import quantize_full
-    from ptq_core.runtime import InputOptions
     from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+
+    from ptq_core.config import parse_config
+    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.onnxgraph.session import InputOptions
     from ptqflow._watchdog import stop_children
 
     model = models.rapidocr_models()["cls"]
@@ -312,9 +318,9 @@ def cluster_stats(work: Path, base: Path, calib: Path, n: int) -> dict:
 # ------------------------------------------------------------------------------------------ 4
 def overhead(work: Path, base: Path, repeats: int) -> dict:
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
-
-    from ptq_core.pipeline import convert_direct
     from ptqflow.flows.quantize import quantize
+
+    from ptq_core.convert import convert_direct
 
     model = ROOT / "examples" / "digits" / "digits_cnn.onnx"
     cfg = ROOT / "examples" / "configs" / "weight_fixed_bit.cfg"
@@ -354,7 +360,7 @@ def _fp32_reads_text(m: dict) -> str:
     text = (f"FP32 file parsed during the first sweep: `onnx.load` {r['onnx_load_analysis']}× by the analysis "
             f"(load + external-data scan for the hash, once per sweep) and {r['onnx_load_points']}× by the "
             f"{m['points']} points; onnxruntime sessions on it: {r['ort_sessions_on_fp32']} (the summary's FP32 "
-            f"reference). Points 2–{m['points']} take the model point 1 loaded from `ptq_core.model_cache` "
+            f"reference). Points 2–{m['points']} take the model point 1 loaded from `ptq_core.onnxgraph.cache` "
             f"(loads through it: {r['cache_loads']}); before, every point parsed it 3× (plan, emit, size on disk) "
             f"and built its own FP32 reference session.")
     if s:
@@ -452,10 +458,10 @@ def main() -> None:
     os.environ["PTQFLOW_HOME"] = str(base / "boot")
     os.environ["PREFECT_HOME"] = str(base / "prefect")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    import ptqflow  # noqa: F401  (offline settings before Prefect)
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from ptqflow.deployments.server import free_port, start_server
+
+    import ptqflow  # noqa: F401  (offline settings before Prefect)
 
     work = HERE / "work" / "orchestration"
     shutil.rmtree(work, ignore_errors=True)

@@ -34,11 +34,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import bench_full_quant as bfq  # noqa: E402
 import harness  # noqa: E402
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 import ocr_cls_data  # noqa: E402
 
 PTQ = Path(sys.executable).parent / "ptq"

@@ -18,10 +18,8 @@ ptqflow.api is not importable, its rows are reported as "not available" and the 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -36,10 +34,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
 import models  # noqa: E402
+import numpy as np  # noqa: E402
 
 MIXED_SCALES = (0.005, 0.01, 0.02, 0.05, 0.1)
 DEFAULT_INIT_SCALE = 0.02
@@ -518,7 +515,7 @@ def environment() -> dict:
 
 
 def render(cmd: str, env: dict, minilm: tuple | None, ocr: tuple | None, targets: list, wall: float) -> str:
-    L = [f"# Weight-quantization benchmark", "", "```", cmd, "```", "",
+    L = ["# Weight-quantization benchmark", "", "```", cmd, "```", "",
          f"{env['date']} · git {env['git']} · {env['cpu']} ({env['cores']} cores) · Python {env['python']} · "
          + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v) + f" · total wall {wall:.0f} s", ""]
     L += ["Latency: median of interleaved rounds, batch 1, `intra_op_num_threads=1, inter_op_num_threads=1`, "
@@ -527,7 +524,7 @@ def render(cmd: str, env: dict, minilm: tuple | None, ocr: tuple | None, targets
           "bits/w: 8 × file bytes / FP32 float weight count. Ratios are against the FP32 row of the same run.", ""]
     if minilm:
         rows, meta = minilm
-        L += [f"## all-MiniLM-L6-v2", "",
+        L += ["## all-MiniLM-L6-v2", "",
               f"Mean-pooled embedding cosine vs FP32 on {meta['n_sentences']} sentences from `pydoc_data.topics` "
               f"(padded to {meta['seq_len']} tokens; mean {meta['mean_tokens']:.1f}, max {meta['max_tokens']} real tokens, "
               f"{meta['truncated_sentences']} truncated). Latency input: {meta['latency_input']}. "

@@ -38,9 +38,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import harness  # noqa: E402
+import numpy as np  # noqa: E402
 
 PTQ = Path(sys.executable).parent / "ptq"
 WORK = HERE / "work" / "zoo"
@@ -143,8 +142,8 @@ def full_quant(name: str, model: Path, input_name: str, height: int, width: int,
     """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
     import onnxruntime as ort
 
-    from ptq_core.calibration import preprocess_image
     from ptq_core.config import parse_config
+    from ptq_core.data.calibration import preprocess_image
 
     calib = photo_crops(WORK / "photos" / "calib", 24, seed=1)[0].parent
     evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)

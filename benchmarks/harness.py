@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -238,7 +238,7 @@ def environment(packages: tuple[str, ...]) -> dict:
             vers[p] = md.version(p)
         except md.PackageNotFoundError:
             vers[p] = None
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     cpu = machine_isa()  # CPU model and the int8 ISA flags: a figure from one kind says nothing of another
     try:

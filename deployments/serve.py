@@ -29,7 +29,6 @@ SERVE_LIMIT = 2  # flow runs at once: the machine has few cores and each run may
 def build_deployments(watch: str = "", cron: str = "*/10 * * * *", output_dir: str = "") -> list:
     """The RunnerDeployments that ``prefect.serve`` runs; entrypoints are module paths so any cwd works."""
     from prefect.deployments.runner import EntrypointType
-
     from ptqflow.deployments.watch import watch_folder
     from ptqflow.flows.quantize import quantize
     from ptqflow.flows.sweep import sweep
@@ -59,9 +58,10 @@ def check_cron(cron: str) -> None:
 
 def serve_command(args) -> int:
     """Start the server (unless --api-url), then the serving child; stop both on exit or signal."""
+    from ptqflow.deployments.server import healthy, start_server, stop_group
+
     from ptqflow import resident
     from ptqflow._env import home
-    from ptqflow.deployments.server import healthy, start_server, stop_group
 
     check_cron(args.cron)
     if args.watch and not Path(args.watch).is_dir():

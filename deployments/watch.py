@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-
-from ptq_core.graph import file_sha256
-from ptqflow._env import home
 from ptqflow.tasks.caching import file_digest
+
+from ptq_core.onnxgraph.graph import file_sha256
+from ptqflow._env import home
 
 
 def state_path(folder: Path) -> Path:
@@ -58,8 +58,9 @@ def pending(folder: Path, state: dict) -> tuple[list[tuple[Path, Path, str]], li
 @flow(name="watch-folder", persist_result=True)
 def watch_folder(folder: str, output_dir: str = "", input_shape: str = "", dask_address: str | None = None) -> list[dict]:
     """One scan: quantize what is new or changed in ``folder`` with its own config, remember the hashes."""
-    from ptq_core.errors import PtqError
     from ptqflow.flows.quantize import quantize
+
+    from ptq_core.errors import PtqError
 
     logger = get_run_logger()
     root = Path(folder).resolve()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-from ptq_core.calibration import shapes_from_images
-from ptq_core.config.flags import apply_optimize
-from ptq_core.pipeline import Summary, apply_max_drop
-from ptq_core.preflight import check_output
-from ptq_core.runtime import InputOptions
 from ptqflow.tasks import debug, dynamic, full, weight
+
+from ptq_core.config.flags import apply_optimize
+from ptq_core.convert import Summary, apply_max_drop
+from ptq_core.data.calibration import shapes_from_images
+from ptq_core.onnxgraph.preflight import check_output
+from ptq_core.onnxgraph.session import InputOptions
 
 
 @flow(name="quantize", persist_result=True)

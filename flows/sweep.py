@@ -3,7 +3,7 @@
 Points run in parallel on Prefect's thread pool and share every cached upstream task: the config
 is resolved and the model analysed once, FULL_QUANT calibration is preprocessed once and its
 statistics collected once per ``activation_quant_method`` (``collect_statistics`` is keyed without
-per_channel or bias_correction). While the points run, ``ptq_core.model_cache`` keeps the FP32 model
+per_channel or bias_correction). While the points run, ``ptq_core.onnxgraph.cache`` keeps the FP32 model
 the first point parsed (prepared, optimized for FULL_QUANT, run for the summary's reference outputs), so
 the others do not load it again. Latency is measured afterwards, one point at a time, so parallel
 points do not slow each other's timings.
@@ -19,16 +19,24 @@ from typing import Iterator
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-
-from ptq_core import model_cache
-from ptq_core.calibration import shapes_from_images
-from ptq_core.config import check_runnable
-from ptq_core.config.model import parse_config
-from ptq_core.errors import ConfigError
-from ptq_core.runtime import InputOptions
-from ptq_core.sweep import Measured, check_pick, expand, load_grid, pareto_front, pareto_svg, pick_best
 from ptqflow.tasks import sweep as sweep_tasks
 from ptqflow.tasks import weight
+
+from ptq_core.config import check_runnable
+from ptq_core.config.model import parse_config
+from ptq_core.data.calibration import shapes_from_images
+from ptq_core.errors import ConfigError
+from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.sweep import (
+    Measured,
+    check_pick,
+    expand,
+    load_grid,
+    pareto_front,
+    pareto_svg,
+    pick_best,
+)
 
 DEFAULT_PARALLEL = 2
 

@@ -79,7 +79,7 @@ def weight_params(w: np.ndarray, bits: int, axis: int | None, symmetric: bool = 
                   limits: tuple[int, int] | None = None) -> AffineParams:
     """Min/max per channel (or tensor) -> asymmetric full-range params, as fixed-bit weight quant does.
 
-    ``limits`` narrows the code range further (the portable int8 form, ptq_core.cpu_kernels).
+    ``limits`` narrows the code range further (the portable int8 form, ptq_core.onnxgraph.cpu).
     """
     qmin, qmax = qrange(bits, narrow=narrow) if limits is None else limits
     view = channel_view(w.astype(np.float64), axis)

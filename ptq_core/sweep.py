@@ -330,7 +330,7 @@ def latency_ms(model_path: str | Path, feeds: dict, runs: int = 20, warmup: int 
     import statistics
     import time
 
-    from ptq_core.runtime import make_session, run
+    from ptq_core.onnxgraph.session import make_session, run
 
     session = make_session(str(model_path), threads=1)
     for _ in range(warmup):

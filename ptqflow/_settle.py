@@ -48,7 +48,6 @@ def settle_task_runs(since: datetime, timeout: float = 5.0, poll: float = 0.1) -
             TaskRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
-
         from prefect.events.worker import EventsWorker
 
         EventsWorker.drain_all(timeout=timeout)  # every task-run event this process still holds, sent

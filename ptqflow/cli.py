@@ -190,11 +190,11 @@ def _validate_paths(args) -> None:
 
 
 def _convert(args) -> int:
-    from ptq_core.calibration import layout_fact, shapes_from_images
     from ptq_core.config.flags import foreign_notices
-    from ptq_core.pipeline import already_quantized_text, output_file, resolve_config
-    from ptq_core.preflight import check_output
-    from ptq_core.runtime import InputOptions, input_specs
+    from ptq_core.convert import already_quantized_text, output_file, resolve_config
+    from ptq_core.data.calibration import layout_fact, shapes_from_images
+    from ptq_core.onnxgraph.preflight import check_output
+    from ptq_core.onnxgraph.session import InputOptions, input_specs
     from ptqflow import report
 
     cfg = resolve_config(args.config_file, args.max_drop, args.optimize)  # validated before the model is read
@@ -220,7 +220,7 @@ def _convert(args) -> int:
     start = time.perf_counter()
     with report.layer_progress() as progress:
         if args.no_flow:
-            from ptq_core.pipeline import convert_direct
+            from ptq_core.convert import convert_direct
 
             summary = convert_direct(args.model_file, args.config_file, args.output_file, inputs, progress,
                                      info=info, max_drop=args.max_drop, optimize=args.optimize)
@@ -228,7 +228,6 @@ def _convert(args) -> int:
             from ptqflow._guard import quiet_console, watch_children
             from ptqflow._progress import terminal
             from ptqflow.flows.quantize import quantize
-
             from ptqflow.resident import in_use
 
             watch_children()  # Prefect's temporary server must not outlive a killed run
@@ -256,7 +255,7 @@ def _convert(args) -> int:
 def _sweep(args) -> int:
     """Everything the user gave is checked (grid, every point's config, the model) before the flow starts."""
     from ptq_core.config import check_runnable
-    from ptq_core.pipeline import resolve_config
+    from ptq_core.convert import resolve_config
     from ptq_core.sweep import expand, load_grid
     from ptqflow import report
 
@@ -281,7 +280,6 @@ def _sweep(args) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from ptqflow.flows.sweep import sweep
-
     from ptqflow.resident import in_use
 
     flow = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
@@ -300,7 +298,7 @@ def _started_a_flow() -> None:
 
 def _precheck_model(model_file: str, cfg):
     """Read the model once, cheaply, so that bad models and unknown skip names fail before the flow starts."""
-    from ptq_core.graph import analyse_model, check_skip_nodes
+    from ptq_core.onnxgraph.graph import analyse_model, check_skip_nodes
 
     info = analyse_model(model_file)
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)

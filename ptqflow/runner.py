@@ -148,11 +148,11 @@ def _relay(child: int, reader) -> int:
 
 def serve() -> int:
     """Import once, then fork a child per request until SIGTERM (from the supervisor) or a code change."""
+    import gc
+
     import ptqflow.cli  # noqa: F401  (the CLI's own environment defaults first)
     import ptqflow.flows.quantize  # noqa: F401
     import ptqflow.flows.sweep  # noqa: F401
-
-    import gc
 
     gc.collect()
     gc.freeze()  # imported objects move out of the collector's reach: a child's collections do not copy their pages

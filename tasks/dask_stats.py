@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ptq_core.collect import Round, accumulate, chunks, merge_all
+from ptq_core.stats.collect import Round, accumulate, chunks, merge_all
 
 ADDRESS_ENV = "PTQFLOW_DASK_ADDRESS"
 

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks.dask_stats import dask_client, worker_threads
 
 from ptq_core.debug import driver
-from ptq_core.runtime import InputOptions
+from ptq_core.onnxgraph.session import InputOptions
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report

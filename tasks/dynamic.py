@@ -9,11 +9,11 @@ import onnx
 from prefect import task
 from ptqflow.tasks.caching import content_key
 
-from ptq_core import pipeline
+from ptq_core import convert as pipeline
 from ptq_core.config import QuantConfig
-from ptq_core.emit_weight import save_model_atomic
-from ptq_core.graph import ModelInfo
-from ptq_core.runtime import InputOptions
+from ptq_core.modes.weight.emit import save_model_atomic
+from ptq_core.onnxgraph.graph import ModelInfo
+from ptq_core.onnxgraph.session import InputOptions
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 

@@ -13,13 +13,15 @@ from ptqflow.tasks.caching import content_key
 from ptqflow.tasks.dask_stats import collect_distributed, dask_client, worker_threads
 from ptqflow.tasks.locks import ProcessLockManager
 
-from ptq_core import collect, full_pipeline, model_cache
-from ptq_core.calibration import sample_digest
 from ptq_core.config import QuantConfig
-from ptq_core.emit_weight import save_model_atomic
-from ptq_core.full_pipeline import accumulate_bias, calibration_shapes
-from ptq_core.graph import ModelInfo
-from ptq_core.runtime import InputOptions, input_specs
+from ptq_core.data.calibration import sample_digest
+from ptq_core.modes.full import pipeline as full_pipeline
+from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
+from ptq_core.modes.weight.emit import save_model_atomic
+from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.graph import ModelInfo
+from ptq_core.onnxgraph.session import InputOptions, input_specs
+from ptq_core.stats import collect
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
@@ -123,7 +125,7 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
 def emit_full(record: dict, output: str) -> str:
     import onnx
 
-    from ptq_core.pipeline import output_file
+    from ptq_core.convert import output_file
 
     return str(save_model_atomic(onnx.load(record["model_path"]), output_file(output)))
 
@@ -132,7 +134,7 @@ def emit_full(record: dict, output: str) -> str:
 @ours
 def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: dict,
                    inputs: InputOptions):
-    from ptq_core.pipeline import summarize_full as core_summarize
+    from ptq_core.convert import summarize_full as core_summarize
 
     with open(record["plan_path"], "rb") as fh:
         prepared, plan, speed, timings, max_drop = pickle.load(fh)

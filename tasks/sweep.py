@@ -10,8 +10,8 @@ from ptqflow.tasks import weight
 from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core.config import QuantConfig
-from ptq_core.graph import ModelInfo
-from ptq_core.runtime import InputOptions, input_specs, random_feeds
+from ptq_core.onnxgraph.graph import ModelInfo
+from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
 from ptq_core.sweep import latency_ms
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours

@@ -1,4 +1,4 @@
-"""Tasks of the weight-quantization path; each wraps one ptq_core.pipeline step."""
+"""Tasks of the weight-quantization path; each wraps one ptq_core.convert step."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from ptqflow.tasks.caching import content_key, file_digest
 
-from ptq_core import model_cache, pipeline
+from ptq_core import convert as pipeline
 from ptq_core.config import QuantConfig
-from ptq_core.graph import ModelInfo, analyse_model, external_locations, file_sha256
-from ptq_core.runtime import InputOptions, input_specs
+from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.graph import (
+    ModelInfo,
+    analyse_model,
+    external_locations,
+    file_sha256,
+)
+from ptq_core.onnxgraph.session import InputOptions, input_specs
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
@@ -47,7 +53,7 @@ def _data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None)
     """auto_tune reads calibration sample 0, so the calibration files' bytes are part of the key."""
     if not (cfg.common.bit_num == 0 and cfg.mixed.auto_tune and cfg.data.has_calibration):
         return None
-    from ptq_core.calibration import sample_digest
+    from ptq_core.data.calibration import sample_digest
 
     inputs = inputs or InputOptions()
     return sample_digest(cfg, input_specs(info.inputs, inputs.shape_map), inputs.data_format)

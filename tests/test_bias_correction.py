@@ -5,12 +5,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core import collect
-from ptq_core.bias_correction import PatchProbe, ShadowProbe, mean_errors, statistics_model
-from ptq_core.full_pipeline import accumulate_bias
-from ptq_core.full_quant import build_plan, correctable_nodes, placement
-from ptq_core.observers import make_observer
 from ptq_core.config import parse_config
+from ptq_core.modes.full.bias_correction import (
+    PatchProbe,
+    ShadowProbe,
+    mean_errors,
+    statistics_model,
+)
+from ptq_core.modes.full.pipeline import accumulate_bias
+from ptq_core.modes.full.prepare import build_plan, correctable_nodes, placement
+from ptq_core.stats import collect
+from ptq_core.stats.observers import make_observer
 
 CFG = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
                    "min_quant_weight_size=0\nmin_quant_weight_channel=0\n")

@@ -5,8 +5,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from modelgen import save, write_config
+
 from ptq_core.errors import PtqError
 from ptqflow import cache_admin
 from ptqflow.cache_admin import Entry, Record, parse_age, parse_size, plan_prune

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptq_core import calibration
-from ptq_core.calibration import (
+from ptq_core.config.model import CalibrationInput, DataPreprocessParam, QuantConfig
+from ptq_core.data import calibration
+from ptq_core.data.calibration import (
     check_inputs,
     iter_samples,
     list_calibration_files,
@@ -20,9 +21,8 @@ from ptq_core.calibration import (
     sample_digest,
     write_shards,
 )
-from ptq_core.config.model import CalibrationInput, DataPreprocessParam, QuantConfig
 from ptq_core.errors import DataError
-from ptq_core.runtime import InputSpec
+from ptq_core.onnxgraph.session import InputSpec
 
 
 def make_cfg(folders: dict[str, Path], size: int, input_type: str = "BIN", **params) -> QuantConfig:
@@ -79,7 +79,7 @@ def test_subfolders_are_skipped_and_reported(tmp_path, caplog):
     (tmp_path / "0sub").mkdir()
     for n in ["a", "b"]:
         (tmp_path / n).write_bytes(b"x")
-    with caplog.at_level(logging.WARNING, logger="ptq_core.calibration"):
+    with caplog.at_level(logging.WARNING, logger="ptq_core.data.calibration"):
         files = list_calibration_files(make_cfg({"in": tmp_path}, 2))["in"]
     assert [p.name for p in files] == ["a", "b"]
     assert "0sub/" in caplog.text

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from modelgen import mixed_ops_model, save, write_config
+
 from ptqflow.cli import main
 
 ROOT = Path(__file__).parent.parent

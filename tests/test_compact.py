@@ -6,7 +6,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.compact import compact_model, drop_default_attributes, drop_unused_opset_imports
+from ptq_core.onnxgraph.compact import (
+    compact_model,
+    drop_default_attributes,
+    drop_unused_opset_imports,
+)
 
 RNG = np.random.default_rng(0)
 

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptq_core.config.schema import SECTIONS
+from ptq_core.convert import resolve_config
 from ptq_core.errors import PtqError
-from ptq_core.pipeline import resolve_config
 
 EXAMPLES = int(os.environ.get("PTQ_FUZZ_EXAMPLES", "2000"))
 

@@ -4,8 +4,8 @@ choices ptqflow makes for the user (calibration layout, keys that change nothing
 from pathlib import Path
 
 import pytest
-
 from modelgen import mixed_ops_model, save, write_config
+
 from ptq_core.config import parse_config
 from ptq_core.config.flags import FOREIGN_FLAGS, apply_optimize
 from ptqflow.cli import main

@@ -12,13 +12,21 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).parent))
 
 from modelgen import save  # noqa: E402
-from ptq_core.config import parse_config  # noqa: E402
-from ptq_core.cpu_kernels import (PAIR_SAFE_LIMIT, has_exact_u8s8, integer_weights, machine_isa,  # noqa: E402
-                                  saturating_columns, saturating_u8s8_matmul, saturating_weights)
-from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic  # noqa: E402
-from ptq_core.full_pipeline import quantize_full  # noqa: E402
-from ptq_core.runtime import InputOptions  # noqa: E402
 from test_full_quant import calib_folder, cnn_model  # noqa: E402
+
+from ptq_core.config import parse_config  # noqa: E402
+from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic  # noqa: E402
+from ptq_core.modes.full.pipeline import quantize_full  # noqa: E402
+from ptq_core.onnxgraph.cpu import (  # noqa: E402
+    PAIR_SAFE_LIMIT,
+    has_exact_u8s8,
+    integer_weights,
+    machine_isa,
+    saturating_columns,
+    saturating_u8s8_matmul,
+    saturating_weights,
+)
+from ptq_core.onnxgraph.session import InputOptions  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # the model of the kernel

@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from modelgen import mlp_model, save, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,8 +38,11 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(server, tmp_path_factory):
     """One quantize flow run against the server; returns its flow-run id."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
     from ptqflow.flows.quantize import quantize
 
     tmp = tmp_path_factory.mktemp("dash")

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from modelgen import save
-from ptq_core.full_pipeline import quantize_full
-from ptq_core.runtime import InputOptions
-from ptqflow._watchdog import stop_children
 from test_full_quant import calib_folder, cnn_model, full_cfg
+
+from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.onnxgraph.session import InputOptions
+from ptqflow._watchdog import stop_children
 
 BIN = Path(sys.executable).parent
 
@@ -73,10 +73,10 @@ def test_flow_runs_statistics_bias_and_debug_rounds_on_the_given_cluster(tmp_pat
     and the model equals a direct serial run."""
     from dask.utils import key_split
     from distributed import Client
-
     from modelgen import write_config
-    from ptq_core.pipeline import convert_direct
     from ptqflow.flows.quantize import quantize
+
+    from ptq_core.convert import convert_direct
 
     model_path = save(cnn_model(seed=7), tmp_path / "m.onnx")
     folder = calib_folder(tmp_path, n=8)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import debug_models as dm
 import numpy as np
 import onnx
 import pytest
-
-import debug_models as dm
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -18,7 +17,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     tmp = tmp_path_factory.mktemp("html")
     onnx.save(dm.detection_head_model(), str(tmp / "det.onnx"))

@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import debug_models as dm
 import numpy as np
 import onnx
 import pytest
-
-import debug_models as dm
 from modelgen import mlp_model, save, write_config
+
 from ptq_core.debug import stats
-from ptq_core.debug.rank import iter_report_rounds, propose_skip_line, rank_nodes, rank_rows
+from ptq_core.debug.rank import (
+    iter_report_rounds,
+    propose_skip_line,
+    rank_nodes,
+    rank_rows,
+)
 from ptq_core.debug.writer import fmt
 
 ROUNDS = 5
@@ -25,7 +30,7 @@ PARAM_HEADER = "NodeName,NodeType,TensorName,ElementsNum,Dims,Scale,ZeroPoint,Bi
 @pytest.fixture(scope="module")
 def det(tmp_path_factory):
     """The detection head quantized with debug on (serial path): folder, model path, calibration folder."""
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     tmp = tmp_path_factory.mktemp("det")
     model = tmp / "det.onnx"
@@ -195,13 +200,13 @@ def _cfg(det):
 
 
 def _inputs():
-    from ptq_core.runtime import InputOptions
+    from ptq_core.onnxgraph.session import InputOptions
 
     return InputOptions()
 
 
 def test_rerun_into_the_same_folder_works_and_drops_stale_rounds(det, tmp_path):
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     cfg = dm.full_quant_config(tmp_path / "c.cfg", "x", det["bins"], 2, tmp_path / "dbg")
     convert_direct(det["model"], cfg, tmp_path / "a")
@@ -212,7 +217,7 @@ def test_rerun_into_the_same_folder_works_and_drops_stale_rounds(det, tmp_path):
 
 
 def test_weight_quant_without_data_writes_one_random_round(tmp_path):
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     model = save(mlp_model(), tmp_path / "m.onnx")
     cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n"
@@ -228,7 +233,7 @@ def test_weight_quant_without_data_writes_one_random_round(tmp_path):
 
 
 def test_dynamic_quant_reports_the_replaced_matmuls(tmp_path):
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     model = save(mlp_model(), tmp_path / "m.onnx")
     cfg = write_config(tmp_path / "d.cfg", "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"
@@ -257,8 +262,8 @@ def test_ptq_report_on_a_folder_without_reports_is_a_one_line_error(tmp_path, ca
 
 
 def test_a_debug_path_that_is_a_file_fails_before_any_work(tmp_path):
+    from ptq_core.convert import convert_direct
     from ptq_core.errors import ConfigError
-    from ptq_core.pipeline import convert_direct
 
     (tmp_path / "taken").write_text("x")
     model = save(mlp_model(), tmp_path / "m.onnx")
@@ -270,7 +275,7 @@ def test_a_debug_path_that_is_a_file_fails_before_any_work(tmp_path):
 
 
 def test_same_inputs_give_byte_identical_reports(det, tmp_path):
-    from ptq_core.pipeline import convert_direct
+    from ptq_core.convert import convert_direct
 
     text = det["cfg"].read_text().replace(str(det["dir"]), str(tmp_path / "again"))
     cfg = tmp_path / "det.cfg"  # same file name: the page title names the config

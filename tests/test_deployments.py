@@ -1,17 +1,16 @@
 """Deployments: what ``ptq serve`` serves, the watch-folder flow, and the server/serve processes' lifetime."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-import json
 from pathlib import Path
 
 import psutil
 import pytest
-
 from modelgen import mlp_model, save, write_config
 
 WEIGHT_CFG = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
@@ -55,7 +54,6 @@ def test_watcher_sees_new_weights_that_changed_only_the_external_data_file(tmp_p
     import numpy as np
     import onnx
     from onnx import numpy_helper
-
     from ptqflow.deployments.watch import pending
 
     folder = tmp_path / "models"

@@ -1,7 +1,7 @@
 """DYNAMIC_QUANT: numerics against a NumPy simulation, onnxruntime's integer kernels, node selection.
 
 ``python tests/test_dynamic_quant.py`` runs ``micro_benchmark`` (one MatMul at MiniLM shapes,
-FP32 vs ALWC vs ACWL, 1 thread) and prints the table quoted in ``ptq_core/dynamic_quant.py``.
+FP32 vs ALWC vs ACWL, 1 thread) and prints the table quoted in ``ptq_core/modes/dynamic/quant.py``.
 """
 
 import json
@@ -13,14 +13,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from modelgen import mixed_ops_model
 from onnx import TensorProto, helper, numpy_helper
 
-from modelgen import mixed_ops_model
 from ptq_core.config import parse_config
-from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
-from ptq_core.emit_qdq import fused_ops, optimized_model
+from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
+from ptq_core.modes.dynamic.rotation import hadamard, rotate_weight
+from ptq_core.modes.full.emit_qdq import fused_ops, optimized_model
 from ptq_core.quant import round_half_away
-from ptq_core.rotation import hadamard, rotate_weight
 
 ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 NONE = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -480,7 +480,7 @@ if __name__ == "__main__":
 
 
 def test_calibration_section_is_accepted_and_ignored_with_a_notice(tmp_path):
-    from ptq_core.pipeline import resolve_config
+    from ptq_core.convert import resolve_config
 
     cfg_path = tmp_path / "d.cfg"
     cfg_path.write_text("[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"

@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.emit_qdq import (
+from ptq_core.errors import PtqError
+from ptq_core.modes.full.emit_qdq import (
     check_target_rules,
     emit_qdq,
     float_paths,
@@ -17,11 +18,15 @@ from ptq_core.emit_qdq import (
     place_qdq,
     upgrade_opset,
 )
-from ptq_core.errors import PtqError
-from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import WEIGHT_OPS, default_opset
+from ptq_core.modes.full.plan import (
+    ActivationQuant,
+    BiasQuant,
+    FullQuantPlan,
+    WeightQuant,
+)
+from ptq_core.modes.full.targets import TARGETS, get_target
+from ptq_core.onnxgraph.graph import WEIGHT_OPS, default_opset
 from ptq_core.quant import cosine, round_half_away
-from ptq_core.targets import TARGETS, get_target
 
 RNG = np.random.default_rng(7)
 

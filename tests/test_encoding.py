@@ -1,4 +1,4 @@
-"""Weight-code storage (ptq_core.encoding): round trips, converter_lite's size rule, byte layouts."""
+"""Weight-code storage (ptq_core.storage.encoding): round trips, converter_lite's size rule, byte layouts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptq_core.encoding import (
+from ptq_core.storage.encoding import (
     EncodedTensor,
     decode,
     effective_bits,

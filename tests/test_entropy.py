@@ -1,4 +1,4 @@
-"""Group entropy coding (ptq_core.entropy): lossless, near the entropy, folded by onnxruntime."""
+"""Group entropy coding (ptq_core.storage.entropy): lossless, near the entropy, folded by onnxruntime."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from ptq_core.encoding import encode_split
-from ptq_core.entropy import (
+from ptq_core.storage.encoding import encode_split
+from ptq_core.storage.entropy import (
     EntropyGroup,
+    _code_lengths,
     compare_sizes,
     decode_group,
     encode_group,
@@ -24,7 +25,6 @@ from ptq_core.entropy import (
     group_nodes,
     worth_it,
 )
-from ptq_core.entropy import _code_lengths
 
 ALLOWED_OPS = {
     "Cast", "Concat", "Reshape", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Slice", "CumSum",

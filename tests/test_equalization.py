@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from modelgen import save
 from onnx import TensorProto, helper, numpy_helper
 
-from modelgen import save
-from ptq_core.equalization import equalize, find_chains
+from ptq_core.modes.full.equalization import equalize, find_chains
 
 
 def chain_model(middle: str = "relu", depthwise: bool = False, spread: float = 50.0) -> onnx.ModelProto:
@@ -84,8 +84,8 @@ def test_relu6_a_shared_output_or_a_graph_output_breaks_the_chain():
 
 
 def test_per_layer_full_quant_is_closer_to_fp32_with_equalization(tmp_path):
-    from ptq_core.full_pipeline import quantize_full
-    from ptq_core.runtime import InputOptions
+    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.onnxgraph.session import InputOptions
 
     model_path, folder, rng = _chain_and_calibration(tmp_path)  # rng goes on past the calibration samples
 
@@ -130,8 +130,8 @@ def _per_layer_setup(tmp_path):
 
 
 def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_path):
-    from ptq_core.full_pipeline import quantize_full
-    from ptq_core.runtime import InputOptions
+    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.onnxgraph.session import InputOptions
 
     model_path, cfg = _per_layer_setup(tmp_path)
     res = quantize_full(model_path, cfg, InputOptions(), tmp_path / "w")
@@ -139,8 +139,8 @@ def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_
 
 
 def test_auto_leaves_equalization_out_where_it_does_worse(tmp_path, monkeypatch):
-    from ptq_core import full_pipeline
-    from ptq_core.runtime import InputOptions
+    from ptq_core.modes.full import pipeline as full_pipeline
+    from ptq_core.onnxgraph.session import InputOptions
 
     model_path, cfg = _per_layer_setup(tmp_path)
     scores = iter([0.90, 0.95])  # with equalization, then without

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from modelgen import mlp_model, save, write_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -37,7 +36,6 @@ def _config(path: Path, init_scale: float) -> Path:
 
 def test_flow_end_to_end_then_served_from_cache(tmp_path):
     from prefect.artifacts import Artifact
-
     from ptqflow.flows.quantize import quantize
 
     model = save(mlp_model(hidden=128, inp=96), tmp_path / "m.onnx")
@@ -85,8 +83,9 @@ def test_flow_and_direct_call_write_the_same_model(tmp_path):
 def test_deleted_plan_file_is_recomputed(tmp_path):
     import shutil
 
-    from ptqflow._env import cache_dir
     from ptqflow.flows.quantize import quantize
+
+    from ptqflow._env import cache_dir
 
     model = save(mlp_model(hidden=64, inp=40), tmp_path / "m.onnx")
     cfg = _config(tmp_path / "w.cfg", 0.02)
@@ -98,8 +97,9 @@ def test_deleted_plan_file_is_recomputed(tmp_path):
 
 def test_full_quant_flow_on_dask_equals_the_serial_direct_path(tmp_path):
 
-    from ptqflow.api import convert
     from test_full_quant import calib_folder, cnn_model
+
+    from ptqflow.api import convert
 
     model = save(cnn_model(), tmp_path / "m.onnx")
     folder = calib_folder(tmp_path, n=8)
@@ -131,7 +131,6 @@ def test_new_weights_in_the_external_data_file_are_not_served_from_cache(tmp_pat
     import numpy as np
     import onnx
     from onnx import numpy_helper
-
     from ptqflow.flows.quantize import quantize
 
     folder = tmp_path / "export"

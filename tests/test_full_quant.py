@@ -5,15 +5,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
 
-from modelgen import save, write_config
-from ptq_core import collect
 from ptq_core.config import parse_config
-from ptq_core.emit_qdq import fused_ops
-from ptq_core.full_pipeline import quantize_full
+from ptq_core.modes.full.emit_qdq import fused_ops
+from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.quant import cosine
-from ptq_core.runtime import InputOptions
+from ptq_core.stats import collect
 
 ROOT = Path(__file__).parent.parent
 
@@ -158,7 +158,7 @@ def test_nan_in_calibration_file_is_a_clear_error(tmp_path):
 
 
 def test_latency_guard_keeps_slow_int8_nodes_in_fp32_and_the_model_not_slower(tmp_path, monkeypatch):
-    from ptq_core import speed
+    from ptq_core.modes.full import latency_guard as speed
 
     monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
     model_path = save(cnn_model(), tmp_path / "m.onnx")
@@ -181,7 +181,7 @@ def test_a_guarded_model_names_the_cpu_it_was_timed_on_and_tables_from_other_cpu
     import json
     import platform
 
-    from ptq_core import speed
+    from ptq_core.modes.full import latency_guard as speed
 
     monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
     model_path = save(cnn_model(), tmp_path / "m.onnx")
@@ -200,7 +200,7 @@ def test_a_guarded_model_names_the_cpu_it_was_timed_on_and_tables_from_other_cpu
 
 
 def test_speed_table_is_reused(tmp_path, monkeypatch):
-    from ptq_core import speed
+    from ptq_core.modes.full import latency_guard as speed
 
     calls = []
     real = speed.micro_benchmark
@@ -225,8 +225,8 @@ def test_latency_guard_decisions_are_remembered_so_reruns_are_identical(tmp_path
 
 @pytest.mark.parametrize("target", ["NVGPU", "DSP", "ASCEND"])
 def test_target_outputs_obey_their_rules_and_stay_close_on_cpu(tmp_path, target):
-    from ptq_core.emit_qdq import check_target_rules
-    from ptq_core.targets import get_target
+    from ptq_core.modes.full.emit_qdq import check_target_rules
+    from ptq_core.modes.full.targets import get_target
 
     model_path = save(cnn_model(), tmp_path / "m.onnx")
     cfg = full_cfg(calib_folder(tmp_path), extra=f"target_device={target}")
@@ -238,8 +238,8 @@ def test_target_outputs_obey_their_rules_and_stay_close_on_cpu(tmp_path, target)
 
 
 def test_kirin_target_is_refused_before_reading_the_model(tmp_path):
+    from ptq_core.convert import resolve_config
     from ptq_core.errors import PtqError
-    from ptq_core.pipeline import resolve_config
 
     cfg = write_config(tmp_path / "k.cfg", "[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
                        "[data_preprocess_param]\ncalibrate_path=x:/nowhere\ncalibrate_size=1\ninput_type=BIN\n"
@@ -269,7 +269,7 @@ def test_serial_calibration_reports_progress_over_every_pass(tmp_path):
 
 
 def test_ascend_context_input_shape_gives_the_calibration_shape():
-    from ptq_core.full_pipeline import calibration_shapes
+    from ptq_core.modes.full.pipeline import calibration_shapes
 
     cfg = parse_config("[ascend_context]\ninput_shape=input_1:[-1,32,32,4]\ndynamic_dims=[1~4],[8],[16]\n")
     assert calibration_shapes(cfg, InputOptions()) == {"input_1": (1, 32, 32, 4)}
@@ -279,7 +279,7 @@ def test_ascend_context_input_shape_gives_the_calibration_shape():
 
 def test_input_shape_flag_that_does_not_fit_the_model_is_an_error():
     from ptq_core.errors import ConfigError
-    from ptq_core.runtime import input_specs
+    from ptq_core.onnxgraph.session import input_specs
 
     with pytest.raises(ConfigError, match="does not fit"):
         input_specs((("x", onnx.TensorProto.FLOAT, (1, 3, 16, 16)),), {"x": (1, 3, 8, 8)})
@@ -288,7 +288,7 @@ def test_input_shape_flag_that_does_not_fit_the_model_is_an_error():
 
 
 def test_weights_folded_with_batchnorm_keep_the_users_names(tmp_path):
-    from ptq_core.full_quant import prepare_full_model
+    from ptq_core.modes.full.prepare import prepare_full_model
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "conv1_weights")]

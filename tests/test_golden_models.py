@@ -2,7 +2,6 @@
 encoding and bit width) gives the bytes recorded for this machine's numerics (tests/golden)."""
 
 import pytest
-
 from golden.corpus import CASES, convert_case, machine_key, recorded, sha256
 
 RECORDED = recorded().get(machine_key())

@@ -2,10 +2,16 @@
 
 import onnx
 import pytest
-
 from modelgen import mixed_ops_model, save
+
 from ptq_core.errors import ModelError
-from ptq_core.graph import analyse_model, assign_node_names, check_skip_nodes, find_weight_sites, prepare_model
+from ptq_core.onnxgraph.graph import (
+    analyse_model,
+    assign_node_names,
+    check_skip_nodes,
+    find_weight_sites,
+    prepare_model,
+)
 
 
 def _sites(model):

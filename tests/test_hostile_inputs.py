@@ -8,8 +8,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-
 from hostile_cases import CASES, CLASSES, table
+
 from ptqflow.cli import main
 
 ROOT = Path(__file__).parent.parent

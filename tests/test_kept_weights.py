@@ -5,18 +5,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from modelgen import save
-from ptq_core.full_pipeline import quantize_full
-from ptq_core.runtime import InputOptions
 from test_full_quant import calib_folder, cnn_model, full_cfg
+
+from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.onnxgraph.session import InputOptions
 
 X = {"x": np.random.default_rng(3).normal(size=(1, 3, 16, 16)).astype(np.float32)}
 
 
 @pytest.fixture
 def guard_keeps_the_convs(monkeypatch, tmp_path):
-    from ptq_core import speed
+    from ptq_core.modes.full import latency_guard as speed
 
     monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
 
@@ -54,7 +54,7 @@ def test_guarded_nodes_store_8bit_weights_that_load_as_float_convs(tmp_path, gua
 
 
 def test_a_guarded_model_is_about_a_quarter_of_the_fp32_size(tmp_path, guard_keeps_the_convs):
-    from ptq_core.emit_weight import save_model_atomic
+    from ptq_core.modes.weight.emit import save_model_atomic
 
     model_path = save(cnn_model(), tmp_path / "m.onnx")
     result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=True), InputOptions(), tmp_path / "w")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import onnx
 import pytest
-
 from modelgen import mixed_ops_model, write_config
-from ptq_core.pipeline import convert_direct
+
+from ptq_core.convert import convert_direct
 
 W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
 
@@ -51,7 +51,7 @@ def test_skipping_the_sparse_plan_never_changes_the_chosen_encoding(bits, fracti
     """The cheap bound that skips sparse coding's position arrays picks what the full comparison picks."""
     import numpy as np
 
-    from ptq_core.encoding import encode_fixed, fixed_sizes
+    from ptq_core.storage.encoding import encode_fixed, fixed_sizes
 
     rng = np.random.default_rng(int(fraction * 100) + bits)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -72,7 +72,7 @@ def test_an_output_over_the_protobuf_limit_gets_external_data_and_no_temporary_f
     import numpy as np
     import onnxruntime as ort
 
-    from ptq_core import emit_weight
+    from ptq_core.modes.weight import emit as emit_weight
 
     monkeypatch.setattr(emit_weight, "TWO_GB", 1000)  # any model is "over 2 GB" now
     model = mixed_ops_model()

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import psutil
-
 from ptqflow.tasks.locks import ProcessLockManager
 
 

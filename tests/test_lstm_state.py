@@ -5,9 +5,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from modelgen import save, write_config
+from onnx import TensorProto, helper, numpy_helper
 
 
 def lstm_model() -> onnx.ModelProto:

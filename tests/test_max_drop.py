@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from modelgen import detection_head_model, save, write_config
-from ptq_core import collect
+
 from ptq_core.config import parse_config
 from ptq_core.errors import ConfigError
-from ptq_core.full_pipeline import calibration_rounds, full_decisions, quantize_full
-from ptq_core.full_quant import prepare_full_model
-from ptq_core.max_drop import Evaluator, weight_params
-from ptq_core.runtime import InputOptions
+from ptq_core.modes.full.max_drop import Evaluator, weight_params
+from ptq_core.modes.full.pipeline import (
+    calibration_rounds,
+    full_decisions,
+    quantize_full,
+)
+from ptq_core.modes.full.prepare import prepare_full_model
+from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.stats import collect
 from ptqflow.cli import main
 
 BOUND = 0.01
@@ -177,7 +181,7 @@ def test_kept_nodes_with_weights_go_back_to_int8_when_the_bound_holds_without_th
     """The ranking is greedy: a heavy node ranked first but not needed is given back, largest first."""
     from types import SimpleNamespace
 
-    from ptq_core import max_drop
+    from ptq_core.modes.full import max_drop
 
     def model(kept: tuple[str, ...]) -> onnx.ModelProto:
         m = onnx.ModelProto()

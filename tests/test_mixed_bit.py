@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
 from modelgen import mlp_model, save, write_config
+
 from ptq_core.config import parse_config
-from ptq_core.mixed_bit import auto_tune, relative_error, search_step
-from ptq_core.pipeline import convert_direct
-from ptq_core.weight_quant import plan_weight_quant
+from ptq_core.convert import convert_direct
+from ptq_core.modes.weight.mixed_bit import auto_tune, relative_error, search_step
+from ptq_core.modes.weight.plan import plan_weight_quant
 
 
 @pytest.mark.parametrize("target", [0.005, 0.02, 0.1])

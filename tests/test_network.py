@@ -12,7 +12,6 @@ import socket
 
 import psutil
 import pytest
-
 from modelgen import mlp_model, save, write_config
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "")
@@ -71,7 +70,6 @@ def test_telemetry_is_off_before_prefect_is_imported():
 
 def test_a_full_quant_flow_run_connects_to_loopback_only(tmp_path, prefect_harness, loopback_only):
     import numpy as np
-
     from ptqflow.flows.quantize import quantize
 
     calib = tmp_path / "calib"

@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
-
 from modelgen import mlp_model, save, write_config
+from onnx import numpy_helper
 
 MODES = {
     "WEIGHT_QUANT": "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight_size=0\n",
@@ -65,8 +64,8 @@ def test_skip_quant_node_lets_a_model_with_a_nan_weight_through(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="symbolic links")
 def test_a_looping_symlink_in_the_calibration_folder_is_named(tmp_path):
-    from ptq_core.calibration import list_calibration_files
     from ptq_core.config import parse_config
+    from ptq_core.data.calibration import list_calibration_files
     from ptq_core.errors import DataError
 
     folder = calib(tmp_path)

@@ -7,12 +7,24 @@ import re
 import numpy as np
 import pytest
 
-from ptq_core.observers import (
-    KL_BIN_INIT, KL_BINS, OBSERVERS, ActivationRange, KLObserver, MaxMinObserver, Observer,
-    RemovalOutlierObserver, histogram_counts, kl_divergences, kl_threshold_bin, make_observer, merge_all,
-    observer_from_state, outlier_positions,
-)
 from ptq_core.quant import DBL_EPSILON, encode_range
+from ptq_core.stats.observers import (
+    KL_BIN_INIT,
+    KL_BINS,
+    OBSERVERS,
+    ActivationRange,
+    KLObserver,
+    MaxMinObserver,
+    Observer,
+    RemovalOutlierObserver,
+    histogram_counts,
+    kl_divergences,
+    kl_threshold_bin,
+    make_observer,
+    merge_all,
+    observer_from_state,
+    outlier_positions,
+)
 
 CPU = (-128, 127)
 
@@ -255,7 +267,7 @@ def test_kl_search_matches_reference_on_small_and_sparse_histograms():
 
 
 def test_kl_prefix_sum_search_agrees_with_the_bin_by_bin_search():
-    from ptq_core.observers import _kl_block
+    from ptq_core.stats.observers import _kl_block
 
     rng = np.random.default_rng(11)
     makes = [lambda: np.abs(rng.normal(0, 1, 50_000)), lambda: np.abs(rng.standard_t(2, 50_000)),

@@ -1,4 +1,4 @@
-"""ONNX decode chains (ptq_core.onnx_decode): exact codes in onnxruntime, folded at session creation."""
+"""ONNX decode chains (ptq_core.storage.decode_ops): exact codes in onnxruntime, folded at session creation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from ptq_core.encoding import EncodedTensor, decode, encode_fixed, encode_kind, encode_split
-from ptq_core.onnx_decode import decode_nodes
+from ptq_core.storage.decode_ops import decode_nodes
+from ptq_core.storage.encoding import (
+    EncodedTensor,
+    decode,
+    encode_fixed,
+    encode_kind,
+    encode_split,
+)
 
 ALLOWED_OPS = {
     "Cast", "Concat", "Range", "Reshape", "Add", "Mul", "Div", "Mod", "Gather", "Slice", "CumSum",
@@ -183,8 +189,8 @@ def test_bert_embedding_4_bit_folds(tmp_path: Path) -> None:
 def test_field_extraction_every_width_phase_and_order(tmp_path: Path) -> None:
     """All extraction paths (byte reads, precombined words, spill column, int64 words, aligned
     bytes) against the NumPy reader, for widths 1..25, several bit phases and both bit orders."""
-    from ptq_core import onnx_decode as od
-    from ptq_core.encoding import _read_fields
+    from ptq_core.storage import decode_ops as od
+    from ptq_core.storage.encoding import _read_fields
 
     rng = np.random.default_rng(9)
     blob = rng.integers(0, 256, size=200, dtype=np.uint8)

@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from modelgen import save, write_config
+from onnx import TensorProto, helper, numpy_helper
 
 W8 = ("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
       "min_quant_weight_channel=0\n")
@@ -83,7 +82,7 @@ def test_a_model_no_generated_input_runs_is_written_and_the_summary_says_why(tmp
 
 
 def test_an_integer_selector_input_gets_the_value_the_graph_compares_it_with(tmp_path):
-    from ptq_core.probe_inputs import compared_constants
+    from ptq_core.data.probe_inputs import compared_constants
 
     assert compared_constants(selector_model()) == {"sr": [16000]}
     model = save(selector_model(), tmp_path / "vad.onnx")
@@ -93,9 +92,8 @@ def test_an_integer_selector_input_gets_the_value_the_graph_compares_it_with(tmp
 
 
 def test_a_model_quantized_before_is_said_to_be(tmp_path):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from modelgen import mlp_model
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = save(mlp_model(hidden=64), tmp_path / "mlp.onnx")
     quantize_dynamic(str(fp32), str(tmp_path / "ort_dyn.onnx"), weight_type=QuantType.QInt8)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from ptq_core.quant import (
-    correction, dequantize, encode_range, passes_gain_check, qrange, quantize, round_half_away, weight_params,
+    correction,
+    dequantize,
+    encode_range,
+    passes_gain_check,
+    qrange,
+    quantize,
+    round_half_away,
+    weight_params,
 )
 
 

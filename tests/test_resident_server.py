@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import psutil
 import pytest
-
 from modelgen import mixed_ops_model, save, write_config
 from procs import process_group as group
 
@@ -221,8 +220,9 @@ def test_a_crashed_predecessor_is_replaced_and_an_idle_server_stops_itself(home)
 
 def test_a_hung_predecessor_is_ended_and_replaced(home):
     """Alive but still not answering two minutes after its start: its group is ended, a new one starts."""
-    from ptqflow._watchdog import RESIDENT_MARK
     from ptqflow.deployments.server import free_port
+
+    from ptqflow._watchdog import RESIDENT_MARK
 
     hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
                             env=dict(env_for(home), **{RESIDENT_MARK: "1"}), start_new_session=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptq_core.resize import METHODS, resize
+from ptq_core.data.resize import METHODS, resize
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "cv2_resize.npz")
 CASES = sorted(k for k in FIXTURE.files if not k.startswith("src_") and k != "opencv_version")

@@ -4,12 +4,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import helper
+from test_dynamic_quant import make, matmul_model, vi
 
 from ptq_core.config import parse_config
-from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
 from ptq_core.errors import ConfigError
-from ptq_core.rotation import block_for, hadamard, rotate_activation, rotate_weight
-from test_dynamic_quant import make, matmul_model, vi
+from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
+from ptq_core.modes.dynamic.rotation import (
+    block_for,
+    hadamard,
+    rotate_activation,
+    rotate_weight,
+)
 
 
 def cfg(strategy="ALWC", block=16, common="", form="portable"):

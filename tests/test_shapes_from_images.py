@@ -4,10 +4,10 @@ that cannot decide it (images of different sizes with nothing resizing them) ask
 import numpy as np
 import onnx
 import pytest
+from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from modelgen import save, write_config
 from ptqflow.cli import main
 
 
@@ -77,10 +77,10 @@ def test_images_of_different_sizes_without_resize_name_the_files_that_disagree(t
 
 
 def test_the_given_input_shape_wins_over_the_images(tmp_path):
-    from ptq_core.calibration import shapes_from_images
     from ptq_core.config import load_config
-    from ptq_core.graph import analyse_model
-    from ptq_core.runtime import InputOptions
+    from ptq_core.data.calibration import shapes_from_images
+    from ptq_core.onnxgraph.graph import analyse_model
+    from ptq_core.onnxgraph.session import InputOptions
 
     model = save(dynamic_cnn(), tmp_path / "m.onnx")
     folder = images(tmp_path / "img", [(20, 12)] * 2)

@@ -5,9 +5,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from modelgen import save, write_config
+from onnx import TensorProto, helper, numpy_helper
 
 W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
 
@@ -57,7 +56,7 @@ def test_weights_inside_both_if_branches_are_quantized_and_named_by_path(tmp_pat
 
 
 def test_constant_nodes_inside_nested_bodies_become_their_initializers():
-    from ptq_core.graph import constants_to_initializers, subgraphs
+    from ptq_core.onnxgraph.graph import constants_to_initializers, subgraphs
 
     model = two_rate_model()
     for _, body in subgraphs(model.graph):  # weights as Constant nodes, as exporters inline them
@@ -70,7 +69,7 @@ def test_constant_nodes_inside_nested_bodies_become_their_initializers():
 
 
 def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
-    from ptq_core.graph import find_weight_sites
+    from ptq_core.onnxgraph.graph import find_weight_sites
 
     model = two_rate_model()
     assert find_weight_sites(model) == []  # the main graph holds no weight

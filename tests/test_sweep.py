@@ -5,11 +5,19 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from modelgen import mlp_model, save, write_config
+
 from ptq_core.config import parse_config
 from ptq_core.errors import ConfigError
-from ptq_core.sweep import Measured, expand, load_grid, override_ini, pareto_front, pareto_svg, pick_best
+from ptq_core.sweep import (
+    Measured,
+    expand,
+    load_grid,
+    override_ini,
+    pareto_front,
+    pareto_svg,
+    pick_best,
+)
 
 WEIGHT_CFG = ("# mixed bit base\n[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
               "[mixed_bit_weight_quant_param]\ninit_scale=0.02\n")
@@ -82,8 +90,8 @@ def test_svg_plot_is_well_formed_and_rings_the_pick():
 @pytest.mark.usefixtures("prefect_harness")
 def test_weight_sweep_writes_outputs_and_analyses_the_model_once(tmp_path):
     import pyarrow.parquet as pq
-
     from ptqflow.flows.sweep import sweep
+
     from ptqflow.runs import state_counts, task_states
 
     model = save(mlp_model(hidden=96, inp=64, seed=5), tmp_path / "m.onnx")
@@ -116,10 +124,11 @@ def test_weight_sweep_writes_outputs_and_analyses_the_model_once(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_full_sweep_preprocesses_once_and_collects_statistics_once_per_method(tmp_path):
-    from ptq_core.pipeline import convert_direct
     from ptqflow.flows.sweep import sweep
-    from ptqflow.runs import state_counts, task_states
     from test_full_quant import calib_folder, cnn_model
+
+    from ptq_core.convert import convert_direct
+    from ptqflow.runs import state_counts, task_states
 
     model = save(cnn_model(seed=3), tmp_path / "cnn.onnx")
     folder = calib_folder(tmp_path, n=6)
@@ -158,7 +167,7 @@ def test_cli_sweep_rejects_a_bad_grid_in_one_line_before_running(tmp_path, capsy
 def test_parallel_points_saving_the_speed_table_keep_each_others_entries(tmp_path):
     import threading
 
-    from ptq_core.speed import SpeedTable
+    from ptq_core.modes.full.latency_guard import SpeedTable
 
     path = str(tmp_path / "speed-table.json")
     tables = [SpeedTable(path) for _ in range(8)]  # all loaded before anyone saves, as parallel points do

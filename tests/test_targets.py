@@ -10,10 +10,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.config.schema import SECTIONS
-from ptq_core.emit_qdq import emit_qdq, fused_ops
 from ptq_core.errors import PtqError
-from ptq_core.full_plan import ActivationQuant, FullQuantPlan, WeightQuant
-from ptq_core.targets import COMPUTE_OPS, TARGETS, Target, get_target, measure_dtype_choice
+from ptq_core.modes.full.emit_qdq import emit_qdq, fused_ops
+from ptq_core.modes.full.plan import ActivationQuant, FullQuantPlan, WeightQuant
+from ptq_core.modes.full.targets import (
+    COMPUTE_OPS,
+    TARGETS,
+    Target,
+    get_target,
+    measure_dtype_choice,
+)
 
 
 def test_registry_matches_the_config_enum():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ptq_core.config import parse_config
+from ptq_core.modes.weight.blocks import channel_blocks
+from ptq_core.modes.weight.plan import _fixed
 from ptq_core.quant import correction, cosine, dequantize, quantize, weight_params
-from ptq_core.weight_blocks import channel_blocks
-from ptq_core.weight_quant import _fixed
 
 WHOLE = 1 << 40  # one block: the unblocked path
 

@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from modelgen import mixed_ops_model, mlp_model
+
 from ptq_core.config import parse_config
-from ptq_core.emit_weight import emit_weight_only
+from ptq_core.modes.weight.emit import emit_weight_only
+from ptq_core.modes.weight.plan import plan_weight_quant
 from ptq_core.quant import cosine
-from ptq_core.weight_quant import plan_weight_quant
 
 
 def cfg(bits=8, extra="", common=""):

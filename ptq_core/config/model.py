@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ptq_core.config.ini import RawConfig, RawEntry, parse_ini
-from ptq_core.config.schema import PASSTHROUGH_SECTIONS, SECTION_BY_NAME, SECTIONS, KeySpec
+from ptq_core.config.schema import (
+    PASSTHROUGH_SECTIONS,
+    SECTION_BY_NAME,
+    SECTIONS,
+    KeySpec,
+)
 from ptq_core.errors import ConfigError, did_you_mean
 
 
@@ -107,10 +112,10 @@ class AscendContext:
 @dataclass(frozen=True)
 class PtqflowParam:
     latency_guard: bool = True
-    max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.max_drop)
-    rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.rotation)
-    int8_form: str = "portable"  # int8 weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
-    cross_layer_equalization: str = "auto"  # FULL_QUANT per_channel=false: §8.8 (ptq_core.equalization); auto|true|false
+    max_drop: float | None = None  # FULL_QUANT: bound on 1 - mean output cosine (ptq_core.modes.full.max_drop)
+    rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.modes.dynamic.rotation)
+    int8_form: str = "portable"  # int8 weights read by onnxruntime's u8 x s8 kernels (ptq_core.onnxgraph.cpu)
+    cross_layer_equalization: str = "auto"  # FULL_QUANT per_channel=false: §8.8 (ptq_core.modes.full.equalization); auto|true|false
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ptq_core.collect import exposed_model_path
 from ptq_core.debug import html, rank
 from ptq_core.debug.quant_param import dynamic_rows, qdq_rows, weight_rows
 from ptq_core.debug.records import build_plan
 from ptq_core.debug.rounds import DebugJob, RoundOutcome, debug_round
-from ptq_core.debug.writer import remove_stale_rounds, write_output_summary, write_quant_param
+from ptq_core.debug.writer import (
+    remove_stale_rounds,
+    write_output_summary,
+    write_quant_param,
+)
 from ptq_core.errors import ConfigError
+from ptq_core.stats.collect import exposed_model_path
 
 HIST_KEEP = 8  # worst tensors shown as histograms on the page
 
@@ -38,7 +42,7 @@ class SampleRound:
     data_format: str = "NCHW"
 
     def feeds(self) -> dict[str, np.ndarray]:
-        from ptq_core.calibration import load_sample
+        from ptq_core.data.calibration import load_sample
 
         return load_sample(self.cfg, list(self.specs), self.index, self.data_format)
 
@@ -51,7 +55,7 @@ class RandomRound:
     specs: tuple
 
     def feeds(self) -> dict[str, np.ndarray]:
-        from ptq_core.runtime import random_feeds
+        from ptq_core.onnxgraph.session import random_feeds
 
         return random_feeds(list(self.specs), seed=self.index)
 
@@ -85,8 +89,8 @@ def debug_folder(cfg) -> Path:
 
 def default_rounds(cfg, model: onnx.ModelProto, inputs) -> list:
     """WEIGHT_QUANT / DYNAMIC_QUANT rounds: the calibration samples when configured, else one random input."""
-    from ptq_core.graph import _dims
-    from ptq_core.runtime import input_specs
+    from ptq_core.onnxgraph.graph import _dims
+    from ptq_core.onnxgraph.session import input_specs
 
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
@@ -179,11 +183,11 @@ def title_for(cfg) -> str:
 def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The FP32 side (the prepared graph the quantizer worked on) and the written quantized model."""
     if cfg.common.quant_type == "FULL_QUANT":
-        from ptq_core.full_quant import prepare_full_model
+        from ptq_core.modes.full.prepare import prepare_full_model
 
         origin = prepare_full_model(model_path)
     else:
-        from ptq_core.graph import prepare_model
+        from ptq_core.onnxgraph.graph import prepare_model
 
         origin = prepare_model(model_path)
     return origin, onnx.load(str(output_path))
@@ -191,7 +195,7 @@ def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.Mo
 
 def debug_rounds(cfg, origin: onnx.ModelProto, inputs, work_dir: Path) -> list:
     if cfg.common.quant_type == "FULL_QUANT":
-        from ptq_core.full_pipeline import calibration_rounds
+        from ptq_core.modes.full.pipeline import calibration_rounds
 
         return calibration_rounds(cfg, origin, inputs, Path(work_dir) / "shards")
     return default_rounds(cfg, origin, inputs)

@@ -18,7 +18,13 @@ import onnx
 from onnx import numpy_helper
 
 from ptq_core.debug.records import DebugPlan
-from ptq_core.debug.stats import STAT_COLUMNS, clip_rate, cosine, histogram, tensor_stats
+from ptq_core.debug.stats import (
+    STAT_COLUMNS,
+    clip_rate,
+    cosine,
+    histogram,
+    tensor_stats,
+)
 from ptq_core.errors import ModelError
 
 WORST_PER_ROUND = 6  # histograms a round hands back: its lowest-cosine activations

@@ -70,7 +70,7 @@ def machine_key() -> str:
     import numpy as np
     import onnxruntime as ort
 
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     isa = machine_isa().rsplit("(", 1)[-1].rstrip(")")
     return f"{isa} | onnxruntime {ort.__version__} | numpy {np.__version__}"
@@ -86,8 +86,8 @@ def build_models(folder: Path) -> dict[str, Path]:
 
 def convert_case(name: str, work: Path) -> Path:
     """Run one case without Prefect and return the written model."""
-    from ptq_core.pipeline import convert_direct
-    from ptq_core.runtime import InputOptions, parse_input_shape
+    from ptq_core.convert import convert_direct
+    from ptq_core.onnxgraph.session import InputOptions, parse_input_shape
 
     model_key, text, shape = CASES[name]
     model = build_models(work / "models")[model_key]
@@ -103,7 +103,7 @@ def convert_case(name: str, work: Path) -> Path:
 def _guard_keeps_every_conv(active: bool):
     """The guard's decisions are timings; the corpus fixes them (every Conv kept FP32, weights stored
     8-bit) so the bytes depend on numerics only."""
-    from ptq_core import speed
+    from ptq_core.modes.full import latency_guard as speed
 
     original = speed.int8_losers
 

@@ -22,7 +22,7 @@ here, next to the field, so it is visible in one place:
   so accuracy is identical and only kernel speed differs.
 * **CPU weights are coded in [-64, 64] by default** (``[ptqflow] int8_form=portable``): onnxruntime's
   x86 U8S8 kernels saturate pairs of products in int16 on CPUs without VNNI, and no pair of codes
-  within +-64 can overflow, whatever order the kernel pairs them in (ptq_core.cpu_kernels,
+  within +-64 can overflow, whatever order the kernel pairs them in (ptq_core.onnxgraph.cpu,
   docs/int8-portability.md). ``int8_form=vnni`` keeps the full ranges below for VNNI/Arm-only fleets.
   Only targets with ``ort_cpu_kernels`` follow the form; the others run on their own runtimes.
 * **CPU does not quantize ConvTranspose**: ORT 1.32's CPU EP has no QDQ fusion for it, so
@@ -43,9 +43,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ptq_core.cpu_kernels import INT8_FORMS, Int8Form, get_form, machine_isa
 from ptq_core.errors import PtqError, did_you_mean
-from ptq_core.graph import _conv_transpose_axis, _gemm_b_axis
+from ptq_core.onnxgraph.cpu import INT8_FORMS, Int8Form, get_form, machine_isa
+from ptq_core.onnxgraph.graph import _conv_transpose_axis, _gemm_b_axis
 from ptq_core.quant import encode_range, qrange, quantize, weight_params
 
 # Op families. A target picks from these; nothing else in the code lists op types.
@@ -112,7 +112,7 @@ class Target:
     shared_weights: bool = True  # a weight read by several nodes may be quantized (Ascend: no)
     min_channel_filter: bool = False  # min_quant_weight_channel applies to convs (Ascend)
     # onnxruntime's CPU kernels run this target's models: their u8 x s8 pairs saturate on x86 without
-    # VNNI, so weights follow ``form`` (ptq_core.cpu_kernels; [ptqflow] int8_form)
+    # VNNI, so weights follow ``form`` (ptq_core.onnxgraph.cpu; [ptqflow] int8_form)
     ort_cpu_kernels: bool = False
     form: Int8Form = INT8_FORMS["portable"]
     note: str = ""
@@ -332,7 +332,7 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
     x86 onnxruntime rewrites int8 Q/DQ pairs to uint8 at load time (``QDQS8ToU8Transformer``;
     ``QDQIsInt8Allowed()`` is false unless MLAS targets Arm), so both run MLAS's U8S8 kernels
     (VPDPBUSD with VNNI, VPMADDUBSW on AVX2, which saturates int16 on non-VNNI CPUs unless the weights
-    follow the portable int8 form, ptq_core.cpu_kernels; the
+    follow the portable int8 form, ptq_core.onnxgraph.cpu; the
     symmetric-weight MlasConvSym kernels exist only for U8S8 on x86). Kept as int8, S8S8 falls to
     the portable GEMM: 10-23x slower than U8S8 and 3-6x slower than fp32 (a native x86 S8S8 GEMM
     exists only with AVX-VNNI-INT8).
@@ -358,8 +358,13 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from ptq_core.emit_qdq import emit_qdq, fused_ops
-    from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
+    from ptq_core.modes.full.emit_qdq import emit_qdq, fused_ops
+    from ptq_core.modes.full.plan import (
+        ActivationQuant,
+        BiasQuant,
+        FullQuantPlan,
+        WeightQuant,
+    )
 
     rng = np.random.default_rng(seed)
     cases = {}

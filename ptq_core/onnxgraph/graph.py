@@ -435,7 +435,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple:
 
 def analyse_model(path: str | Path) -> ModelInfo:
     """Load a model and describe it: names, quantizable weights, inputs and outputs."""
-    from ptq_core.preflight import check_graph
+    from ptq_core.onnxgraph.preflight import check_graph
 
     model = prepare_model(path, load_data=False)  # names, dims and types only: weights stay on disk
     check_graph(model, path)

@@ -1,6 +1,6 @@
 """Weight-only emitter: packed integer weights plus a constant decode chain ORT folds at load time.
 
-Every quantized weight becomes stored bytes (``ptq_core.encoding``) and a chain of standard ONNX
+Every quantized weight becomes stored bytes (``ptq_core.storage.encoding``) and a chain of standard ONNX
 ops with only constant inputs (decode -> Cast -> Sub zero point -> Mul scale [-> Add mean
 correction]). onnxruntime's constant folding turns the chain back into one float tensor when the
 session is created, so the file is small, nothing of ours is needed to run it, and inference
@@ -18,10 +18,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.errors import PtqError
-from ptq_core.graph import all_names, default_opset, node_label, subgraphs, upgrade_opset
-from ptq_core.onnx_decode import decode_nodes
+from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
+from ptq_core.onnxgraph.graph import (
+    all_names,
+    default_opset,
+    node_label,
+    subgraphs,
+    upgrade_opset,
+)
 from ptq_core.quant import broadcast_shape
-from ptq_core.weight_quant import QuantizedWeight, WeightPlan
+from ptq_core.storage.decode_ops import decode_nodes
 
 PRODUCER = "ptqflow"
 MIN_OPSET = 13
@@ -93,7 +99,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     replaced: set[str] = set()
     group_outputs: list[str] = []
     if plan.group is not None:
-        from ptq_core.entropy import group_nodes
+        from ptq_core.storage.entropy import group_nodes
 
         nodes, inits, group_outputs = group_nodes(plan.group, f"{base}g_", opset)
         new_nodes.extend(nodes)

@@ -26,11 +26,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ptq_core.cpu_kernels import get_form
-from ptq_core.emit_weight import MIN_OPSET, PRODUCER, _unique
 from ptq_core.errors import ModelError, PtqError
-from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import (  # noqa: F401  (assign_node_names, set_metadata, upgrade_opset re-exported)
+from ptq_core.modes.full.plan import (
+    ActivationQuant,
+    BiasQuant,
+    FullQuantPlan,
+    WeightQuant,
+)
+from ptq_core.modes.full.targets import COMPUTE_OPS, TARGETS, Target
+from ptq_core.modes.weight.emit import MIN_OPSET, PRODUCER, _unique
+from ptq_core.onnxgraph.cpu import get_form
+from ptq_core.onnxgraph.graph import (  # noqa: F401  (assign_node_names, set_metadata, upgrade_opset re-exported)
     all_names,
     assign_node_names,
     default_opset,
@@ -38,7 +44,6 @@ from ptq_core.graph import (  # noqa: F401  (assign_node_names, set_metadata, up
     set_metadata,
     upgrade_opset,
 )
-from ptq_core.targets import COMPUTE_OPS, TARGETS, Target
 
 PREFIX = "ptq_"
 _DTYPES = {"int8": (np.int8, onnx.TensorProto.INT8, -128, 127), "uint8": (np.uint8, onnx.TensorProto.UINT8, 0, 255)}
@@ -500,7 +505,7 @@ def plan_form(plan: FullQuantPlan):
 
 
 def _check_form(wq: WeightQuant, plan: FullQuantPlan) -> None:
-    """Refuse int8 codes that onnxruntime's non-VNNI kernels would saturate on (ptq_core.cpu_kernels)."""
+    """Refuse int8 codes that onnxruntime's non-VNNI kernels would saturate on (ptq_core.onnxgraph.cpu)."""
     form = plan_form(plan)
     q = np.asarray(wq.q)
     if form is None or form.weight_limit is None or q.dtype != np.int8 or not q.size:

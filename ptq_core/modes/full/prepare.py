@@ -19,13 +19,24 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.config import QuantConfig
-from ptq_core.emit_qdq import QdqPlacement, place_qdq, upgrade_opset
 from ptq_core.errors import ModelError
-from ptq_core.full_plan import ActivationQuant, BiasQuant, FullQuantPlan, WeightQuant
-from ptq_core.graph import WEIGHT_OPS, assign_node_names, check_finite_weight, node_bodies, prepare_model
-from ptq_core.observers import ActivationRange
+from ptq_core.modes.full.emit_qdq import QdqPlacement, place_qdq, upgrade_opset
+from ptq_core.modes.full.plan import (
+    ActivationQuant,
+    BiasQuant,
+    FullQuantPlan,
+    WeightQuant,
+)
+from ptq_core.modes.full.targets import Target, get_target
+from ptq_core.onnxgraph.graph import (
+    WEIGHT_OPS,
+    assign_node_names,
+    check_finite_weight,
+    node_bodies,
+    prepare_model,
+)
 from ptq_core.quant import round_half_away
-from ptq_core.targets import Target, get_target
+from ptq_core.stats.observers import ActivationRange
 
 INT32_HALF = 0.5 * np.iinfo(np.int32).max
 

@@ -69,9 +69,9 @@ class FullQuantPlan:
     weights: list[WeightQuant] = field(default_factory=list)
     biases: list[BiasQuant] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)  # node -> why it stays FP32
-    int8_form: str | None = None  # weight form for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a
-    # nodes the latency guard kept FP32 whose weights are stored as 8-bit codes (ptq_core.kept_weights):
+    int8_form: str | None = None  # weight form for onnxruntime's CPU kernels (ptq_core.onnxgraph.cpu); None: n/a
+    # nodes the latency guard kept FP32 whose weights are stored as 8-bit codes (ptq_core.modes.full.kept_weights):
     # node -> (bytes stored, weight cosine)
     stored_weights: dict[str, tuple[int, float]] = field(default_factory=dict)
-    equalized: tuple[tuple[str, ...], ...] = ()  # cross-layer equalization chains (ptq_core.equalization)
+    equalized: tuple[tuple[str, ...], ...] = ()  # cross-layer equalization chains (ptq_core.modes.full.equalization)
     equalization_note: str = ""  # cross_layer_equalization=auto: whether it was kept, and the evidence

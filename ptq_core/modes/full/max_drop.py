@@ -121,8 +121,8 @@ def border_tensors(model: onnx.ModelProto, target, place, skip: tuple[str, ...])
     of a Conv whose Relu is kept FP32). The union over "each candidate alone kept FP32" covers that;
     a tensor only a combination exposes is collected when first needed, once.
     """
-    from ptq_core.emit_qdq import place_qdq
-    from ptq_core.full_quant import observed_tensors
+    from ptq_core.modes.full.emit_qdq import place_qdq
+    from ptq_core.modes.full.prepare import observed_tensors
 
     wanted = set(observed_tensors(place))
     for node in place.nodes:
@@ -203,8 +203,8 @@ def _part_cosine(ref: np.ndarray, cand: np.ndarray, parts: tuple[int, list[int]]
 def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[str],
                 rounds: Sequence, n_rounds: int = DAMAGE_ROUNDS) -> list[NodeDamage]:
     """Per candidate node, cosine of its output (int8 model vs FP32) and its own share of the damage."""
-    from ptq_core.collect import expose_tensors
-    from ptq_core.runtime import make_session
+    from ptq_core.onnxgraph.session import make_session
+    from ptq_core.stats.collect import expose_tensors
 
     visible = visible_names(quantized)
     by_name = {n.name: n for n in fp32.graph.node}
@@ -267,7 +267,7 @@ class Evaluator:
     """Mean output cosine of a candidate model against FP32 over the calibration rounds (streamed)."""
 
     def __init__(self, fp32: onnx.ModelProto, rounds: Sequence):
-        from ptq_core.runtime import make_session
+        from ptq_core.onnxgraph.session import make_session
 
         self.rounds = list(rounds)
         self._ref = make_session(fp32)
@@ -287,7 +287,7 @@ class Evaluator:
         return out
 
     def cosine(self, model: onnx.ModelProto) -> float:
-        from ptq_core.runtime import make_session, output_cosine
+        from ptq_core.onnxgraph.session import make_session, output_cosine
 
         session = make_session(model)
         total = 0.0

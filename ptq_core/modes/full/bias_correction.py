@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ptq_core.full_plan import FullQuantPlan
+from ptq_core.modes.full.plan import FullQuantPlan
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -225,7 +225,7 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
     only for them. ``direct=True`` makes every probe a shadow layer (the reference the tests hold patch
     means to).
     """
-    from ptq_core.graph import default_opset
+    from ptq_core.onnxgraph.graph import default_opset
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -249,7 +249,7 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
             strides = list(attrs.get("strides", [1] * spatial))
             dilations = list(attrs.get("dilations", [1] * spatial))
             if shapes is None and input_shapes and _same_padding(attrs):
-                from ptq_core.speed import tensor_shapes
+                from ptq_core.modes.full.latency_guard import tensor_shapes
 
                 shapes = tensor_shapes(model, input_shapes)
             pads = _conv_pads(node, spatial, (shapes or {}).get(node.input[0]), kernel, strides, dilations)

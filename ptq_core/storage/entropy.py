@@ -56,8 +56,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core import encoding as _enc
-from ptq_core import onnx_decode as _od
+from ptq_core.storage import decode_ops as _od
+from ptq_core.storage import encoding as _enc
 
 __all__ = [
     "MAX_CODE_LEN",

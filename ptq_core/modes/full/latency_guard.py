@@ -122,11 +122,11 @@ def machine_key() -> str:
     """onnxruntime version, CPU model and int8 ISA flags: a table measured elsewhere does not apply here.
 
     The flags matter as much as the model name: the same VM type can land on hosts with and without
-    VNNI, and onnxruntime picks different int8 kernels for each (ptq_core.cpu_kernels).
+    VNNI, and onnxruntime picks different int8 kernels for each (ptq_core.onnxgraph.cpu).
     """
     import onnxruntime as ort
 
-    from ptq_core.cpu_kernels import machine_isa
+    from ptq_core.onnxgraph.cpu import machine_isa
 
     return f"onnxruntime {ort.__version__} | {machine_isa()}"
 
@@ -225,10 +225,9 @@ def single_node_models(node: onnx.NodeProto, in_shape: tuple[int, ...], inits: d
     """The node alone as an FP32 model and as the int8 model ptqflow would emit for it."""
     from onnx import helper
 
-    from ptq_core.emit_qdq import place_qdq
-    from ptq_core.full_quant import build_plan
-    from ptq_core.emit_qdq import emit_qdq
-    from ptq_core.observers import make_observer
+    from ptq_core.modes.full.emit_qdq import emit_qdq, place_qdq
+    from ptq_core.modes.full.prepare import build_plan
+    from ptq_core.stats.observers import make_observer
 
     clone = onnx.NodeProto()
     clone.CopyFrom(node)

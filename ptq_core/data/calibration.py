@@ -50,7 +50,7 @@ from ptq_core.config.model import DataPreprocessParam, QuantConfig
 from ptq_core.errors import ConfigError, DataError, did_you_mean
 
 if TYPE_CHECKING:  # runtime imports onnx; the data path does not need it
-    from ptq_core.runtime import InputSpec
+    from ptq_core.onnxgraph.session import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def _bgr_to_gray(bgr: np.ndarray) -> np.ndarray:
 
 
 def _resize(img: np.ndarray, width: int, height: int, method: str) -> np.ndarray:
-    from ptq_core.resize import resize
+    from ptq_core.data.resize import resize
 
     return resize(img, width, height, method)
 
@@ -363,7 +363,7 @@ def preprocess_image(path: Path, p: DataPreprocessParam) -> np.ndarray:
        on 0..255 values (no /255). One list may be left out (mean 0 or std 1 is used), where
        converter_lite fails; each given list needs one value per channel.
     4. Resize to (resize_width, resize_height) only when resize_method is set, on the float image,
-       with OpenCV's cv::resize arithmetic (ptq_core.resize: NEAREST / LINEAR / CUBIC, no low-pass
+       with OpenCV's cv::resize arithmetic (ptq_core.data.resize: NEAREST / LINEAR / CUBIC, no low-pass
        filter when shrinking, as converter_lite does), within float rounding of OpenCV's output.
     5. Center crop when both center_crop_width and center_crop_height are set, at offsets
        ``floor((W - w) / 2)``, ``floor((H - h) / 2)``; a crop bigger than the image is an error.

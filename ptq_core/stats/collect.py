@@ -19,7 +19,7 @@ import onnx
 from onnx import shape_inference
 
 from ptq_core.errors import DataError
-from ptq_core.observers import make_observer
+from ptq_core.stats.observers import make_observer
 
 _SESSIONS: dict[tuple[str, int], object] = {}
 _LOCK = threading.Lock()

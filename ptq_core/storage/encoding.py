@@ -3,7 +3,7 @@
 Weight-only quantization leaves each weight as integer codes.  An N-bit weight must cost about
 N/32 of its FP32 bytes on disk, yet the exported .onnx has to run in a stock onnxruntime.  So the
 codes are stored as small byte blobs that standard ONNX ops can decode from constants alone
-(see ``ptq_core.onnx_decode``); onnxruntime folds that decode once at session creation.
+(see ``ptq_core.storage.decode_ops``); onnxruntime folds that decode once at session creation.
 
 Two families of encodings live here:
 

@@ -18,7 +18,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ptq_core.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs, random_feeds
+from ptq_core.onnxgraph.session import (
+    DEFAULT_DYNAMIC_DIM,
+    InputSpec,
+    input_specs,
+    random_feeds,
+)
 
 IMAGE_SIZES = (224, 320, 640, 32)  # square spatial sizes tried for [N, C, H, W] inputs, in order
 SEQUENCE_LENGTHS = (128, 512)  # tried for [N, T] token or audio-window inputs after the generic size

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
-from ptq_core.graph import find_weight_sites, initializer_array
+from ptq_core.onnxgraph.graph import find_weight_sites, initializer_array
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,11 @@ def store_kept_weights(model: onnx.ModelProto, nodes: set[str], cfg: QuantConfig
                                                                                              list[StoredWeight]]:
     """``model`` (the emitted QDQ model) with the float weights read only by ``nodes`` stored as 8-bit codes
     (symmetric, per channel on the weight's output axis); unchanged when there are none."""
-    from ptq_core.emit_weight import emit_weight_only
-    from ptq_core.encoding import encode_fixed
+    from ptq_core.modes.weight.emit import emit_weight_only
+    from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
     from ptq_core.quant import cosine as _cosine
     from ptq_core.quant import dequantize, quantize, weight_params
-    from ptq_core.weight_quant import QuantizedWeight, WeightPlan
+    from ptq_core.storage.encoding import encode_fixed
 
     consumers: dict[str, set[str]] = defaultdict(set)
     for node in model.graph.node:

@@ -14,14 +14,21 @@ from typing import Callable
 import onnx
 
 from ptq_core.config import QuantConfig, check_runnable, load_config
-from ptq_core.emit_weight import emit_weight_only, save_model_atomic
 from ptq_core.errors import ConfigError
-from ptq_core import model_cache
-from ptq_core.graph import ModelInfo, analyse_model, check_skip_nodes
-from ptq_core.mixed_bit import TuneResult, auto_tune
-from ptq_core.preflight import check_output
-from ptq_core.runtime import InputOptions, input_specs, make_session, output_cosine, random_feeds, run
-from ptq_core.weight_quant import LayerDecision, WeightPlan, plan_weight_quant
+from ptq_core.modes.weight.emit import emit_weight_only, save_model_atomic
+from ptq_core.modes.weight.mixed_bit import TuneResult, auto_tune
+from ptq_core.modes.weight.plan import LayerDecision, WeightPlan, plan_weight_quant
+from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.graph import ModelInfo, analyse_model, check_skip_nodes
+from ptq_core.onnxgraph.preflight import check_output
+from ptq_core.onnxgraph.session import (
+    InputOptions,
+    input_specs,
+    make_session,
+    output_cosine,
+    random_feeds,
+    run,
+)
 
 SUPPORTED_NOW = ("WEIGHT_QUANT", "FULL_QUANT", "DYNAMIC_QUANT")
 Progress = Callable[[int, int, str], None]
@@ -46,7 +53,7 @@ def resolve_config(config_path: str | Path, max_drop: float | None = None, optim
         raise ConfigError(f"{cfg.source}: [common_quant_param] quant_type={qt} is not yet supported by ptqflow; "
                           f"supported now: {', '.join(SUPPORTED_NOW)}")
     if qt == "FULL_QUANT":
-        from ptq_core.targets import get_target
+        from ptq_core.modes.full.targets import get_target
 
         get_target(cfg.full.target_device)  # unsupported targets fail before any model or data is read
     if qt == "DYNAMIC_QUANT" and cfg.data.calibrate_path:
@@ -93,7 +100,7 @@ def reference_inputs(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | N
     inputs = inputs or InputOptions()
     specs = input_specs(info.inputs, inputs.shape_map)
     if cfg.data.has_calibration:
-        from ptq_core.calibration import load_sample
+        from ptq_core.data.calibration import load_sample
 
         feeds = load_sample(cfg, specs, 0, inputs.data_format)
         return ReferenceInputs(feeds, "calibration sample 0")
@@ -103,7 +110,7 @@ def reference_inputs(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | N
 def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None,
                     kind: str) -> tuple[float | None, str]:
     """Output cosine of the written model against FP32, and on which inputs; (None, why) when no input
-    set the tool can make runs the FP32 model (ptq_core.probe_inputs). Calibration data is the user's:
+    set the tool can make runs the FP32 model (ptq_core.data.probe_inputs). Calibration data is the user's:
     a failure on it stays an error."""
     inputs = inputs or InputOptions()
     lean = kind == "lean"
@@ -112,8 +119,8 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
         before = model_cache.reference_outputs(model_path, kind, ref.feeds,
                                                lambda: run(make_session(str(model_path), lean=lean), ref.feeds))
         return output_cosine(before, run(make_session(str(output_path), lean=lean), ref.feeds)), ref.source
+    from ptq_core.data.probe_inputs import candidates, needs_shape_hint
     from ptq_core.errors import ModelError
-    from ptq_core.probe_inputs import candidates, needs_shape_hint
 
     sessions: list = []  # the FP32 session, built once and only if some candidate's outputs are not cached
 
@@ -175,7 +182,7 @@ def load_external(model: onnx.ModelProto, base_dir: Path, skip: set[str] = froze
     """Fill in the external data of every tensor not named in ``skip``, in place."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
-    from ptq_core.graph import _all_tensors
+    from ptq_core.onnxgraph.graph import _all_tensors
 
     replaced = skip
     for tensor in _all_tensors(model):
@@ -206,7 +213,7 @@ class Summary:
     time_split: dict | None = None  # a flow run's wall time: server start, Prefect and start-up, ptqflow (CLI)
     max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
-    int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.cpu_kernels); None: n/a
+    int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.onnxgraph.cpu); None: n/a
     notices: list[str] = field(default_factory=list)
     facts: list[tuple[str, str]] = field(default_factory=list)  # (label, text) rows: target, assumed layout, ...
 
@@ -214,7 +221,7 @@ class Summary:
         """What the int8 form means for where this model runs, in words."""
         if not self.int8_form:
             return None
-        from ptq_core.cpu_kernels import get_form
+        from ptq_core.onnxgraph.cpu import get_form
 
         form = get_form(self.int8_form)
         return form.summary_line() or f"{form.name}: {form.doc}"
@@ -342,7 +349,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     cfg = resolve_config(config, max_drop, optimize)
     check_output(output, model)
     info = info or analyse_model(model)
-    from ptq_core.calibration import shapes_from_images
+    from ptq_core.data.calibration import shapes_from_images
 
     inputs = shapes_from_images(cfg, info.inputs, inputs or InputOptions())  # dynamic dims the images fix
     if cfg.common.quant_type == "FULL_QUANT":
@@ -371,7 +378,7 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
                   progress: Progress | None = None) -> Summary:
     import tempfile
 
-    from ptq_core.full_pipeline import quantize_full
+    from ptq_core.modes.full.pipeline import quantize_full
 
     with tempfile.TemporaryDirectory(prefix="ptq-work-") as tmp:
         result = quantize_full(model, cfg, inputs, Path(work_dir or tmp), progress=progress)
@@ -385,7 +392,7 @@ def _convert_full(model, cfg: QuantConfig, info: ModelInfo, output, inputs: Inpu
 
 def quantize_dynamic_model(model_path, cfg: QuantConfig):
     """DYNAMIC_QUANT: int8 weights now, activations quantized by the model at run time."""
-    from ptq_core.dynamic_quant import emit_dynamic, plan_dynamic
+    from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
 
     # a copy: plan_dynamic is only meant to read it, but a shared proto changed by one point would
     # silently change the next; a copy costs far less than the parse it replaces
@@ -416,7 +423,7 @@ def _without_data(cfg: QuantConfig) -> QuantConfig:
 
 def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,
                    plan, inputs: InputOptions | None = None) -> Summary:
-    from ptq_core.full_pipeline import full_decisions
+    from ptq_core.modes.full.pipeline import full_decisions
 
     cosine, source = measured_cosine(model_path, output_path, cfg, info, inputs, "default")  # calibration sample 0
     return Summary(
@@ -442,8 +449,8 @@ def already_quantized_fact(info: ModelInfo) -> list[tuple[str, str]]:
 def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan) -> list[tuple[str, str]]:
     """FULL_QUANT choices the user did not spell out: the target's rules, the calibration layout and
     cross-layer equalization."""
-    from ptq_core.calibration import layout_fact
-    from ptq_core.targets import get_target
+    from ptq_core.data.calibration import layout_fact
+    from ptq_core.modes.full.targets import get_target
 
     target = get_target(cfg.full.target_device)
     facts = already_quantized_fact(info) + [("target", f"{target.name}: {target.note}")]

@@ -38,7 +38,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.encoding import MAX_FIELD_BITS, EncodedTensor, split_correction_bits
+from ptq_core.storage.encoding import (
+    MAX_FIELD_BITS,
+    EncodedTensor,
+    split_correction_bits,
+)
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "decode_nodes"]
 

@@ -18,14 +18,13 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ptq_core import bias_correction, collect, model_cache
-from ptq_core.calibration import check_inputs, list_calibration_files, write_shards
 from ptq_core.config import QuantConfig
-from ptq_core.emit_qdq import emit_qdq
+from ptq_core.data.calibration import check_inputs, list_calibration_files, write_shards
 from ptq_core.errors import ConfigError
-from ptq_core.full_plan import FullQuantPlan
-from ptq_core.observers import search_thresholds
-from ptq_core.full_quant import (
+from ptq_core.modes.full import bias_correction
+from ptq_core.modes.full.emit_qdq import emit_qdq
+from ptq_core.modes.full.plan import FullQuantPlan
+from ptq_core.modes.full.prepare import (
     apply_bias_correction,
     build_plan,
     check_weights,
@@ -34,8 +33,11 @@ from ptq_core.full_quant import (
     placement,
     skip_names,
 )
-from ptq_core.runtime import InputOptions, input_specs, release_free_memory
-from ptq_core.weight_quant import LayerDecision
+from ptq_core.modes.weight.plan import LayerDecision
+from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.session import InputOptions, input_specs, release_free_memory
+from ptq_core.stats import collect
+from ptq_core.stats.observers import search_thresholds
 
 Collector = Callable[..., dict]
 
@@ -63,11 +65,11 @@ def calibration_shapes(cfg: QuantConfig, inputs: InputOptions) -> dict[str, tupl
 
 def calibration_rounds(cfg: QuantConfig, model: onnx.ModelProto, inputs: InputOptions, shard_dir: Path) -> list[collect.Round]:
     """Preprocess the calibration set once into content-addressed .npy shards; a round lists its shards."""
-    from ptq_core.graph import _dims
+    from ptq_core.onnxgraph.graph import _dims
 
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
-    from ptq_core.preflight import check_calibration_shapes
+    from ptq_core.onnxgraph.preflight import check_calibration_shapes
 
     shapes = calibration_shapes(cfg, inputs)
     check_calibration_shapes(model_inputs, shapes, cfg.source)
@@ -108,7 +110,7 @@ def accumulate_bias(model_path: str, probes: list, rounds: list[collect.Round]) 
 
 def bias_correction_pass(model: onnx.ModelProto, plan: FullQuantPlan, cfg: QuantConfig, rounds: list[collect.Round],
                          work_dir: Path, runner: Callable | None = None) -> tuple[FullQuantPlan, dict]:
-    """§8.7 over all calibration rounds (ptq_core.bias_correction); ``runner(model_path, probes, rounds)`` may
+    """§8.7 over all calibration rounds (ptq_core.modes.full.bias_correction); ``runner(model_path, probes, rounds)`` may
     distribute it."""
     nodes = correctable_nodes(model, plan, cfg.common.skip_quant_node)
     if not nodes:
@@ -251,7 +253,7 @@ def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions
 
 def calibration_cosine(fp32: onnx.ModelProto, quantized: onnx.ModelProto, rounds: list[collect.Round]) -> float:
     """Mean output cosine of ``quantized`` against ``fp32`` over ``rounds``."""
-    from ptq_core.runtime import make_session, output_cosine, run
+    from ptq_core.onnxgraph.session import make_session, output_cosine, run
 
     a, b = make_session(fp32), make_session(quantized)
     return float(np.mean([output_cosine(run(a, feeds), run(b, feeds)) for feeds in (r.feeds() for r in rounds)]))
@@ -264,8 +266,14 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
     if progress and collector is collect.collect_serial:
         def collector(m, t, r, meth):
             return collect.collect_serial(m, t, r, meth, progress=progress)
-    from ptq_core.emit_qdq import place_qdq
-    from ptq_core.speed import SpeedTable, int8_losers, median_latency_ms, paired_latency_ms, tensor_shapes
+    from ptq_core.modes.full.emit_qdq import place_qdq
+    from ptq_core.modes.full.latency_guard import (
+        SpeedTable,
+        int8_losers,
+        median_latency_ms,
+        paired_latency_ms,
+        tensor_shapes,
+    )
 
 
     clock = time.perf_counter()
@@ -282,7 +290,7 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
     check_weights(model, target, place)
     chains = []
     if equalize and not cfg.full.per_channel and target.cross_layer_equalization:
-        from ptq_core.equalization import equalize
+        from ptq_core.modes.full.equalization import equalize
 
         model, chains = equalize(model)  # weights only: the placement's graph is the same
     if rounds is None:
@@ -315,7 +323,7 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
     lap("latency_guard_s")
     tensors = observed_tensors(place)
     if cfg.ptqflow.max_drop is not None:  # the keep loop re-places Q/DQ but never recollects
-        from ptq_core.max_drop import border_tensors
+        from ptq_core.modes.full.max_drop import border_tensors
 
         tensors = border_tensors(model, target, place, skip)
     release_free_memory()  # the latency guard's sessions, before the statistics pass's peak
@@ -371,7 +379,7 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
     lap("latency_guard_s")
     max_drop = None
     if cfg.ptqflow.max_drop is not None:
-        from ptq_core.max_drop import Build, FinalizeOnce, keep_until_within
+        from ptq_core.modes.full.max_drop import Build, FinalizeOnce, keep_until_within
 
         demoted = dict(speed["demoted"]) if speed else {}
         observers.update({t: FinalizeOnce(o) for t, o in observers.items()})  # same ranges in every rebuild
@@ -392,17 +400,17 @@ def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputO
         max_drop = report.to_dict()
         lap("max_drop_s")
     if speed is not None and speed["demoted"]:  # FP32 for speed, not accuracy: 8-bit storage all the same
-        from ptq_core.kept_weights import store_kept_weights
+        from ptq_core.modes.full.kept_weights import store_kept_weights
 
         quantized, stored = store_kept_weights(quantized, set(speed["demoted"]) - set(plan.nodes), cfg)
         plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
         lap("emit_s")
-    from ptq_core.compact import compact_model
+    from ptq_core.onnxgraph.compact import compact_model
 
     compact_model(quantized)
     if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
-        from ptq_core.graph import set_metadata
-        from ptq_core.speed import machine_key
+        from ptq_core.modes.full.latency_guard import machine_key
+        from ptq_core.onnxgraph.graph import set_metadata
 
         speed["timed_on"] = machine_key()
         set_metadata(quantized, {GUARD_METADATA: speed["timed_on"]})

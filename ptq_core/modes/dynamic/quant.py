@@ -19,7 +19,7 @@ Which nodes
 Rotation (``[ptqflow] rotation_block``, default 16; 0 = converter_lite's numerics exactly)
     Before an activation is quantized (either strategy) its channels are rotated by an orthonormal
     block-Hadamard matrix, ``A H``, and the weight rows are rotated back offline, ``H^T B``, so the
-    FP32 product is unchanged (ptq_core.rotation). A transformer's "massive activations" (one
+    FP32 product is unchanged (ptq_core.modes.dynamic.rotation). A transformer's "massive activations" (one
     channel of one token far above the rest) no longer set the whole grid: on all-MiniLM-L6-v2 (256
     sentences) the per-tensor ALWC cosine rises from 0.9933 to 0.9985 at block 16, ACWL's from 0.9973
     to 0.9995, for 0.7-0.8 ms of the 30 ms FP32 latency.
@@ -127,13 +127,19 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.config import QuantConfig
-from ptq_core.cpu_kernels import get_form
 from ptq_core.errors import PtqError
-from ptq_core.graph import (WeightSite, check_finite_weight, default_opset, find_weight_sites, initializer_array,
-                             set_metadata)
+from ptq_core.modes.dynamic.rotation import block_for, hadamard, rotate_weight
+from ptq_core.modes.weight.plan import DecisionRows, LayerDecision
+from ptq_core.onnxgraph.cpu import get_form
+from ptq_core.onnxgraph.graph import (
+    WeightSite,
+    check_finite_weight,
+    default_opset,
+    find_weight_sites,
+    initializer_array,
+    set_metadata,
+)
 from ptq_core.quant import cosine, quantize, weight_params
-from ptq_core.rotation import block_for, hadamard, rotate_weight
-from ptq_core.weight_quant import DecisionRows, LayerDecision
 
 PRODUCER = "ptqflow"
 MIN_OPSET = 11  # DynamicQuantizeLinear
@@ -187,7 +193,7 @@ class DynamicNode:
     trans_a: bool = False  # Gemm
     alpha: float = 1.0  # Gemm
     beta: float = 1.0  # Gemm
-    rotation: int = 0  # Hadamard block on the reduction axis (0: none), ptq_core.rotation
+    rotation: int = 0  # Hadamard block on the reduction axis (0: none), ptq_core.modes.dynamic.rotation
 
 
 @dataclass
@@ -196,7 +202,7 @@ class DynamicPlan(DecisionRows):
     decisions: list[LayerDecision] = field(default_factory=list)
     weights: dict[str, DynamicWeight] = field(default_factory=dict)
     nodes: list[DynamicNode] = field(default_factory=list)
-    int8_form: str = "portable"  # MatMul weights read by onnxruntime's u8 x s8 kernels (ptq_core.cpu_kernels)
+    int8_form: str = "portable"  # MatMul weights read by onnxruntime's u8 x s8 kernels (ptq_core.onnxgraph.cpu)
 
     @property
     def written_form(self) -> str | None:

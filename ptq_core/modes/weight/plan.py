@@ -14,11 +14,21 @@ import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
-from ptq_core.encoding import EncodedTensor, encode_fixed, encode_split, effective_bits
-from ptq_core.graph import WeightSite, check_finite_weight, find_weight_sites, initializer_array
-from ptq_core.mixed_bit import MixedBitResult, mixed_codes, search_step
+from ptq_core.modes.weight.blocks import BLOCK_ELEMENTS, CosineSums, quantize_fixed
+from ptq_core.modes.weight.mixed_bit import MixedBitResult, mixed_codes, search_step
+from ptq_core.onnxgraph.graph import (
+    WeightSite,
+    check_finite_weight,
+    find_weight_sites,
+    initializer_array,
+)
 from ptq_core.quant import passes_gain_check
-from ptq_core.weight_blocks import BLOCK_ELEMENTS, CosineSums, quantize_fixed
+from ptq_core.storage.encoding import (
+    EncodedTensor,
+    effective_bits,
+    encode_fixed,
+    encode_split,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class WeightPlan(DecisionRows):
     decisions: list[LayerDecision] = field(default_factory=list)
     weights: list[QuantizedWeight] = field(default_factory=list)
     init_scale: float | None = None
-    group: object | None = None  # ptq_core.entropy.EntropyGroup shared by the mixed-bit weights
+    group: object | None = None  # ptq_core.storage.entropy.EntropyGroup shared by the mixed-bit weights
 
     def without_codes(self) -> WeightPlan:
         """The rows alone, for the summary once the model is written: the encoded weights (a quarter of
@@ -106,7 +116,7 @@ def _filter_reason(site: WeightSite, cfg: QuantConfig) -> str | None:
 def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig, block_elements: int = BLOCK_ELEMENTS):
     """Encoded codes, zero points, scales (times the applied varCorr), meanCorr and the weight cosine.
 
-    ``ptq_core.weight_blocks`` does the float work a block of channels at a time, so a large weight
+    ``ptq_core.modes.weight.blocks`` does the float work a block of channels at a time, so a large weight
     costs its codes plus one block, and the result is the same bytes for any ``block_elements``."""
     fixed = quantize_fixed(w, bits, axis, cfg.weight.bias_correction and axis is not None, block_elements)
     params = fixed.params
@@ -225,8 +235,8 @@ def _group_mixed(plan: WeightPlan) -> None:
     (their codes share a distribution, since every tensor has the same relative error) gets
     within ~0.07 bit/weight of the entropy and still decodes with constant-folded standard ops.
     """
-    from ptq_core.encoding import decode
-    from ptq_core.entropy import encode_group, graph_nbytes, group_nodes
+    from ptq_core.storage.encoding import decode
+    from ptq_core.storage.entropy import encode_group, graph_nbytes, group_nodes
 
     mixed = [i for i, w in enumerate(plan.weights) if w.axis is None and np.all(w.zero_point == 0)
              and w.encoded.kind in ("split", "bitpack", "index", "sparse", "raw")
