@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow
@@ -10,10 +11,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks import debug, dynamic, full, weight
 
 from ptq_core.config.flags import apply_optimize
-from ptq_core.convert import Summary, apply_max_drop
+from ptq_core.convert import apply_max_drop
 from ptq_core.data.calibration import shapes_from_images
+from ptq_core.modes.registry import DYNAMIC, WEIGHT, Job, Mode, mode_of, run_steps
 from ptq_core.onnxgraph.preflight import check_output
 from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.summary import Summary
 
 
 @flow(name="quantize", persist_result=True)
@@ -31,59 +34,34 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     check_output(output, model)
     info = weight.analyse(model)
     inputs = shapes_from_images(cfg, info.inputs, inputs)  # dynamic dims the calibration images fix
-    summary, made = _steps(model, cfg, info, output, inputs, dask_address)
+    state = _steps(model, cfg, info, output, inputs, dask_address)
+    summary = state["summary"]
     if cfg.common.debug_info_save_path:
         # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set
-        summary.debug = debug.debug_reports(model, summary.output, cfg, inputs, made.get("rounds"),
-                                            made.get("plan_path"), dask_address)
-    summary.wall_time_s = time.perf_counter() - start
+        summary = replace(summary, debug=debug.debug_reports(model, summary.output, cfg, inputs, state.get("rounds"),
+                                                             state.get("plan_path"), dask_address))
+    summary = replace(summary, wall_time_s=time.perf_counter() - start)
     publish(summary)
     return summary
 
 
 def quantize_steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None = None) -> Summary:
     """The cached tasks after config and analysis; the sweep flow runs the same steps for each point."""
-    return _steps(model, cfg, info, output, inputs, dask_address)[0]
+    return _steps(model, cfg, info, output, inputs, dask_address)["summary"]
 
 
-def _steps(model: str, cfg, info, output: str, inputs: InputOptions,
-           dask_address: str | None) -> tuple[Summary, dict]:
-    """The summary, and what the debug reports read: calibration rounds (full) or the plan file (others)."""
-    if cfg.common.quant_type == "FULL_QUANT":
-        return _full(model, cfg, info, output, inputs, dask_address)
-    if cfg.common.quant_type == "DYNAMIC_QUANT":
-        return _dynamic(model, cfg, info, output, inputs)
-    return _weight(model, cfg, info, output, inputs)
+def flow_steps(mode: Mode, dask_address: str | None):
+    """The flow's implementation of ``mode``'s steps: each step a cached task."""
+    return {WEIGHT: weight.WeightTasks, DYNAMIC: dynamic.DynamicTasks}.get(mode) or full.FullTasks(dask_address)
 
 
-def _weight(model: str, cfg, info, output: str, inputs: InputOptions) -> tuple[Summary, dict]:
-    record = weight.quantize_weights(model, cfg, info, inputs)
-    if not Path(record["plan_path"]).exists():  # a cache entry can outlive the file it points to
-        record = weight.quantize_weights.with_options(refresh_cache=True)(model, cfg, info, inputs)
-    out = weight.emit_model(model, record["plan_path"], output)
-    return weight.summarize(model, out, cfg, info, record["plan_path"], inputs), {"plan_path": record["plan_path"]}
-
-
-def _dynamic(model: str, cfg, info, output: str, inputs: InputOptions) -> tuple[Summary, dict]:
-    record = dynamic.quantize_dynamic(model, cfg, info)
-    if not (Path(record["model_path"]).exists() and Path(record["plan_path"]).exists()):
-        record = dynamic.quantize_dynamic.with_options(refresh_cache=True)(model, cfg, info)
-    out = dynamic.emit_dynamic(record, output)
-    return dynamic.summarize_dynamic(model, out, cfg, info, record, inputs), {"plan_path": record["plan_path"]}
-
-
-def _full(model: str, cfg, info, output: str, inputs: InputOptions,
-          dask_address: str | None) -> tuple[Summary, dict]:
-    digest = full.data_digest(cfg, info, inputs)
-    rounds = full.preprocess_calibration(model, cfg, inputs, digest)
-    if not all(Path(p).exists() for r in rounds for _, p in r.shards):
-        rounds = full.preprocess_calibration.with_options(refresh_cache=True)(model, cfg, inputs, digest)
-    record = full.quantize_full(model, cfg, info, inputs, digest, rounds, dask_address)
-    if not (Path(record["model_path"]).exists() and Path(record["plan_path"]).exists()):
-        record = full.quantize_full.with_options(refresh_cache=True)(model, cfg, info, inputs, digest, rounds,
-                                                                       dask_address)
-    out = full.emit_full(record, output)
-    return full.summarize_full(model, out, cfg, info, record, inputs), {"rounds": rounds}
+def _steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None) -> dict:
+    """The mode's steps (ptq_core.modes.registry) as tasks; the state holds the summary and what the debug
+    reports read: calibration rounds (full) or the plan file (others)."""
+    mode = mode_of(cfg)
+    impl = flow_steps(mode, dask_address)
+    impl = impl() if isinstance(impl, type) else impl
+    return run_steps(mode, impl, Job(model, cfg, info, output, inputs))
 
 
 def publish(summary: Summary) -> None:

@@ -26,6 +26,7 @@ from ptq_core.config import check_runnable
 from ptq_core.config.model import parse_config
 from ptq_core.data.calibration import shapes_from_images
 from ptq_core.errors import ConfigError
+from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.sweep import (
@@ -42,7 +43,7 @@ DEFAULT_PARALLEL = 2
 
 
 @contextmanager
-def _cluster_for(quant_type: str | None, address: str | None) -> Iterator[str | None]:
+def _cluster_for(calibrates: bool, address: str | None) -> Iterator[str | None]:
     """FULL_QUANT without an address: one loopback LocalCluster for the whole sweep, not one per point,
     so worker processes (and their onnxruntime sessions) are reused."""
     import os
@@ -50,7 +51,7 @@ def _cluster_for(quant_type: str | None, address: str | None) -> Iterator[str | 
     from ptqflow.tasks.dask_stats import ADDRESS_ENV, local_cluster
 
     address = address or os.environ.get(ADDRESS_ENV) or None
-    if quant_type != "FULL_QUANT" or address:
+    if not calibrates or address:
         yield address
         return
     cluster = local_cluster()
@@ -89,7 +90,7 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
         info = weight.analyse(model)
         inputs = shapes_from_images(base, info.inputs, inputs)  # dynamic dims the calibration images fix
         keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
-        with _cluster_for(base.common.quant_type, dask_address) as address:
+        with _cluster_for(mode_of(base).calibrates, dask_address) as address:
             futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
                        for path, key in zip(cfg_paths, keys)]
             records = [f.result() for f in futures]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptq_core.convert import Summary, convert_direct
+from ptq_core.convert import convert_direct
 from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.summary import Summary
 
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",

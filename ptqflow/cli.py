@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # The terminal shows our summary; Prefect's per-run INFO lines still reach the API and the UI.
@@ -191,10 +192,12 @@ def _validate_paths(args) -> None:
 
 def _convert(args) -> int:
     from ptq_core.config.flags import foreign_notices
-    from ptq_core.convert import already_quantized_text, output_file, resolve_config
+    from ptq_core.convert import resolve_config
     from ptq_core.data.calibration import layout_fact, shapes_from_images
     from ptq_core.onnxgraph.preflight import check_output
+    from ptq_core.onnxgraph.save import output_file
     from ptq_core.onnxgraph.session import InputOptions, input_specs
+    from ptq_core.summary import already_quantized_text
     from ptqflow import report
 
     cfg = resolve_config(args.config_file, args.max_drop, args.optimize)  # validated before the model is read
@@ -238,12 +241,12 @@ def _convert(args) -> int:
                                    args.input_shape, args.input_data_format, args.dask_address, args.max_drop,
                                    args.optimize)
     if args.no_flow:
-        summary.wall_time_s = time.perf_counter() - start
+        summary = replace(summary, wall_time_s=time.perf_counter() - start)
     else:  # what the user waited for, split so that a slow start is not taken for a slow quantization
         from ptqflow import _phases
 
-        summary.wall_time_s = _phases.since_process_start()
-        summary.time_split = _phases.split(summary.wall_time_s)
+        wall = _phases.since_process_start()
+        summary = replace(summary, wall_time_s=wall, time_split=_phases.split(wall))
     report.print_summary(summary)
     print(f"wrote {output_file(args.output_file)}")
     from ptqflow.debug_report import print_debug_location

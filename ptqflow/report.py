@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ptq_core.convert import Summary
+from ptq_core.summary import Summary
 
 console: Console
 err_console: Console

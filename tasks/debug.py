@@ -8,7 +8,6 @@ bounded by the in-flight futures, not by the number of rounds.
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks.dask_stats import dask_client, worker_threads
 
 from ptq_core.debug import driver
+from ptq_core.modes.registry import PlanFile, mode_of
 from ptq_core.onnxgraph.session import InputOptions
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
@@ -69,10 +69,8 @@ def debug_reports(model_path: str, output_path: str, cfg, inputs: InputOptions, 
     folder = driver.debug_folder(cfg)
     origin, quant = driver.debug_models(cfg, model_path, output_path)
     plan = None
-    if plan_path and cfg.common.quant_type != "FULL_QUANT":
-        with open(plan_path, "rb") as fh:
-            plan = pickle.load(fh)
-        plan = plan[0] if isinstance(plan, tuple) else plan  # weight plans are stored with the tune result
+    if plan_path and mode_of(cfg).debug_reads_plan:
+        plan = PlanFile.load(plan_path).plan
     with tempfile.TemporaryDirectory(prefix="ptq-debug-") as tmp:
         if rounds is None:
             rounds = driver.debug_rounds(cfg, origin, inputs, Path(tmp))
@@ -83,7 +81,7 @@ def debug_reports(model_path: str, output_path: str, cfg, inputs: InputOptions, 
 
         with dask_client(dask_address) as client:
             outputs, worst = map_rounds(client, job, rounds, str(folder), progress)
-        params = driver.param_rows(cfg.common.quant_type, origin, quant, job, plan)
+        params = driver.param_rows(cfg, origin, quant, job, plan)
         result = driver.finish_debug(folder, job, params, outputs, worst, len(rounds), started, driver.title_for(cfg))
     publish_debug(result)
     return driver.result_record(result)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 
 from prefect import task
@@ -17,9 +15,10 @@ from ptq_core.config import QuantConfig
 from ptq_core.data.calibration import sample_digest
 from ptq_core.modes.full import pipeline as full_pipeline
 from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
-from ptq_core.modes.weight.emit import save_model_atomic
+from ptq_core.modes.registry import Job, PlanFile, StoredResult
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.graph import ModelInfo
+from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.onnxgraph.session import InputOptions, input_specs
 from ptq_core.stats import collect
 from ptqflow._env import cache_dir
@@ -85,7 +84,7 @@ def _full_key(ctx, params) -> str:
 @task(name="quantize_full", cache_key_fn=_full_key, persist_result=True)
 @ours
 def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions, digest: str,
-                  rounds: list[collect.Round], dask_address: str | None = None) -> dict:
+                  rounds: list[collect.Round], dask_address: str | None = None) -> StoredResult:
     """Statistics and bias correction run on Dask; the quantized model goes to a content-addressed file."""
     artifact = create_progress_artifact(progress=0.0, description="calibration rounds processed")
 
@@ -111,36 +110,53 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
     key = content_key("full-result", info.sha256, cfg.fingerprint(), inputs, digest)
     model_file = cache_dir("models") / f"{key}.onnx"
     save_model_atomic(result.quantized, model_file)
-    meta = cache_dir("plans") / f"{key}.pkl"
-    tmp = meta.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump((result.model, result.plan, result.speed, result.timings, result.max_drop), fh,
-                    protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(meta)
-    return {"model_path": str(model_file), "plan_path": str(meta)}
+    stored = PlanFile(result.plan, prepared=result.model, speed=result.speed, timings=result.timings,
+                      max_drop=result.max_drop)
+    return StoredResult(stored.save(cache_dir("plans") / f"{key}.pkl"), model_path=str(model_file))
 
 
 @task(name="emit_model")
 @ours
-def emit_full(record: dict, output: str) -> str:
+def emit_full(record: StoredResult, output: str) -> str:
     import onnx
 
-    from ptq_core.convert import output_file
-
-    return str(save_model_atomic(onnx.load(record["model_path"]), output_file(output)))
+    return str(save_model_atomic(onnx.load(record.model_path), output_file(output)))
 
 
 @task(name="summarize")
 @ours
-def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: dict,
+def summarize_full(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, record: StoredResult,
                    inputs: InputOptions):
-    from ptq_core.convert import summarize_full as core_summarize
+    from ptq_core.summary import summarize_full as core_summarize
 
-    with open(record["plan_path"], "rb") as fh:
-        prepared, plan, speed, timings, max_drop = pickle.load(fh)
-    summary = core_summarize(model_path, output_path, cfg, info, prepared, plan, inputs)
-    summary.auto_tune = None
-    summary.speed = speed
-    summary.timings = timings
-    summary.max_drop = max_drop
-    return summary
+    s = PlanFile.load(record.plan_path)
+    return core_summarize(model_path, output_path, cfg, info, s.prepared, s.plan, inputs, speed=s.speed,
+                          timings=s.timings, max_drop=s.max_drop)
+
+
+class FullTasks:
+    """FULL_QUANT's steps (``ptq_core.modes.registry``) as cached tasks; statistics and bias correction run
+    on the Dask cluster at ``dask_address`` (a local one when None)."""
+
+    def __init__(self, dask_address: str | None = None):
+        self.dask_address = dask_address
+
+    def calibrate(self, job: Job, state: dict) -> dict:
+        digest = data_digest(job.cfg, job.info, job.inputs)
+        rounds = preprocess_calibration(job.model, job.cfg, job.inputs, digest)
+        if not all(Path(p).exists() for r in rounds for _, p in r.shards):
+            rounds = preprocess_calibration.with_options(refresh_cache=True)(job.model, job.cfg, job.inputs, digest)
+        return {"digest": digest, "rounds": rounds}
+
+    def quantize(self, job: Job, state: dict) -> dict:
+        args = (job.model, job.cfg, job.info, job.inputs, state["digest"], state["rounds"], self.dask_address)
+        record = quantize_full(*args)
+        if not (Path(record.model_path).exists() and Path(record.plan_path).exists()):
+            record = quantize_full.with_options(refresh_cache=True)(*args)
+        return {"record": record}
+
+    def emit(self, job: Job, state: dict) -> dict:
+        return {"out": emit_full(state["record"], job.output)}
+
+    def summarize(self, job: Job, state: dict) -> dict:
+        return {"summary": summarize_full(job.model, state["out"], job.cfg, job.info, state["record"], job.inputs)}

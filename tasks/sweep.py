@@ -10,6 +10,7 @@ from ptqflow.tasks import weight
 from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core.config import QuantConfig
+from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
 from ptq_core.sweep import latency_ms
@@ -20,7 +21,7 @@ from ptqflow._phases import ours
 def point_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions) -> str:
     """What a point's result depends on: model bytes, resolved settings, shapes and calibration bytes."""
     digest = None
-    if cfg.common.quant_type == "FULL_QUANT":
+    if mode_of(cfg).calibrates:
         from ptqflow.tasks.full import data_digest
 
         digest = data_digest(cfg, info, inputs)

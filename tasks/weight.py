@@ -1,16 +1,18 @@
-"""Tasks of the weight-quantization path; each wraps one ptq_core.convert step."""
+"""The config and model tasks every mode starts with, and WEIGHT_QUANT's steps as cached tasks."""
 
 from __future__ import annotations
 
-import pickle
 import time
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from ptqflow.tasks.caching import content_key, file_digest
 
-from ptq_core import convert as pipeline
+from ptq_core import convert
 from ptq_core.config import QuantConfig
+from ptq_core.modes.registry import Job, PlanFile, StoredResult
+from ptq_core.modes.weight import steps as core
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.graph import (
     ModelInfo,
@@ -19,6 +21,8 @@ from ptq_core.onnxgraph.graph import (
     file_sha256,
 )
 from ptq_core.onnxgraph.session import InputOptions, input_specs
+from ptq_core.summary import Summary
+from ptq_core.summary import summarize as core_summarize
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 from ptqflow._progress import report as terminal_report
@@ -62,7 +66,7 @@ def _data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None)
 @task(name="resolve_config", cache_key_fn=_config_key, persist_result=True)
 @ours
 def resolve_config(config_path: str) -> QuantConfig:
-    return pipeline.resolve_config(config_path)
+    return convert.resolve_config(config_path)
 
 
 @task(name="analyse_model", cache_key_fn=_model_key, persist_result=True)
@@ -73,7 +77,8 @@ def analyse(model_path: str) -> ModelInfo:
 
 @task(name="quantize_weights", cache_key_fn=_quant_key, persist_result=True)
 @ours
-def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None) -> dict:
+def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None
+                     ) -> StoredResult:
     """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
     artifact = create_progress_artifact(progress=0.0, description="weight quantization: layers done")
     last = [0.0]
@@ -85,31 +90,36 @@ def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs:
             last[0] = now
             update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
 
-    plan, tuned, source = pipeline.quantize_weights(model_path, cfg, info, inputs, progress)
+    plan, tuned, source = core.quantize_weights(model_path, cfg, info, inputs, progress)
     key = content_key("plan", info.sha256, cfg.fingerprint(), inputs, _data_digest(cfg, info, inputs))
-    path = cache_dir("plans") / f"{key}.pkl"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump((plan, tuned), fh, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
-    return {"plan_path": str(path), "reference": source}
-
-
-def load_plan(plan_path: str):
-    with open(plan_path, "rb") as fh:
-        return pickle.load(fh)
+    return StoredResult(PlanFile(plan, tuned).save(cache_dir("plans") / f"{key}.pkl"), reference=source)
 
 
 @task(name="emit_model")
 @ours
 def emit_model(model_path: str, plan_path: str, output: str) -> str:
-    plan, _ = load_plan(plan_path)
-    return str(pipeline.emit_model(model_path, plan, output))
+    return str(core.emit_model(model_path, PlanFile.load(plan_path).plan, output))
 
 
 @task(name="summarize")
 @ours
 def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelInfo, plan_path: str,
-              inputs: InputOptions | None = None) -> pipeline.Summary:
-    plan, tuned = load_plan(plan_path)
-    return pipeline.summarize(model_path, output_path, cfg, info, plan.without_codes(), tuned, inputs)
+              inputs: InputOptions | None = None) -> Summary:
+    stored = PlanFile.load(plan_path)
+    return core_summarize(model_path, output_path, cfg, info, stored.plan.without_codes(), stored.tuned, inputs)
+
+
+class WeightTasks:
+    """WEIGHT_QUANT's steps (``ptq_core.modes.registry``) as cached tasks; state holds file records."""
+
+    def quantize(self, job: Job, state: dict) -> dict:
+        record = quantize_weights(job.model, job.cfg, job.info, job.inputs)
+        if not Path(record.plan_path).exists():  # a cache entry can outlive the file it points to
+            record = quantize_weights.with_options(refresh_cache=True)(job.model, job.cfg, job.info, job.inputs)
+        return {"plan_path": record.plan_path}
+
+    def emit(self, job: Job, state: dict) -> dict:
+        return {"out": emit_model(job.model, state["plan_path"], job.output)}
+
+    def summarize(self, job: Job, state: dict) -> dict:
+        return {"summary": summarize(job.model, state["out"], job.cfg, job.info, state["plan_path"], job.inputs)}

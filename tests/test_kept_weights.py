@@ -54,7 +54,7 @@ def test_guarded_nodes_store_8bit_weights_that_load_as_float_convs(tmp_path, gua
 
 
 def test_a_guarded_model_is_about_a_quarter_of_the_fp32_size(tmp_path, guard_keeps_the_convs):
-    from ptq_core.modes.weight.emit import save_model_atomic
+    from ptq_core.onnxgraph.save import save_model_atomic
 
     model_path = save(cnn_model(), tmp_path / "m.onnx")
     result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=True), InputOptions(), tmp_path / "w")

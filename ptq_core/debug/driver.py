@@ -95,7 +95,9 @@ def default_rounds(cfg, model: onnx.ModelProto, inputs) -> list:
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)
     specs = tuple(input_specs(model_inputs, inputs.shape_map))
-    if cfg.common.quant_type != "DYNAMIC_QUANT" and cfg.data.has_calibration:
+    from ptq_core.modes.registry import mode_of
+
+    if mode_of(cfg).uses_calibration_for_reference and cfg.data.has_calibration:
         return [SampleRound(i, cfg, specs, inputs.data_format) for i in range(cfg.data.calibrate_size)]
     return [RandomRound(0, specs)]
 
@@ -116,12 +118,14 @@ def prepare_debug(origin: onnx.ModelProto, quant: onnx.ModelProto, work_dir: Pat
                     _exposed(quant, plan.quant_tensors, work_dir, "quant"), plan)
 
 
-def param_rows(kind: str, origin: onnx.ModelProto, quant: onnx.ModelProto, job: DebugJob, plan=None) -> list[dict]:
-    if kind == "FULL_QUANT":
+def param_rows(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, job: DebugJob, plan=None) -> list[dict]:
+    """quant_param.csv's rows: the Q/DQ pairs of the written model, or the plan's weights."""
+    from ptq_core.modes.registry import DYNAMIC, FULL, mode_of
+
+    mode = mode_of(cfg)
+    if mode is FULL:
         return qdq_rows(quant, job.plan)
-    if kind == "DYNAMIC_QUANT":
-        return dynamic_rows(origin, plan)
-    return weight_rows(origin, plan)
+    return dynamic_rows(origin, plan) if mode is DYNAMIC else weight_rows(origin, plan)
 
 
 def run_round(job: DebugJob, rnd, out_dir: str) -> RoundOutcome:
@@ -172,7 +176,7 @@ def run_debug(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, rounds: list
         worst = keep_worst(worst, outcome.worst)
         if progress:
             progress(done, len(rounds), "debug rounds")
-    params = param_rows(cfg.common.quant_type, origin, quant, job, plan)
+    params = param_rows(cfg, origin, quant, job, plan)
     return finish_debug(folder, job, params, outputs, worst, len(rounds), started, title_for(cfg))
 
 
@@ -182,19 +186,15 @@ def title_for(cfg) -> str:
 
 def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The FP32 side (the prepared graph the quantizer worked on) and the written quantized model."""
-    if cfg.common.quant_type == "FULL_QUANT":
-        from ptq_core.modes.full.prepare import prepare_full_model
+    from ptq_core.modes.registry import mode_of
 
-        origin = prepare_full_model(model_path)
-    else:
-        from ptq_core.onnxgraph.graph import prepare_model
-
-        origin = prepare_model(model_path)
-    return origin, onnx.load(str(output_path))
+    return mode_of(cfg).prepared(str(model_path)), onnx.load(str(output_path))
 
 
 def debug_rounds(cfg, origin: onnx.ModelProto, inputs, work_dir: Path) -> list:
-    if cfg.common.quant_type == "FULL_QUANT":
+    from ptq_core.modes.registry import mode_of
+
+    if mode_of(cfg).calibrates:
         from ptq_core.modes.full.pipeline import calibration_rounds
 
         return calibration_rounds(cfg, origin, inputs, Path(work_dir) / "shards")

@@ -1,0 +1,168 @@
+"""The quantization modes, each declared once: its steps in order and what it needs.
+
+A conversion is the same list of steps whether it runs in this process (``ptq convert --no-flow``,
+``ptq_core.convert.convert_direct``) or as a Prefect flow: :func:`run_steps` walks ``Mode.steps`` and asks
+an implementation for each step by name. The core's implementations (``modes/<mode>/steps.py``) pass
+objects in memory; the flow's (``ptqflow.tasks``) wrap each step in a content-keyed cached task and pass
+records of files. Nothing outside this registry and the config package compares ``quant_type``
+strings: code asks the mode what it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ptq_core.config import QuantConfig
+from ptq_core.errors import ConfigError
+from ptq_core.onnxgraph.graph import ModelInfo
+from ptq_core.onnxgraph.session import InputOptions
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every step of one conversion reads; steps add what they make to the run's state."""
+
+    model: str
+    cfg: QuantConfig
+    info: ModelInfo
+    output: str
+    inputs: InputOptions
+    work_dir: Path | None = None
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """What a cached flow step hands to the next: where its outputs are on disk (a Prefect result stays
+    small; the plan and model live in content-addressed files)."""
+
+    plan_path: str
+    model_path: str | None = None  # FULL_QUANT and DYNAMIC_QUANT: the quantized model, written once
+    reference: str | None = None  # WEIGHT_QUANT auto_tune: which inputs the search measured on
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """The one pickle format of a stored plan, for every mode (read back by summarize and the debug step)."""
+
+    plan: Any
+    tuned: Any = None  # WEIGHT_QUANT: the auto_tune result
+    prepared: Any = None  # FULL_QUANT: the prepared FP32 graph the plan refers to
+    speed: dict | None = None  # FULL_QUANT: the latency guard's record
+    timings: dict | None = None  # FULL_QUANT: seconds per phase
+    max_drop: dict | None = None  # FULL_QUANT: the --max-drop report
+
+    def save(self, path: Path) -> str:
+        import os
+        import pickle
+
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+        return str(path)
+
+    @staticmethod
+    def load(path: str) -> PlanFile:
+        import pickle
+
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+
+
+class Steps(Protocol):
+    """An implementation of a mode's steps: one method per step name, ``(job, state) -> state additions``."""
+
+    def __getattr__(self, step: str) -> Callable[[Job, dict], dict]: ...
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One ``quant_type``: its steps and the facts the rest of the code asks about it."""
+
+    quant_type: str
+    steps: tuple[str, ...]  # run in order; the last one leaves ``state["summary"]``
+    calibrates: bool  # reads the calibration set (and a sweep shares one Dask cluster across points)
+    max_drop: bool  # ``--max-drop`` / ``[ptqflow] max_drop`` applies
+    debug_reads_plan: bool  # debug reports read the plan (weights, dynamic) rather than calibration rounds
+    uses_calibration_for_reference: bool  # calibration sample 0 is the reference input, when configured
+    check: Callable[[QuantConfig], QuantConfig]  # mode-specific config checks before any model is read
+    prepared: Callable[[str], Any]  # the FP32 graph the mode quantizes (what debug reports compare with)
+
+
+def _check_weight(cfg: QuantConfig) -> QuantConfig:
+    if cfg.weight.quant_strategy != "MAX_MIN":
+        raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy={cfg.weight.quant_strategy} is not yet "
+                          "supported by ptqflow; use MAX_MIN")
+    if cfg.weight.dequant_strategy == "ON_THE_FLY":
+        raise ConfigError(f"{cfg.source}: [weight_quant_param] dequant_strategy=ON_THE_FLY targets Ascend's runtime "
+                          "and has no ONNX equivalent; remove the key")
+    return cfg
+
+
+def _check_full(cfg: QuantConfig) -> QuantConfig:
+    from ptq_core.modes.full.targets import get_target
+
+    get_target(cfg.full.target_device)  # unsupported targets fail before any model or data is read
+    return cfg
+
+
+def _check_dynamic(cfg: QuantConfig) -> QuantConfig:
+    if not cfg.data.calibrate_path:
+        return cfg
+    return replace(cfg, notices=cfg.notices + (
+        f"{cfg.source}: [data_preprocess_param] is ignored: DYNAMIC_QUANT quantizes activations at run time "
+        "and needs no calibration data",))
+
+
+def _prepare_plain(path: str):
+    from ptq_core.onnxgraph.graph import prepare_model
+
+    return prepare_model(path)
+
+
+def _prepare_full(path: str):
+    from ptq_core.modes.full.prepare import prepare_full_model
+
+    return prepare_full_model(path)
+
+
+WEIGHT = Mode("WEIGHT_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
+              debug_reads_plan=True, uses_calibration_for_reference=True, check=_check_weight,
+              prepared=_prepare_plain)
+FULL = Mode("FULL_QUANT", ("calibrate", "quantize", "emit", "summarize"), calibrates=True, max_drop=True,
+            debug_reads_plan=False, uses_calibration_for_reference=True, check=_check_full, prepared=_prepare_full)
+DYNAMIC = Mode("DYNAMIC_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
+               debug_reads_plan=True, uses_calibration_for_reference=False, check=_check_dynamic,
+               prepared=_prepare_plain)
+MODES: dict[str, Mode] = {m.quant_type: m for m in (WEIGHT, FULL, DYNAMIC)}
+
+
+def mode_of(cfg: QuantConfig) -> Mode:
+    """The mode a config asks for; a quant_type the registry lacks is a one-line error."""
+    mode = MODES.get(cfg.common.quant_type)
+    if mode is None:
+        raise ConfigError(f"{cfg.source}: [common_quant_param] quant_type={cfg.common.quant_type} is not yet supported "
+                          f"by ptqflow; supported now: {', '.join(MODES)}")
+    return mode
+
+
+def direct_steps(mode: Mode) -> Steps:
+    """The core's in-process implementation of ``mode``'s steps."""
+    from ptq_core.modes.dynamic.steps import DynamicSteps
+    from ptq_core.modes.full.steps import FullSteps
+    from ptq_core.modes.weight.steps import WeightSteps
+
+    return {WEIGHT: WeightSteps, FULL: FullSteps, DYNAMIC: DynamicSteps}[mode]()
+
+
+def run_steps(mode: Mode, impl: Steps, job: Job, state: dict | None = None) -> dict:
+    """Run ``mode``'s steps in order with ``impl``; returns the state, whose ``summary`` is the result."""
+    state = dict(state or {})
+    for step in mode.steps:
+        state.update(getattr(impl, step)(job, state))
+    return state
