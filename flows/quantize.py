@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from ptqflow.tasks import debug, dynamic, full, weight
+from ptqflow.tasks import debug, weight
+from ptqflow.tasks.steps import run_flow_steps
 
 from ptq_core.config.flags import apply_optimize
 from ptq_core.convert import apply_max_drop
 from ptq_core.data.calibration import shapes_from_images
-from ptq_core.modes.registry import DYNAMIC, WEIGHT, Job, Mode, mode_of, run_steps
 from ptq_core.onnxgraph.preflight import check_output
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.summary import Summary
@@ -34,7 +34,7 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     check_output(output, model)
     info = weight.analyse(model)
     inputs = shapes_from_images(cfg, info.inputs, inputs)  # dynamic dims the calibration images fix
-    state = _steps(model, cfg, info, output, inputs, dask_address)
+    state = run_flow_steps(model, cfg, info, output, inputs, dask_address)
     summary = state["summary"]
     if cfg.common.debug_info_save_path:
         # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set
@@ -43,25 +43,6 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     summary = replace(summary, wall_time_s=time.perf_counter() - start)
     publish(summary)
     return summary
-
-
-def quantize_steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None = None) -> Summary:
-    """The cached tasks after config and analysis; the sweep flow runs the same steps for each point."""
-    return _steps(model, cfg, info, output, inputs, dask_address)["summary"]
-
-
-def flow_steps(mode: Mode, dask_address: str | None):
-    """The flow's implementation of ``mode``'s steps: each step a cached task."""
-    return {WEIGHT: weight.WeightTasks, DYNAMIC: dynamic.DynamicTasks}.get(mode) or full.FullTasks(dask_address)
-
-
-def _steps(model: str, cfg, info, output: str, inputs: InputOptions, dask_address: str | None) -> dict:
-    """The mode's steps (ptq_core.modes.registry) as tasks; the state holds the summary and what the debug
-    reports read: calibration rounds (full) or the plan file (others)."""
-    mode = mode_of(cfg)
-    impl = flow_steps(mode, dask_address)
-    impl = impl() if isinstance(impl, type) else impl
-    return run_steps(mode, impl, Job(model, cfg, info, output, inputs))
 
 
 def publish(summary: Summary) -> None:

@@ -17,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks.dask_stats import dask_client, worker_threads
 
 from ptq_core.debug import driver
-from ptq_core.modes.registry import PlanFile, mode_of
+from ptq_core.modes.job import PlanFile
+from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph.session import InputOptions
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours

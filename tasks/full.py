@@ -15,7 +15,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.data.calibration import sample_digest
 from ptq_core.modes.full import pipeline as full_pipeline
 from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
-from ptq_core.modes.registry import Job, PlanFile, StoredResult
+from ptq_core.modes.job import Job, PlanFile, StoredResult
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.save import output_file, save_model_atomic

@@ -38,11 +38,11 @@ def _point_cache_key(ctx, params) -> str:
 @ours
 def quantize_point(model: str, config_path: str, inputs: InputOptions, dask_address: str | None, key: str) -> dict:
     """One grid point through the quantize flow's cached steps; the model lands in the content cache."""
-    from ptqflow.flows.quantize import quantize_steps
+    from ptqflow.tasks.steps import run_flow_steps
 
     cfg = weight.resolve_config(config_path)
     info = weight.analyse(model)  # cached by model bytes: runs once for the whole sweep
-    summary = quantize_steps(model, cfg, info, str(cache_dir("sweep") / f"{key}.onnx"), inputs, dask_address)
+    summary = run_flow_steps(model, cfg, info, str(cache_dir("sweep") / f"{key}.onnx"), inputs, dask_address)["summary"]
     return {"summary": summary, "model_path": str(summary.output)}
 
 

@@ -11,7 +11,7 @@ from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core import convert
 from ptq_core.config import QuantConfig
-from ptq_core.modes.registry import Job, PlanFile, StoredResult
+from ptq_core.modes.job import Job, PlanFile, StoredResult
 from ptq_core.modes.weight import steps as core
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.graph import (

@@ -44,10 +44,11 @@ def test_convert_with_debug_writes_every_report_and_publishes_the_ranking(tmp_pa
 def test_debug_reports_reuse_the_runs_calibration_rounds_without_rehashing_the_data(tmp_path, monkeypatch):
     """The calibration set is hashed once per run (the cache key), not again for the debug step."""
     from ptqflow.flows import quantize as flow_module
+    from ptqflow.tasks import full
 
     calls = []
-    original = flow_module.full.data_digest
-    monkeypatch.setattr(flow_module.full, "data_digest", lambda *a: calls.append(1) or original(*a))
+    original = full.data_digest
+    monkeypatch.setattr(full, "data_digest", lambda *a: calls.append(1) or original(*a))
     summary = flow_module.quantize(str(ROOT / "examples/digits/digits_cnn.onnx"), str(_debug_config(tmp_path)),
                                    str(tmp_path / "out"))
     assert summary.debug and (tmp_path / "dbg" / "report_5.csv").exists()

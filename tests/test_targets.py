@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -18,7 +20,6 @@ from ptq_core.modes.full.targets import (
     TARGETS,
     Target,
     get_target,
-    measure_dtype_choice,
 )
 
 
@@ -120,6 +121,9 @@ def test_quantize_weight_schemes():
 
 
 def test_measure_dtype_choice_small():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from probe_dtype_choice import measure_dtype_choice
+
     r = measure_dtype_choice(repeats=2, conv_shape=(1, 16, 12, 12), conv_out=16, matmul_shape=(8, 64), matmul_out=32)
     for key, fused in (("conv", "QLinearConv"), ("matmul", "QLinearMatMul")):
         row = r[key]

@@ -4,7 +4,7 @@ runs the same steps as cached tasks (ptqflow.tasks.dynamic)."""
 from __future__ import annotations
 
 from ptq_core.config import QuantConfig
-from ptq_core.modes.registry import Job
+from ptq_core.modes.job import Job
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.summary import summarize_dynamic

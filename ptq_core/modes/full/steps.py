@@ -5,7 +5,7 @@ statistics on Dask (ptqflow.tasks.full)."""
 from __future__ import annotations
 
 from ptq_core.modes.full.pipeline import calibration_rounds, quantize_full
-from ptq_core.modes.registry import Job
+from ptq_core.modes.job import Job
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.summary import summarize_full

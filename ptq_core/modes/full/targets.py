@@ -14,7 +14,8 @@ actually fuses (measured with ``emit_qdq.fused_ops``; see ``ORT_CPU_FUSIONS``).
 Where the ONNX world forces a choice that MindSpore Lite does not make, the choice is recorded
 here, next to the field, so it is visible in one place:
 
-* **CPU activations are uint8 (U8S8).** See :func:`measure_dtype_choice` for the numbers: on x86
+* **CPU activations are uint8 (U8S8).** See docs/int8-portability.md ("Why uint8 activations") and
+  ``benchmarks/probe_dtype_choice.py`` for the numbers: on x86
   S8S8 and U8S8 QDQ models run equally fast only because onnxruntime rewrites int8 activations to
   uint8 at load time, and that rewrite misses fanned-out tensors (such Convs then run in float);
   U8S8 is the native kernel there and fast on Arm as well. MSL's CPU kernels use int8 asymmetric
@@ -44,7 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ptq_core.errors import PtqError, did_you_mean
-from ptq_core.onnxgraph.cpu import INT8_FORMS, Int8Form, get_form, machine_isa
+from ptq_core.onnxgraph.cpu import INT8_FORMS, Int8Form, get_form
 from ptq_core.onnxgraph.graph import _conv_transpose_axis, _gemm_b_axis
 from ptq_core.quant import encode_range, qrange, quantize, weight_params
 
@@ -299,144 +300,3 @@ def get_target(name: str | None, int8_form: str | None = None) -> Target:
     if target.ort_cpu_kernels and target.form != form:
         target = replace(target, form=form)
     return target
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU dtype measurement
-# ---------------------------------------------------------------------------------------------
-
-def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64, 56, 56), conv_out: int = 64,
-                         matmul_shape=(128, 768), matmul_out: int = 768, seed: int = 0) -> dict:
-    """Time one QDQ Conv model and one QDQ MatMul model under S8S8 and U8S8 with onnxruntime (CPU EP).
-
-    Both models come out of ``emit_qdq`` with per-channel symmetric int8 weights and an int32 bias;
-    only the activation dtype differs (int8 zero point z vs uint8 zero point z+128: the same grid,
-    so accuracy is identical). ``s8s8_kept`` times the S8S8 model with the session option
-    ``session.qdqisint8allowed=1``, i.e. with onnxruntime keeping int8 activations as they are.
-    Returns ``{"conv": {"fp32": ms, "s8s8": ms, "s8s8_kept": ms, "u8s8": ms, "ops_s8s8": {...},
-    "ops_u8s8": {...}}, "matmul": {...}, "cpu": flags, "onnxruntime": version}`` (median of
-    ``repeats`` runs after two warm-ups).
-
-    Measured on the development machine (AMD EPYC Zen 4: AVX2, AVX-512, AVX512-VNNI, no
-    AVX-VNNI-INT8), onnxruntime 1.32.0, 1 thread, median of 50, four runs on a shared 2-core VM
-    (range shown):
-
-    =============================  ===========  ============  ============  ===================
-    model                          fp32 ms      S8S8 ms       U8S8 ms       S8S8 kept int8 ms
-    =============================  ===========  ============  ============  ===================
-    Conv 64->64 3x3, 1x64x56x56    2.52 - 2.63  0.611 - 0.626 0.611 - 0.656 7.1 - 11.6
-    MatMul 128x768 @ 768x768       1.32 - 1.37  0.387 - 0.391 0.386 - 0.387 4.7 - 8.9
-    =============================  ===========  ============  ============  ===================
-
-    Both dtypes fuse to the same ops (QLinearConv, QLinearMatMul). S8S8 and U8S8 tie because on
-    x86 onnxruntime rewrites int8 Q/DQ pairs to uint8 at load time (``QDQS8ToU8Transformer``;
-    ``QDQIsInt8Allowed()`` is false unless MLAS targets Arm), so both run MLAS's U8S8 kernels
-    (VPDPBUSD with VNNI, VPMADDUBSW on AVX2, which saturates int16 on non-VNNI CPUs unless the weights
-    follow the portable int8 form, ptq_core.onnxgraph.cpu; the
-    symmetric-weight MlasConvSym kernels exist only for U8S8 on x86). Kept as int8, S8S8 falls to
-    the portable GEMM: 10-23x slower than U8S8 and 3-6x slower than fp32 (a native x86 S8S8 GEMM
-    exists only with AVX-VNNI-INT8).
-
-    On Arm64 (read from MLAS, not measured here) onnxruntime keeps int8 Q/DQ as is and has native
-    kernels for both: S8S8 with SDOT/SMMLA and S8 MlasConvSym kernels (no zero-point fixup), U8S8
-    with UDOT/UMMLA and U8 MlasConvSym kernels (which add a -128 input zero-point fixup); with I8MM
-    MLAS marks signed activations as preferred. onnxruntime's docs name "S8S8 with QDQ" the default
-    that balances performance and accuracy.
-
-    The rewrite is also incomplete: when an int8 Q/DQ'd Conv output fans out to two readers (a
-    hardswish ``x * clip(x + 3, 0, 6) / 6``, a residual branch), onnxruntime 1.32 on x86 leaves the
-    Conv in float between DQ and Q; with uint8 the same graph fuses to QLinearConv. On PP-OCR's
-    mobile classifier (53 Convs, BN folded) 23 Convs stayed float with int8 activations, none with
-    uint8 (``tests/test_targets.py::test_int8_fan_out_is_not_fused_on_x86`` keeps the small case).
-
-    Choice: **uint8 activations, int8 weights (U8S8)** for CPU: the native x86 kernel without
-    depending on a load-time rewrite (whose absence costs 10-23x and which misses fan-outs), and a
-    fast path on Arm too; an Arm-only deployment could use int8 activations at the same accuracy.
-    """
-    import time
-
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from ptq_core.modes.full.emit_qdq import emit_qdq, fused_ops
-    from ptq_core.modes.full.plan import (
-        ActivationQuant,
-        BiasQuant,
-        FullQuantPlan,
-        WeightQuant,
-    )
-
-    rng = np.random.default_rng(seed)
-    cases = {}
-    conv_w = rng.normal(0, 0.1, (conv_out, conv_shape[1], 3, 3)).astype(np.float32)
-    conv_b = rng.normal(0, 0.1, (conv_out,)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(conv_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(conv_w, "w"), numpy_helper.from_array(conv_b, "b")])
-    cases["conv"] = (graph, "conv", "w", "b", rng.normal(0, 1, conv_shape).astype(np.float32))
-    mm_w = rng.normal(0, 0.05, (matmul_shape[1], matmul_out)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(matmul_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(mm_w, "w")])
-    cases["matmul"] = (graph, "mm", "w", None, rng.normal(0, 1, matmul_shape).astype(np.float32))
-
-    def session(model_bytes, int8_allowed=None):
-        so = ort.SessionOptions()
-        if int8_allowed is not None:
-            so.add_session_config_entry("session.qdqisint8allowed", int8_allowed)
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.log_severity_level = 3
-        return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-
-    def median_ms(sess, feed):
-        sess.run(None, feed)
-        sess.run(None, feed)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1000)
-
-    result: dict = {}
-    for key, (graph, node, wname, bname, x) in cases.items():
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        y = session(model.SerializeToString()).run(None, {"x": x})[0]
-        row = {"fp32": median_ms(session(model.SerializeToString()), {"x": x})}
-        wf = numpy_helper.to_array(next(t for t in graph.initializer if t.name == wname))
-        for act in ("int8", "uint8"):
-            target = TARGETS["CPU"] if act == "uint8" else _with_activation(TARGETS["CPU"], "int8")
-            sx, zx = target.activation_params(float(x.min()), float(x.max()))
-            sy, zy = target.activation_params(float(y.min()), float(y.max()))
-            op_type = "Conv" if key == "conv" else "MatMul"
-            q, s, z, axis = target.quantize_weight(wf, op_type, 1)
-            biases = []
-            if bname:
-                bf = numpy_helper.to_array(next(t for t in graph.initializer if t.name == bname))
-                bs = (np.float64(sx) * s.astype(np.float64)).astype(np.float32)
-                biases = [BiasQuant(node, 2, bname, np.round(bf / bs).astype(np.int32), bs)]
-            plan = FullQuantPlan(
-                target="CPU", nodes=(node,),
-                activations={"x": ActivationQuant("x", sx, zx, act), "y": ActivationQuant("y", sy, zy, act)},
-                weights=[WeightQuant(node, 1, wname, q, s, z, axis)], biases=biases)
-            qbytes = emit_qdq(model, plan).SerializeToString()
-            tag = "s8s8" if act == "int8" else "u8s8"
-            row[tag] = median_ms(session(qbytes), {"x": x})
-            row["ops_" + tag] = dict(fused_ops(qbytes))
-            if act == "int8":  # what S8S8 costs when onnxruntime keeps it (its default on Arm only)
-                row["s8s8_kept"] = median_ms(session(qbytes, "1"), {"x": x})
-        result[key] = row
-    result["cpu"] = machine_isa()
-    result["onnxruntime"] = ort.__version__
-    return result
-
-
-def _with_activation(target: Target, dtype: str) -> Target:
-    return replace(target, name=f"{target.name}-{dtype}", activation_dtype=dtype)

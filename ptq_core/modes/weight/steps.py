@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from ptq_core.config import QuantConfig
-from ptq_core.modes.registry import Job, Progress
+from ptq_core.modes.job import Job, Progress
 from ptq_core.modes.weight.emit import emit_weight_only
 from ptq_core.modes.weight.mixed_bit import TuneResult, auto_tune
 from ptq_core.modes.weight.plan import WeightPlan, plan_weight_quant
