@@ -25,7 +25,8 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from ptq_core.config import parse_config  # noqa: E402
-from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic  # noqa: E402
+from ptq_core.modes.dynamic.emit import emit_dynamic
+from ptq_core.modes.dynamic.plan import plan_dynamic  # noqa: E402
 
 N_SENTENCES = 96
 

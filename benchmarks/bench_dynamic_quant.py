@@ -179,7 +179,7 @@ def rss_run(path: str, feeds_npz: Path, n: int, repeats: int) -> dict:
 def kernels(path: str) -> dict:
     """Op types of ORT's optimized graph (CPU EP, extended level), integer and float compute only."""
     try:
-        from ptq_core.modes.full.emit_qdq import fused_ops
+        from ptq_core.modes.full.audit import fused_ops
 
         c = fused_ops(Path(path).read_bytes())
     except Exception as e:  # noqa: BLE001

@@ -276,7 +276,7 @@ def batched_run(sess, name: str, x: np.ndarray, chunk: int = 50) -> np.ndarray:
 
 def int8_profile(path: str) -> dict:
     """What ORT's optimizer (CPU EP, extended) made of the model: integer kernels vs float compute ops."""
-    from ptq_core.modes.full.emit_qdq import fused_ops
+    from ptq_core.modes.full.audit import fused_ops
 
     c = fused_ops(Path(path).read_bytes())
     int8 = sum(v for k, v in c.items() if k.startswith(INT8_OPS_PREFIX))
@@ -287,7 +287,7 @@ def int8_profile(path: str) -> dict:
 def rules_check(path: str, target: str) -> list[str]:
     import onnx
 
-    from ptq_core.modes.full.emit_qdq import check_target_rules
+    from ptq_core.modes.full.audit import check_target_rules
     from ptq_core.modes.full.targets import get_target
 
     return check_target_rules(onnx.load(path), get_target(target))
@@ -788,7 +788,7 @@ def check_targets(cls_rows: list[dict], rec_rows: list[dict] | None, args, lat_n
         others = [o for o in main if o["tool"] == "ptqflow" and o.get("target") == t and o is not r
                   and o.get("delta_pts") is not None]
         probs = r.get("rule_problems")
-        add("targets", f"{t}: target rules (emit_qdq.check_target_rules)", "0 problems",
+        add("targets", f"{t}: target rules (audit.check_target_rules)", "0 problems",
             None if probs is None else len(probs), None if probs is None else not probs,
             "; ".join(probs[:3]) if probs else ("" if probs is not None else r.get("notes", "")))
         v = r.get("delta_pts")

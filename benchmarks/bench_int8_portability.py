@@ -341,7 +341,7 @@ def latency(rows: list[dict], feeds: dict, iters: int, rounds: int = 10, repeats
     noise floor (a second FP32 session / the first). Also records the int8 kernels onnxruntime runs."""
     import statistics
 
-    from ptq_core.modes.full.emit_qdq import fused_ops
+    from ptq_core.modes.full.audit import fused_ops
 
     sessions = {i: session(r["path"], threads=1) for i, r in enumerate(rows)}
     sessions["fp32-again"] = session(rows[0]["path"], threads=1)

@@ -273,7 +273,7 @@ def cluster_stats(work: Path, base: Path, calib: Path, n: int) -> dict:
     from ptqflow.tasks.dask_stats import collect_distributed, dask_client
 
     from ptq_core.config import parse_config
-    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.modes.full.quantize import quantize_full
     from ptq_core.onnxgraph.session import InputOptions
     from ptqflow._watchdog import stop_children
 

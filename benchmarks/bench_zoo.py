@@ -143,7 +143,7 @@ def full_quant(name: str, model: Path, input_name: str, height: int, width: int,
     import onnxruntime as ort
 
     from ptq_core.config import parse_config
-    from ptq_core.data.calibration import preprocess_image
+    from ptq_core.data.image_preprocess import preprocess_image
 
     calib = photo_crops(WORK / "photos" / "calib", 24, seed=1)[0].parent
     evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)

@@ -17,7 +17,7 @@ Preprocessing is rapidocr 1.4.4's own: ``LoadImage`` (Pillow decode, RGB -> **BG
 ``TextClassifier.resize_norm_img`` (resize to height 48 keeping the aspect, width capped at 192,
 ``(x/255 - 0.5)/0.5``, zero-pad on the right to 192, CHW), called from the installed package.
 
-Calibration images and ptqflow's IMAGE pipeline. converter_lite's pipeline (ptq_core.data.calibration)
+Calibration images and ptqflow's IMAGE pipeline. converter_lite's pipeline (ptq_core.data.image_preprocess)
 can resize but cannot pad, and rapidocr's padding value (0 after normalisation = raw 127.5) is not a
 uint8 pixel. So every line is generated with aspect ratio > 4 (rendered width > 4 x height): rapidocr
 then squeezes it to exactly 192 wide and pads nothing. The calibration PNG holds that
@@ -288,12 +288,12 @@ def load_eval(root: str | Path = HERE / "work" / "cls") -> tuple[np.ndarray, np.
 
 def verify_calibration(root: str | Path, cfg_path: str | Path, n: int, seed: int = 0) -> dict:
     """Per calibration image: rapidocr's tensor of the ORIGINAL rendered line vs ptqflow's IMAGE pipeline
-    (ptq_core.data.calibration, with the config's [data_preprocess_param]) on the 48x192 PNG.
+    (ptq_core.data.image_preprocess, with the config's [data_preprocess_param]) on the 48x192 PNG.
 
     Returns {'n', 'pixels_identical' (decoded uint8 == cv2.resize of the line, count),
              'max_abs_diff', 'exact' (bit-identical tensors, count), 'ok'}."""
     from ptq_core.config import load_config
-    from ptq_core.data.calibration import _decode_bgr, fit_image, preprocess_image
+    from ptq_core.data.image_preprocess import _decode_bgr, fit_image, preprocess_image
     from ptq_core.onnxgraph.session import InputSpec
 
     p = load_config(cfg_path).data

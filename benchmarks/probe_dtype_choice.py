@@ -37,7 +37,8 @@ def measure_dtype_choice(repeats: int = 30, threads: int = 1, conv_shape=(1, 64,
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from ptq_core.modes.full.emit_qdq import emit_qdq, fused_ops
+    from ptq_core.modes.full.audit import fused_ops
+    from ptq_core.modes.full.emit_qdq import emit_qdq
     from ptq_core.modes.full.plan import (
         ActivationQuant,
         BiasQuant,

@@ -13,7 +13,7 @@ from ptqflow.tasks.steps import run_flow_steps
 
 from ptq_core.config.flags import apply_optimize
 from ptq_core.convert import apply_max_drop
-from ptq_core.data.calibration import shapes_from_images
+from ptq_core.data.input_layout import shapes_from_images
 from ptq_core.onnxgraph.preflight import check_output
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.summary import Summary

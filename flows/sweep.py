@@ -24,7 +24,7 @@ from ptqflow.tasks import weight
 
 from ptq_core.config import check_runnable
 from ptq_core.config.model import parse_config
-from ptq_core.data.calibration import shapes_from_images
+from ptq_core.data.input_layout import shapes_from_images
 from ptq_core.errors import ConfigError
 from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph import cache as model_cache
@@ -99,6 +99,29 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
                     records[i] = sweep_tasks.quantize_point.with_options(refresh_cache=True)(
                         model, str(cfg_paths[i].resolve()), inputs, address, keys[i])
 
+    measured, rows = _measure_points(points, records, cfg_paths, out_dir, info, inputs, latency_runs)
+    front = pareto_front(measured)
+    best = pick_best(measured, tolerance, pick)
+    for row in rows:
+        row["pareto"] = row["point"] in front
+        row["best"] = row["point"] == best.index
+
+    best_point = points[best.index]
+    best_cfg = sweep_tasks.write_text_atomic(out_dir / "best.cfg", best_point.text)
+    if parse_config(best_cfg.read_text(encoding="utf-8"), str(best_cfg)).fingerprint() != best_point.config.fingerprint():
+        raise ConfigError(f"{best_cfg}: the written config does not read back as point {best.index}")
+    labels = {p.index: p.label for p in points}
+    title = f"{Path(model).name}: {len(points)} points, {grid_obj.source}"
+    sweep_tasks.write_text_atomic(out_dir / "pareto.svg", pareto_svg(measured, labels, best.index, title))
+    sweep_tasks.write_parquet(rows, out_dir / "sweep.parquet")
+
+    _publish(rows, grid_obj, model, best, best_point, best_cfg, out_dir, pick, tolerance)
+    return {"rows": rows, "best": best.index, "best_config": str(best_cfg), "pareto": sorted(front),
+            "wall_time_s": time.perf_counter() - start}
+
+
+def _measure_points(points, records, cfg_paths, out_dir: Path, info, inputs, latency_runs: int):
+    """Each point's model copied out of the cache, its latency measured; the table's rows."""
     measured: list[Measured] = []
     rows: list[dict] = []
     for point, record in zip(points, records):
@@ -115,21 +138,11 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
                      "cosine": round(float(summary.output_cosine), 6),
                      "compression_ratio": round(summary.ratio, 3), "model": str(target),
                      "config": str(cfg_paths[point.index])})
-    front = pareto_front(measured)
-    best = pick_best(measured, tolerance, pick)
-    for row in rows:
-        row["pareto"] = row["point"] in front
-        row["best"] = row["point"] == best.index
+    return measured, rows
 
-    best_point = points[best.index]
-    best_cfg = sweep_tasks.write_text_atomic(out_dir / "best.cfg", best_point.text)
-    if parse_config(best_cfg.read_text(encoding="utf-8"), str(best_cfg)).fingerprint() != best_point.config.fingerprint():
-        raise ConfigError(f"{best_cfg}: the written config does not read back as point {best.index}")
-    labels = {p.index: p.label for p in points}
-    title = f"{Path(model).name}: {len(points)} points, {grid_obj.source}"
-    sweep_tasks.write_text_atomic(out_dir / "pareto.svg", pareto_svg(measured, labels, best.index, title))
-    sweep_tasks.write_parquet(rows, out_dir / "sweep.parquet")
 
+def _publish(rows, grid_obj, model: str, best, best_point, best_cfg, out_dir: Path, pick: str, tolerance: float):
+    """The sweep's table and picked point as Prefect artifacts, for the dashboard."""
     create_table_artifact(key="sweep-pareto", table=rows,
                           description=f"Sweep of {Path(model).name} over {', '.join(grid_obj.names)}")
     create_markdown_artifact(key="sweep-best", markdown="\n".join([
@@ -137,5 +150,3 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
         f"size {best.size_bytes} B, latency {best.latency_ms:.3f} ms, cosine {best.cosine:.6f}.",
         f"Config: `{best_cfg}`; table: `{out_dir / 'sweep.parquet'}`; plot: `{out_dir / 'pareto.svg'}`.",
     ]), description="The picked sweep point")
-    return {"rows": rows, "best": best.index, "best_config": str(best_cfg), "pareto": sorted(front),
-            "wall_time_s": time.perf_counter() - start}

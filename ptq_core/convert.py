@@ -84,7 +84,7 @@ def convert_direct(model: str | Path, config: str | Path, output: str | Path, in
     cfg = resolve_config(config, max_drop, optimize)
     check_output(output, model)
     info = info or analyse_model(model)
-    from ptq_core.data.calibration import shapes_from_images
+    from ptq_core.data.input_layout import shapes_from_images
 
     inputs = shapes_from_images(cfg, info.inputs, inputs or InputOptions())  # dynamic dims the images fix
     mode = mode_of(cfg)

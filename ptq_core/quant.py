@@ -137,14 +137,18 @@ def passes_gain_check(bits: int, elements_per_channel: int) -> bool:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity in double; both empty-norm -> 1, one empty-norm or non-finite -> 0 (§12.1)."""
+    """Cosine similarity in double with converter_lite's edge cases (§12.1): both squared norms below
+    DBL_EPSILON -> 1; their product below it, or any NaN/Inf -> 0. The one cosine of the tool: weight and
+    output cosines, --max-drop's damage and the debug reports all read it."""
     a = np.asarray(a, np.float64).ravel()
     b = np.asarray(b, np.float64).ravel()
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return 0.0
-    na, nb = float(a @ a), float(b @ b)
+    # element-wise products and NumPy's pairwise sums, not BLAS dot: a multi-threaded BLAS call per tensor
+    # made a debug round 10x slower on a busy machine
+    na, nb = float(np.sum(a * a)), float(np.sum(b * b))
     if na < DBL_EPSILON and nb < DBL_EPSILON:
         return 1.0
     if na * nb < DBL_EPSILON:
         return 0.0
-    return float(a @ b) / float(np.sqrt(na) * np.sqrt(nb))
+    return float(np.sum(a * b)) / float(np.sqrt(na) * np.sqrt(nb))

@@ -273,7 +273,7 @@ def already_quantized_fact(info: ModelInfo) -> list[tuple[str, str]]:
 def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, plan) -> list[tuple[str, str]]:
     """FULL_QUANT choices the user did not spell out: the target's rules, the calibration layout and
     cross-layer equalization."""
-    from ptq_core.data.calibration import layout_fact
+    from ptq_core.data.input_layout import layout_fact
     from ptq_core.modes.full.targets import get_target
 
     target = get_target(cfg.full.target_device)

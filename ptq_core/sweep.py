@@ -323,21 +323,3 @@ def pareto_svg(points: list[Measured], labels: dict[int, str], best: int, title:
                '(size, latency, cosine); red ring: picked</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
-
-
-def latency_ms(model_path: str | Path, feeds: dict, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one inference in onnxruntime on one thread, ``runs`` timed after ``warmup``."""
-    import statistics
-    import time
-
-    from ptq_core.onnxgraph.session import make_session, run
-
-    session = make_session(str(model_path), threads=1)
-    for _ in range(warmup):
-        run(session, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(session, feeds)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)

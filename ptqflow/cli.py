@@ -193,7 +193,7 @@ def _validate_paths(args) -> None:
 def _convert(args) -> int:
     from ptq_core.config.flags import foreign_notices
     from ptq_core.convert import resolve_config
-    from ptq_core.data.calibration import layout_fact, shapes_from_images
+    from ptq_core.data.input_layout import layout_fact, shapes_from_images
     from ptq_core.onnxgraph.preflight import check_output
     from ptq_core.onnxgraph.save import output_file
     from ptq_core.onnxgraph.session import InputOptions, input_specs

@@ -15,6 +15,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.data.calibration import sample_digest
 from ptq_core.modes.full import pipeline as full_pipeline
 from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
+from ptq_core.modes.full.quantize import quantize_full as core_quantize_full
 from ptq_core.modes.job import Job, PlanFile, StoredResult
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.graph import ModelInfo
@@ -105,7 +106,7 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
                 merged = {k: merged[k].merge(other[k]) for k in merged}
             return merged
 
-        result = full_pipeline.quantize_full(model_path, cfg, inputs, cache_dir("work"),
+        result = core_quantize_full(model_path, cfg, inputs, cache_dir("work"),
                                              cached_collector(info.sha256, digest, collector), bias_runner, rounds)
     key = content_key("full-result", info.sha256, cfg.fingerprint(), inputs, digest)
     model_file = cache_dir("models") / f"{key}.onnx"

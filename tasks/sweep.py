@@ -13,7 +13,7 @@ from ptq_core.config import QuantConfig
 from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
-from ptq_core.sweep import latency_ms
+from ptq_core.onnxgraph.timing import median_latency_ms
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 
@@ -55,7 +55,7 @@ def _latency_key(ctx, params) -> str:
 def measure_latency(model_path: str, info: ModelInfo, inputs: InputOptions, runs: int = 20) -> float:
     """Median ms on one onnxruntime thread with generated inputs (the values do not change the time)."""
     feeds = random_feeds(input_specs(info.inputs, inputs.shape_map))
-    return latency_ms(model_path, feeds, runs=runs)
+    return median_latency_ms(model_path, feeds, runs=runs, warmup=3)
 
 
 def copy_atomic(source: str | Path, target: Path) -> Path:

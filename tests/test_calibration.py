@@ -8,19 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from calibration_reference import iter_samples
 from PIL import Image
 
 from ptq_core.config.model import CalibrationInput, DataPreprocessParam, QuantConfig
 from ptq_core.data import calibration
-from ptq_core.data.calibration import (
-    check_inputs,
-    iter_samples,
-    list_calibration_files,
-    load_sample,
-    preprocess_image,
-    sample_digest,
-    write_shards,
-)
+from ptq_core.data.calibration import load_sample, sample_digest, write_shards
+from ptq_core.data.calibration_files import check_inputs, list_calibration_files
+from ptq_core.data.image_preprocess import preprocess_image
 from ptq_core.errors import DataError
 from ptq_core.onnxgraph.session import InputSpec
 
@@ -79,7 +74,7 @@ def test_subfolders_are_skipped_and_reported(tmp_path, caplog):
     (tmp_path / "0sub").mkdir()
     for n in ["a", "b"]:
         (tmp_path / n).write_bytes(b"x")
-    with caplog.at_level(logging.WARNING, logger="ptq_core.data.calibration"):
+    with caplog.at_level(logging.WARNING, logger="ptq_core.data.calibration_files"):
         files = list_calibration_files(make_cfg({"in": tmp_path}, 2))["in"]
     assert [p.name for p in files] == ["a", "b"]
     assert "0sub/" in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from modelgen import save
 from test_full_quant import calib_folder, cnn_model, full_cfg
 
-from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.onnxgraph.session import InputOptions
 from ptqflow._watchdog import stop_children
 

@@ -1,7 +1,7 @@
 """DYNAMIC_QUANT: numerics against a NumPy simulation, onnxruntime's integer kernels, node selection.
 
 ``python tests/test_dynamic_quant.py`` runs ``micro_benchmark`` (one MatMul at MiniLM shapes,
-FP32 vs ALWC vs ACWL, 1 thread) and prints the table quoted in ``ptq_core/modes/dynamic/quant.py``.
+FP32 vs ALWC vs ACWL, 1 thread) and prints the table quoted in ``ptq_core/modes/dynamic/plan.py``.
 """
 
 import json
@@ -17,9 +17,10 @@ from modelgen import mixed_ops_model
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.config import parse_config
-from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
+from ptq_core.modes.dynamic.emit import emit_dynamic
+from ptq_core.modes.dynamic.plan import plan_dynamic
 from ptq_core.modes.dynamic.rotation import hadamard, rotate_weight
-from ptq_core.modes.full.emit_qdq import fused_ops, optimized_model
+from ptq_core.modes.full.audit import fused_ops, optimized_model
 from ptq_core.quant import round_half_away
 
 ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -9,15 +9,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.errors import PtqError
-from ptq_core.modes.full.emit_qdq import (
+from ptq_core.modes.full.audit import (
     check_target_rules,
-    emit_qdq,
     float_paths,
     fused_ops,
     optimized_model,
-    place_qdq,
-    upgrade_opset,
 )
+from ptq_core.modes.full.emit_qdq import emit_qdq
+from ptq_core.modes.full.placement import place_qdq
 from ptq_core.modes.full.plan import (
     ActivationQuant,
     BiasQuant,
@@ -25,7 +24,7 @@ from ptq_core.modes.full.plan import (
     WeightQuant,
 )
 from ptq_core.modes.full.targets import TARGETS, get_target
-from ptq_core.onnxgraph.graph import WEIGHT_OPS, default_opset
+from ptq_core.onnxgraph.graph import WEIGHT_OPS, default_opset, upgrade_opset
 from ptq_core.quant import cosine, round_half_away
 
 RNG = np.random.default_rng(7)

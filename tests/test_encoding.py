@@ -1,4 +1,4 @@
-"""Weight-code storage (ptq_core.storage.encoding): round trips, converter_lite's size rule, byte layouts."""
+"""Weight-code storage (fixed_bit, split_coding, decode_numpy): round trips, converter_lite's size rule, byte layouts."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_reference import fixed_sizes
 
-from ptq_core.storage.encoding import (
-    EncodedTensor,
-    decode,
-    effective_bits,
-    encode_fixed,
-    encode_kind,
-    encode_split,
-    fixed_sizes,
-)
+from ptq_core.storage.decode_numpy import decode
+from ptq_core.storage.encoded import EncodedTensor, effective_bits
+from ptq_core.storage.fixed_bit import encode_fixed, encode_kind
+from ptq_core.storage.split_coding import encode_split
 
 WIDTHS = range(1, 17)
 

@@ -1,4 +1,4 @@
-"""Group entropy coding (ptq_core.storage.entropy): lossless, near the entropy, folded by onnxruntime."""
+"""Group entropy coding (ptq_core.storage.entropy_*): lossless, near the entropy, folded by onnxruntime."""
 
 from __future__ import annotations
 
@@ -12,19 +12,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from storage_reference import decode_group
 
-from ptq_core.storage.encoding import encode_split
-from ptq_core.storage.entropy import (
-    EntropyGroup,
-    _code_lengths,
-    compare_sizes,
-    decode_group,
-    encode_group,
-    graph_nbytes,
-    group_nbytes,
-    group_nodes,
-    worth_it,
-)
+from ptq_core.storage.entropy_code import code_lengths
+from ptq_core.storage.entropy_compare import compare_sizes, worth_it
+from ptq_core.storage.entropy_decode_ops import graph_nbytes, group_nodes
+from ptq_core.storage.entropy_encode import encode_group
+from ptq_core.storage.entropy_group import EntropyGroup, group_nbytes
+from ptq_core.storage.split_coding import encode_split
 
 ALLOWED_OPS = {
     "Cast", "Concat", "Reshape", "Add", "Sub", "Mul", "Div", "Mod", "Gather", "Slice", "CumSum",
@@ -127,10 +122,10 @@ def test_length_limited_code_is_optimal_and_complete() -> None:
     rng = np.random.default_rng(0)
     for _ in range(30):
         counts = rng.integers(1, 1000, size=int(rng.integers(2, 80))) ** int(rng.integers(1, 4))
-        free = _code_lengths(counts, 40)
+        free = code_lengths(counts, 40)
         assert int((free * counts).sum()) == _huffman_cost(counts)
         for limit in range(int(np.ceil(np.log2(counts.size))), 13):
-            lengths = _code_lengths(counts, limit)
+            lengths = code_lengths(counts, limit)
             assert lengths.max() <= limit
             assert (2.0 ** -lengths).sum() == pytest.approx(1.0, abs=1e-12)  # complete: no gap in the tables
             assert (lengths * counts).sum() >= (free * counts).sum()

@@ -84,7 +84,7 @@ def test_relu6_a_shared_output_or_a_graph_output_breaks_the_chain():
 
 
 def test_per_layer_full_quant_is_closer_to_fp32_with_equalization(tmp_path):
-    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.modes.full.quantize import quantize_full
     from ptq_core.onnxgraph.session import InputOptions
 
     model_path, folder, rng = _chain_and_calibration(tmp_path)  # rng goes on past the calibration samples
@@ -130,7 +130,7 @@ def _per_layer_setup(tmp_path):
 
 
 def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_path):
-    from ptq_core.modes.full.pipeline import quantize_full
+    from ptq_core.modes.full.quantize import quantize_full
     from ptq_core.onnxgraph.session import InputOptions
 
     model_path, cfg = _per_layer_setup(tmp_path)
@@ -139,16 +139,16 @@ def test_auto_keeps_equalization_where_it_brings_the_outputs_closer_to_fp32(tmp_
 
 
 def test_auto_leaves_equalization_out_where_it_does_worse(tmp_path, monkeypatch):
-    from ptq_core.modes.full import pipeline as full_pipeline
+    from ptq_core.modes.full import quantize as full_quantize
     from ptq_core.onnxgraph.session import InputOptions
 
     model_path, cfg = _per_layer_setup(tmp_path)
     scores = iter([0.90, 0.95])  # with equalization, then without
-    monkeypatch.setattr(full_pipeline, "calibration_cosine", lambda *a: next(scores))
-    res = full_pipeline.quantize_full(model_path, cfg, InputOptions(), tmp_path / "w")
+    monkeypatch.setattr(full_quantize, "calibration_cosine", lambda *a: next(scores))
+    res = full_quantize.quantize_full(model_path, cfg, InputOptions(), tmp_path / "w")
     assert res.plan.equalized == () and res.plan.equalization_note.startswith("tried and left out")
     weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model_path)).graph.initializer}
     assert "wa" in weights  # the written model computes with the file's own (unequalized) weights
-    forced = full_pipeline.quantize_full(model_path, cfg.replace(ptqflow={"cross_layer_equalization": "true"}),
+    forced = full_quantize.quantize_full(model_path, cfg.replace(ptqflow={"cross_layer_equalization": "true"}),
                                          InputOptions(), tmp_path / "w2")
     assert forced.plan.equalized and forced.plan.equalization_note == ""

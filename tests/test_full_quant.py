@@ -9,8 +9,8 @@ from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.config import parse_config
-from ptq_core.modes.full.emit_qdq import fused_ops
-from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.modes.full.audit import fused_ops
+from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.quant import cosine
 from ptq_core.stats import collect
@@ -158,7 +158,7 @@ def test_nan_in_calibration_file_is_a_clear_error(tmp_path):
 
 
 def test_latency_guard_keeps_slow_int8_nodes_in_fp32_and_the_model_not_slower(tmp_path, monkeypatch):
-    from ptq_core.modes.full import latency_guard as speed
+    from ptq_core.onnxgraph.timing import paired_latency_ms
 
     monkeypatch.setenv("PTQFLOW_HOME", str(tmp_path / "home"))
     model_path = save(cnn_model(), tmp_path / "m.onnx")
@@ -171,7 +171,7 @@ def test_latency_guard_keeps_slow_int8_nodes_in_fp32_and_the_model_not_slower(tm
             assert node not in result.plan.nodes and node in result.plan.kept_float
     x = {"x": np.random.default_rng(2).normal(size=(1, 3, 16, 16)).astype(np.float32)}
     # a ~50 µs model on a shared 2-core machine: both models timed interleaved, as the guard times them
-    fp32_ms, int8_ms = speed.paired_latency_ms([result.model, result.quantized], x, runs=300)
+    fp32_ms, int8_ms = paired_latency_ms([result.model, result.quantized], x, runs=300)
     assert int8_ms <= fp32_ms * 1.15  # timing noise; the guard itself aims at <= 0.97
     table = tmp_path / "home" / "cache" / "speed-table.json"
     assert table.exists() and "Conv|" in table.read_text()
@@ -225,7 +225,7 @@ def test_latency_guard_decisions_are_remembered_so_reruns_are_identical(tmp_path
 
 @pytest.mark.parametrize("target", ["NVGPU", "DSP", "ASCEND"])
 def test_target_outputs_obey_their_rules_and_stay_close_on_cpu(tmp_path, target):
-    from ptq_core.modes.full.emit_qdq import check_target_rules
+    from ptq_core.modes.full.audit import check_target_rules
     from ptq_core.modes.full.targets import get_target
 
     model_path = save(cnn_model(), tmp_path / "m.onnx")

@@ -8,7 +8,7 @@ import pytest
 from modelgen import save
 from test_full_quant import calib_folder, cnn_model, full_cfg
 
-from ptq_core.modes.full.pipeline import quantize_full
+from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.onnxgraph.session import InputOptions
 
 X = {"x": np.random.default_rng(3).normal(size=(1, 3, 16, 16)).astype(np.float32)}

@@ -50,8 +50,9 @@ def test_weight_quant_never_loads_the_whole_model(tmp_path, monkeypatch):
 def test_skipping_the_sparse_plan_never_changes_the_chosen_encoding(bits, fraction):
     """The cheap bound that skips sparse coding's position arrays picks what the full comparison picks."""
     import numpy as np
+    from storage_reference import fixed_sizes
 
-    from ptq_core.storage.encoding import encode_fixed, fixed_sizes
+    from ptq_core.storage.fixed_bit import encode_fixed
 
     rng = np.random.default_rng(int(fraction * 100) + bits)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -72,12 +73,12 @@ def test_an_output_over_the_protobuf_limit_gets_external_data_and_no_temporary_f
     import numpy as np
     import onnxruntime as ort
 
-    from ptq_core.modes.weight import emit as emit_weight
+    from ptq_core.onnxgraph import save
 
-    monkeypatch.setattr(emit_weight, "TWO_GB", 1000)  # any model is "over 2 GB" now
+    monkeypatch.setattr(save, "TWO_GB", 1000)  # any model is "over 2 GB" now
     model = mixed_ops_model()
     # separate protos, as separate runs have (saving with external data moves the data out of the proto)
-    threads = [threading.Thread(target=emit_weight.save_model_atomic, args=(mixed_ops_model(), tmp_path / "o.onnx"))
+    threads = [threading.Thread(target=save.save_model_atomic, args=(mixed_ops_model(), tmp_path / "o.onnx"))
                for _ in range(3)]
     for t in threads:
         t.start()

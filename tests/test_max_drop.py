@@ -14,12 +14,9 @@ from modelgen import detection_head_model, save, write_config
 from ptq_core.config import parse_config
 from ptq_core.errors import ConfigError
 from ptq_core.modes.full.max_drop import Evaluator, weight_params
-from ptq_core.modes.full.pipeline import (
-    calibration_rounds,
-    full_decisions,
-    quantize_full,
-)
+from ptq_core.modes.full.pipeline import calibration_rounds, full_decisions
 from ptq_core.modes.full.prepare import prepare_full_model
+from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.stats import collect
 from ptqflow.cli import main

@@ -65,7 +65,7 @@ def test_skip_quant_node_lets_a_model_with_a_nan_weight_through(tmp_path):
 @pytest.mark.skipif(os.name != "posix", reason="symbolic links")
 def test_a_looping_symlink_in_the_calibration_folder_is_named(tmp_path):
     from ptq_core.config import parse_config
-    from ptq_core.data.calibration import list_calibration_files
+    from ptq_core.data.calibration_files import list_calibration_files
     from ptq_core.errors import DataError
 
     folder = calib(tmp_path)

@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 
 from ptq_core.quant import DBL_EPSILON, encode_range
-from ptq_core.stats.observers import (
+from ptq_core.stats.kl_observer import (
     KL_BIN_INIT,
     KL_BINS,
-    OBSERVERS,
-    ActivationRange,
     KLObserver,
-    MaxMinObserver,
-    Observer,
-    RemovalOutlierObserver,
     histogram_counts,
-    kl_divergences,
-    kl_threshold_bin,
+)
+from ptq_core.stats.kl_search import kl_divergences, kl_threshold_bin
+from ptq_core.stats.minmax_observers import (
+    MaxMinObserver,
+    RemovalOutlierObserver,
+    outlier_positions,
+)
+from ptq_core.stats.observer_base import ActivationRange, Observer
+from ptq_core.stats.observers import (
+    OBSERVERS,
     make_observer,
     merge_all,
     observer_from_state,
-    outlier_positions,
 )
 
 CPU = (-128, 127)
@@ -267,7 +269,7 @@ def test_kl_search_matches_reference_on_small_and_sparse_histograms():
 
 
 def test_kl_prefix_sum_search_agrees_with_the_bin_by_bin_search():
-    from ptq_core.stats.observers import _kl_block
+    from ptq_core.stats.kl_search import _kl_block
 
     rng = np.random.default_rng(11)
     makes = [lambda: np.abs(rng.normal(0, 1, 50_000)), lambda: np.abs(rng.standard_t(2, 50_000)),

@@ -11,14 +11,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from ptq_core.storage.decode_numpy import decode
 from ptq_core.storage.decode_ops import decode_nodes
-from ptq_core.storage.encoding import (
-    EncodedTensor,
-    decode,
-    encode_fixed,
-    encode_kind,
-    encode_split,
-)
+from ptq_core.storage.encoded import EncodedTensor
+from ptq_core.storage.fixed_bit import encode_fixed, encode_kind
+from ptq_core.storage.split_coding import encode_split
 
 ALLOWED_OPS = {
     "Cast", "Concat", "Range", "Reshape", "Add", "Mul", "Div", "Mod", "Gather", "Slice", "CumSum",
@@ -190,7 +187,7 @@ def test_field_extraction_every_width_phase_and_order(tmp_path: Path) -> None:
     """All extraction paths (byte reads, precombined words, spill column, int64 words, aligned
     bytes) against the NumPy reader, for widths 1..25, several bit phases and both bit orders."""
     from ptq_core.storage import decode_ops as od
-    from ptq_core.storage.encoding import _read_fields
+    from ptq_core.storage.bitstream import read_fields as _read_fields
 
     rng = np.random.default_rng(9)
     blob = rng.integers(0, 256, size=200, dtype=np.uint8)

@@ -8,7 +8,8 @@ from test_dynamic_quant import make, matmul_model, vi
 
 from ptq_core.config import parse_config
 from ptq_core.errors import ConfigError
-from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
+from ptq_core.modes.dynamic.emit import emit_dynamic
+from ptq_core.modes.dynamic.plan import plan_dynamic
 from ptq_core.modes.dynamic.rotation import (
     block_for,
     hadamard,

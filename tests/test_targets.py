@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.config.schema import SECTIONS
 from ptq_core.errors import PtqError
-from ptq_core.modes.full.emit_qdq import emit_qdq, fused_ops
+from ptq_core.modes.full.audit import fused_ops
+from ptq_core.modes.full.emit_qdq import emit_qdq
 from ptq_core.modes.full.plan import ActivationQuant, FullQuantPlan, WeightQuant
 from ptq_core.modes.full.targets import (
     COMPUTE_OPS,

@@ -11,10 +11,10 @@ from ptq_core.config.model import (
     QuantConfig,
     TransformQuantParam,
     WeightQuantParam,
-    check_runnable,
     load_config,
     parse_config,
 )
+from ptq_core.config.rules import check_runnable
 from ptq_core.config.schema import SECTIONS, KeySpec, SectionSpec
 
 __all__ = [

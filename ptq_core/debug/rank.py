@@ -191,11 +191,6 @@ def quantized_tensors(debug_dir: str | Path) -> set[tuple[str, str]]:
     return set(zip(t["NodeName"], t["TensorName"]))
 
 
-def quantized_nodes(debug_dir: str | Path) -> set[str]:
-    """Nodes listed in quant_param.parquet."""
-    return {node for node, _ in quantized_tensors(debug_dir)}
-
-
 def iter_report_rounds(debug_dir: str | Path, columns: list[str] | None = None):
     """The report dataset one round (one Parquet partition) at a time, in round order."""
     import pyarrow.dataset as ds

@@ -53,18 +53,13 @@ class RoundOutcome:
 
 class _Context:
     def __init__(self, job: DebugJob):
-        import onnxruntime as ort
+        from ptq_core.onnxgraph.session import make_session
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.origin = ort.InferenceSession(job.origin_path, opts, providers=["CPUExecutionProvider"])
-            self.quant = ort.InferenceSession(job.quant_path, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelError(f"debug: onnxruntime cannot load the models: {str(exc).strip().splitlines()[0]}") from None
+        try:  # exact math, no fusions: the report compares tensors as the graph defines them
+            self.origin = make_session(job.origin_path, threads=1, optimization="off")
+            self.quant = make_session(job.quant_path, threads=1, optimization="off")
+        except ModelError as exc:
+            raise ModelError(f"debug: {exc}") from None
         self.origin_inits = _initializers(job.origin_path, {r.origin for rec in job.plan.records for r in rec.tensors})
         self.quant_inits = _initializers(job.quant_path, {r.quant for rec in job.plan.records for r in rec.tensors})
 

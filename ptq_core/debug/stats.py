@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptq_core.quant import DBL_EPSILON
+from ptq_core.quant import cosine as quant_cosine
 
 STAT_COLUMNS = ("Min", "Q1", "Median", "Q3", "MAX", "Mean", "Var", "Sparsity")
 
@@ -73,25 +73,11 @@ def tensor_stats(x) -> dict[str, np.float32]:
 
 
 def cosine(a, b) -> float:
-    """Cosine similarity in double with converter_lite's edge cases.
-
-    Both squared norms below DBL_EPSILON -> 1; their product below DBL_EPSILON -> 0; any NaN or
-    Inf in either tensor -> 0. Element counts must match (converter_lite aborts otherwise).
-    """
-    a = np.asarray(a, np.float64).reshape(-1)
-    b = np.asarray(b, np.float64).reshape(-1)
-    if a.size != b.size:
-        raise ValueError(f"cosine of tensors with {a.size} and {b.size} elements")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return 0.0
-    # element-wise products and NumPy's pairwise sums, not BLAS dot: a multi-threaded BLAS call per tensor
-    # made a debug round 10x slower on a busy machine
-    na, nb = float(np.sum(a * a)), float(np.sum(b * b))
-    if na < DBL_EPSILON and nb < DBL_EPSILON:
-        return 1.0
-    if na * nb < DBL_EPSILON:
-        return 0.0
-    return float(np.sum(a * b)) / float(np.sqrt(na) * np.sqrt(nb))
+    """converter_lite's report cosine: element counts must match (it aborts otherwise), then the tool's one
+    cosine (``ptq_core.quant.cosine``)."""
+    if np.size(a) != np.size(b):
+        raise ValueError(f"cosine of tensors with {np.size(a)} and {np.size(b)} elements")
+    return quant_cosine(a, b)
 
 
 def clip_rate(origin, dequant) -> np.float32:

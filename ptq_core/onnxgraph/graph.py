@@ -532,10 +532,6 @@ def _read_external(tensor: onnx.TensorProto, base: Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
-def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in model.graph.initializer}
-
-
 def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
     """tensor name -> [(node, input index)]"""
     result: dict[str, list] = defaultdict(list)

@@ -113,21 +113,42 @@ def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]
     return feeds
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: bool = False):
-    """An onnxruntime CPU session. ``lean=True`` is for one run whose outputs are compared (the output
-    cosine of a weight-only model): no prepacked copies of the weights, no memory arena, and no graph
-    optimization, so a weight-only model's constant decode chains run once instead of being folded
-    (folding holds several float copies of every weight at once: 7.6 GiB instead of 1.6 GiB for a
-    2.25 GiB model, BENCHMARKS.md); and no memory reuse plan, whose shared buffers keep every decoded
-    weight alive until the run ends (1.25 GiB instead of 0.75 GiB for three 256 MiB weights; without
-    it each decoded weight is freed once its consumer ran). The values are the same; only speed and
-    memory differ."""
+OPTIMIZATION_LEVELS = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
+
+
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: bool = False, *,
+                 optimization: str = "all", arena: bool = True, profile_prefix: str | None = None,
+                 optimized_path: str | None = None):
+    """The one place an onnxruntime CPU session is made (log silenced: a failure reaches the user as our
+    one line, not onnxruntime's log).
+
+    ``lean=True`` is for one run whose outputs are compared (the output cosine of a weight-only model):
+    no prepacked copies of the weights, no memory arena, and no graph optimization, so a weight-only
+    model's constant decode chains run once instead of being folded (folding holds several float copies
+    of every weight at once: 7.6 GiB instead of 1.6 GiB for a 2.25 GiB model, BENCHMARKS.md); and no
+    memory reuse plan, whose shared buffers keep every decoded weight alive until the run ends (1.25 GiB
+    instead of 0.75 GiB for three 256 MiB weights). The values are the same; only speed and memory differ.
+    ``arena=False`` also drops the memory pattern: for sessions that run once per sample on worker threads
+    (statistics), where the arena would keep each run's peak for the session's life. ``optimization``:
+    "off", "basic" (standard ops only; with ``optimized_path`` the optimized graph is written there) or
+    "all". ``profile_prefix`` turns onnxruntime's profiler on.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 4  # fatal only: a failure reaches the user as our one line, not ORT's log
+    options.log_severity_level = 4
+    if optimization != "all":
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    if not arena:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
         options.enable_cpu_mem_arena = False

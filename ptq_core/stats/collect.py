@@ -19,7 +19,7 @@ import onnx
 from onnx import shape_inference
 
 from ptq_core.errors import DataError
-from ptq_core.stats.observers import make_observer
+from ptq_core.stats.observers import make_observer, observer_class
 
 _SESSIONS: dict[tuple[str, int], object] = {}
 _LOCK = threading.Lock()
@@ -85,18 +85,12 @@ def _session(model_path: str):
     with _LOCK:
         session = _SESSIONS.get(key)
     if session is None:
-        import onnxruntime as ort
+        from ptq_core.onnxgraph.session import make_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         # no arena and no memory pattern: the arena keeps each run's peak activations (about 100 MB on a
         # text recognizer exposing every tensor) for the session's life, and without the arena the
         # pattern planner only slows concurrent runs (31 vs 23 ms a sample on 2 threads, measured)
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        session = make_session(model_path, threads=1, arena=False)
         with _LOCK:
             session = _SESSIONS.setdefault(key, session)
     return session
@@ -193,7 +187,7 @@ def collect_serial(model_path: str, tensors: tuple[str, ...], rounds: list[Round
 
     ``progress(done, total, label)`` is told after each round (total counts every pass).
     """
-    total_passes = 2 if method == "KL" else 1
+    total_passes = observer_class(method).passes
     report = (lambda base: (lambda k: progress(base + k, total_passes * len(rounds), "calibration"))) \
         if progress else (lambda base: None)
     observers = accumulate(model_path, tensors, rounds, method, 0, progress=report(0))

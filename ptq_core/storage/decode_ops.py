@@ -38,11 +38,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.storage.encoding import (
-    MAX_FIELD_BITS,
-    EncodedTensor,
-    split_correction_bits,
-)
+from ptq_core.storage.bitstream import MAX_FIELD_BITS
+from ptq_core.storage.encoded import EncodedTensor
+from ptq_core.storage.split_coding import split_correction_bits
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "decode_nodes"]
 

@@ -12,7 +12,8 @@ from ptq_core.summary import summarize_dynamic
 
 def quantize_dynamic_model(model_path, cfg: QuantConfig):
     """DYNAMIC_QUANT: int8 weights now, activations quantized by the model at run time."""
-    from ptq_core.modes.dynamic.quant import emit_dynamic, plan_dynamic
+    from ptq_core.modes.dynamic.emit import emit_dynamic
+    from ptq_core.modes.dynamic.plan import plan_dynamic
 
     # a copy: plan_dynamic is only meant to read it, but a shared proto changed by one point would
     # silently change the next; a copy costs far less than the parse it replaces

@@ -38,7 +38,7 @@ def store_kept_weights(model: onnx.ModelProto, nodes: set[str], cfg: QuantConfig
     from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
     from ptq_core.quant import cosine as _cosine
     from ptq_core.quant import dequantize, quantize, weight_params
-    from ptq_core.storage.encoding import encode_fixed
+    from ptq_core.storage.fixed_bit import encode_fixed
 
     consumers: dict[str, set[str]] = defaultdict(set)
     for node in model.graph.node:

@@ -13,65 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 import threading
-import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 
 def _session(model: onnx.ModelProto, profile_dir: str | None = None):
-    import onnxruntime as ort
+    from ptq_core.onnxgraph.session import make_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_dir:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(profile_dir, "prof")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return make_session(model, threads=1, profile_prefix=os.path.join(profile_dir, "prof") if profile_dir else None)
 
 
-def median_latency_ms(model: onnx.ModelProto, feeds: dict, runs: int = 60, warmup: int = 10) -> float:
-    """Median wall time of one inference (batch as fed, one thread)."""
-    return paired_latency_ms([model], feeds, runs, warmup)[0]
 
 
-def paired_latency_ms(models: list[onnx.ModelProto], feeds: dict, runs: int = 60, warmup: int = 3,
-                      settle_runs: int = 10, clear: float = 0.15) -> list[float]:
-    """Median wall time of each model, run in turn (one inference each, order alternating).
-
-    Timing the models one after another lets a change of load on a shared machine land on one of
-    them only (a 50 µs model measured 0.97x FP32 at convert time and 1.18x in the next minute);
-    interleaved, drift hits all of them alike and only the ratio matters.
-
-    With two or more models it stops after ``settle_runs`` rounds (then every 5) once every model's
-    median is more than ``clear`` away from the first's: the guard only asks which is faster, and a
-    recognizer's 60 rounds cost seconds where the answer (int8 at 0.6x) was plain after ten.
-    """
-    sessions = [_session(m) for m in models]
-    for session in sessions:
-        for _ in range(warmup):
-            session.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    for i in range(runs):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            sessions[k].run(None, feeds)
-            times[k].append(time.perf_counter() - t0)
-        done = i + 1
-        if len(sessions) > 1 and done >= settle_runs and (done - settle_runs) % 5 == 0:
-            medians = [statistics.median(t) for t in times]
-            if all(abs(m / medians[0] - 1.0) > clear for m in medians[1:]):
-                break
-    return [1000 * statistics.median(t) for t in times]
 
 
 def node_times_us(model: onnx.ModelProto, feeds: dict, runs: int = 40, warmup: int = 10) -> dict[str, float]:
@@ -90,28 +47,6 @@ def node_times_us(model: onnx.ModelProto, feeds: dict, runs: int = 40, warmup: i
         totals[event["name"][: -len("_kernel_time")]].append(float(event.get("dur", 0)))
     # keep the last `runs` samples of each node (the first ones are warm-up)
     return {name: float(np.mean(v[-runs:])) for name, v in totals.items()}
-
-
-@dataclass(frozen=True)
-class SpeedDecision:
-    """Which quantized nodes go back to FP32 and the evidence."""
-
-    demoted: dict[str, str]  # node -> reason
-    fp32_ms: float
-    int8_ms: float
-    node_us: dict[str, tuple[float, float]]  # node -> (fp32 µs, int8 µs)
-
-
-def compare_nodes(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, feeds: dict,
-                  nodes: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """(FP32 µs, int8 µs) of each compute node; fused nodes keep the compute node's name in ORT."""
-    fp32 = node_times_us(fp32_model, feeds)
-    int8 = node_times_us(int8_model, feeds)
-    out = {}
-    for name in nodes:
-        if name in fp32 and name in int8:
-            out[name] = (fp32[name], int8[name])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +160,8 @@ def single_node_models(node: onnx.NodeProto, in_shape: tuple[int, ...], inits: d
     """The node alone as an FP32 model and as the int8 model ptqflow would emit for it."""
     from onnx import helper
 
-    from ptq_core.modes.full.emit_qdq import emit_qdq, place_qdq
+    from ptq_core.modes.full.emit_qdq import emit_qdq
+    from ptq_core.modes.full.placement import place_qdq
     from ptq_core.modes.full.prepare import build_plan
     from ptq_core.stats.observers import make_observer
 

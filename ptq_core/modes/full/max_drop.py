@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from ptq_core.debug.stats import cosine
+from ptq_core.modes.full.targets import REMOVABLE_ACTIVATIONS
 
 DAMAGE_ROUNDS = 8  # rounds used for the per-node damage pass (the first ones, in calibration order)
 FP32_CACHE_BYTES = 256 << 20  # FP32 reference outputs are kept in memory up to this size, else recomputed
@@ -121,7 +122,7 @@ def border_tensors(model: onnx.ModelProto, target, place, skip: tuple[str, ...])
     of a Conv whose Relu is kept FP32). The union over "each candidate alone kept FP32" covers that;
     a tensor only a combination exposes is collected when first needed, once.
     """
-    from ptq_core.modes.full.emit_qdq import place_qdq
+    from ptq_core.modes.full.placement import place_qdq
     from ptq_core.modes.full.prepare import observed_tensors
 
     wanted = set(observed_tensors(place))
@@ -177,7 +178,7 @@ def _node_tensor(model: onnx.ModelProto, node: onnx.NodeProto, visible: dict[str
     if out in visible:
         return out
     for other in model.graph.node:
-        if other.op_type in ("Relu", "Clip") and other.input and other.input[0] == out and other.output[0] in visible:
+        if other.op_type in REMOVABLE_ACTIVATIONS and other.input and other.input[0] == out and other.output[0] in visible:
             return other.output[0]
     return None
 
@@ -219,7 +220,7 @@ def node_damage(fp32: onnx.ModelProto, quantized: onnx.ModelProto, candidates: S
             continue
         node_tensor[name] = t
         node_inputs[name] = [i for i in node.input if i and i not in inits and i in visible]
-        if node.op_type in ("Relu", "Clip") and node.input and node.input[0] not in visible:
+        if node.op_type in REMOVABLE_ACTIVATIONS and node.input and node.input[0] not in visible:
             folded.add(name)
     wanted = sorted(set(node_tensor.values()) | {i for ins in node_inputs.values() for i in ins})
     if not wanted:
@@ -310,77 +311,107 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
     """
     evaluator = Evaluator(fp32, rounds)
     candidates = list(base.place.nodes)
-    cos0 = evaluator.cosine(base.quantized)
-    steps = [Step("all int8", 0, cos0, max(0.0, 1.0 - cos0), 1.0 - cos0 <= bound + TOLERANCE)]
+    trials = _Trials(evaluator, rebuild, bound, base)
     damage_rounds = [r.index for r in list(rounds)[:DAMAGE_ROUNDS]]
     ranking: list[NodeDamage] = []
-    builds: dict[tuple[str, ...], Build] = {(): base}
-    cosines: dict[tuple[str, ...], float] = {(): cos0}
-    notes: list[str] = []
     kept: tuple[str, ...] = ()
-    if not steps[0].within:
+    if not trials.steps[0].within:
         ranking = rank_nodes(node_damage(fp32, base.quantized, candidates, rounds), [n.name for n in fp32.graph.node])
         seen = {d.node for d in ranking}
-        order = [d.node for d in ranking] + [n for n in candidates if n not in seen]
-        rank_of = {n: k for k, n in enumerate(order, start=1)}
-        dmg = {d.node: d for d in ranking}
-
-        def reasons(nodes: tuple[str, ...]) -> dict[str, str]:
-            out = {}
-            for node in nodes:
-                d = dmg.get(node)
-                part = "worst part's " if d and d.op_type == "Concat" else ""
-                what = f"{part}output cosine {d.cosine:.4f} in the int8 model" if d else "not measured"
-                out[node] = (f"max_drop: kept FP32 (rank {rank_of[node]}, {what}; int8 model's drop "
-                             f"{max(0.0, 1 - cos0):.4g} > {bound:g})")
-            return out
-
-        def trial(nodes: tuple[str, ...], action: str) -> bool:
-            builds[nodes] = rebuild(nodes, reasons(nodes))
-            cos = cosines[nodes] = evaluator.cosine(builds[nodes].quantized)
-            steps.append(Step(action, len(nodes), cos, max(0.0, 1.0 - cos), 1.0 - cos <= bound + TOLERANCE))
-            return steps[-1].within
-
-        lo, hi, k = 0, None, 1
-        while hi is None:  # k = 1, 2, 4, ... until within (or everything is kept)
-            k = min(k, len(order))
-            if trial(tuple(order[:k]), f"keep first {k}"):
-                hi = k
-            elif k == len(order):
-                hi = k
-                notes.append(f"max_drop={bound:g} is not reached even with all {k} candidate nodes in FP32 "
-                             f"(drop {steps[-1].drop:.4g}); everything that can be kept FP32 was kept")
-            else:
-                lo, k = k, 2 * k
-        if steps[-1].within:  # the smallest k in (lo, hi] within the bound
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if trial(tuple(order[:mid]), f"keep first {mid}"):
-                    hi = mid
-                else:
-                    lo = mid
-        kept = tuple(order[:hi])
-        if 1.0 - cosines[kept] <= bound + TOLERANCE:
-            params = weight_params_by_node(base.plan)
-            for node in sorted((n for n in kept if params.get(n)), key=lambda n: (-params[n], rank_of[n])):
-                trial_nodes = tuple(n for n in kept if n != node)
-                if trial_nodes and trial(trial_nodes, f"give back {node}"):
-                    kept = trial_nodes
-    final = builds[kept]
-    cos_after = cosines[kept]
-    reached = 1.0 - cos_after <= bound + TOLERANCE
+        trials.rank([d.node for d in ranking] + [n for n in candidates if n not in seen], ranking)
+        kept = trials.smallest_prefix()
+        if trials.within(kept):
+            kept = trials.give_back(kept, weight_params_by_node(base.plan))
+    final = trials.builds[kept]
+    cos_after = trials.cosines[kept]
+    reached = trials.within(kept)
     if kept and reached and not final.place.nodes:
-        notes.append(f"max_drop={bound:g} is met only with no node left in int8: the {len(kept)} kept nodes "
-                     "took the whole int8 region with them (the model is FP32)")
+        trials.notes.append(f"max_drop={bound:g} is met only with no node left in int8: the {len(kept)} kept nodes "
+                            "took the whole int8 region with them (the model is FP32)")
     w_before, w_after = weight_params(base.plan), weight_params(final.plan)
     ms_before = latency(base.quantized) if latency else 0.0
     result = MaxDropResult(
         bound=bound, reached=reached, candidates=len(candidates), kept=list(kept),
-        cosine_before=cos0, cosine_after=cos_after, damage_rounds=damage_rounds if ranking else [],
-        eval_rounds=len(evaluator.rounds), ranking=ranking, steps=steps,
+        cosine_before=trials.cosines[()], cosine_after=cos_after, damage_rounds=damage_rounds if ranking else [],
+        eval_rounds=len(evaluator.rounds), ranking=ranking, steps=trials.steps,
         weights_int8_before=w_before, weights_int8_after=w_after,
         size_before=base.quantized.ByteSize(), size_after=final.quantized.ByteSize(),
         ms_before=ms_before, ms_after=latency(final.quantized) if latency and kept else ms_before,
-        notes=notes,
+        notes=trials.notes,
     )
     return result, final
+
+
+class _Trials:
+    """The keep loop's state: every kept set tried, its build and cosine, the step log and notes."""
+
+    def __init__(self, evaluator: Evaluator, rebuild: Callable, bound: float, base: Build):
+        self.evaluator, self.rebuild, self.bound = evaluator, rebuild, bound
+        cos0 = evaluator.cosine(base.quantized)
+        self.builds: dict[tuple[str, ...], Build] = {(): base}
+        self.cosines: dict[tuple[str, ...], float] = {(): cos0}
+        self.steps = [Step("all int8", 0, cos0, max(0.0, 1.0 - cos0), self._ok(cos0))]
+        self.notes: list[str] = []
+        self.order: list[str] = []
+        self.rank_of: dict[str, int] = {}
+        self.damage: dict[str, NodeDamage] = {}
+
+    def _ok(self, cos: float) -> bool:
+        return 1.0 - cos <= self.bound + TOLERANCE
+
+    def within(self, nodes: tuple[str, ...]) -> bool:
+        return self._ok(self.cosines[nodes])
+
+    def rank(self, order: list[str], ranking: list[NodeDamage]) -> None:
+        """The order nodes are kept in (worst first), for the trials and the layer table's reasons."""
+        self.order = order
+        self.rank_of = {n: k for k, n in enumerate(order, start=1)}
+        self.damage = {d.node: d for d in ranking}
+
+    def reasons(self, nodes: tuple[str, ...]) -> dict[str, str]:
+        out = {}
+        drop0 = max(0.0, 1 - self.cosines[()])
+        for node in nodes:
+            d = self.damage.get(node)
+            part = "worst part's " if d and d.op_type == "Concat" else ""
+            what = f"{part}output cosine {d.cosine:.4f} in the int8 model" if d else "not measured"
+            out[node] = (f"max_drop: kept FP32 (rank {self.rank_of[node]}, {what}; int8 model's drop "
+                         f"{drop0:.4g} > {self.bound:g})")
+        return out
+
+    def trial(self, nodes: tuple[str, ...], action: str) -> bool:
+        self.builds[nodes] = self.rebuild(nodes, self.reasons(nodes))
+        cos = self.cosines[nodes] = self.evaluator.cosine(self.builds[nodes].quantized)
+        self.steps.append(Step(action, len(nodes), cos, max(0.0, 1.0 - cos), self._ok(cos)))
+        return self.steps[-1].within
+
+    def smallest_prefix(self) -> tuple[str, ...]:
+        """k = 1, 2, 4, ... until within (or everything is kept), then bisection for the smallest k."""
+        order = self.order
+        lo, hi, k = 0, None, 1
+        while hi is None:
+            k = min(k, len(order))
+            if self.trial(tuple(order[:k]), f"keep first {k}"):
+                hi = k
+            elif k == len(order):
+                hi = k
+                self.notes.append(f"max_drop={self.bound:g} is not reached even with all {k} candidate nodes in FP32 "
+                                  f"(drop {self.steps[-1].drop:.4g}); everything that can be kept FP32 was kept")
+            else:
+                lo, k = k, 2 * k
+        if self.steps[-1].within:  # the smallest k in (lo, hi] within the bound
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self.trial(tuple(order[:mid]), f"keep first {mid}"):
+                    hi = mid
+                else:
+                    lo = mid
+        return tuple(order[:hi])
+
+    def give_back(self, kept: tuple[str, ...], params: dict[str, int]) -> tuple[str, ...]:
+        """Try each kept node with weights back in int8, largest first; keep the ones the bound allows."""
+        for node in sorted((n for n in kept if params.get(n)), key=lambda n: (-params[n], self.rank_of[n])):
+            trial_nodes = tuple(n for n in kept if n != node)
+            if trial_nodes and self.trial(trial_nodes, f"give back {node}"):
+                kept = trial_nodes
+        return kept

@@ -1,4 +1,5 @@
-"""FULL_QUANT as plain steps; the flow wraps each in a cached task and runs statistics on Dask.
+"""FULL_QUANT's building blocks: calibration rounds, the statistics and bias-correction passes, the
+result record and the summary rows; ``quantize.py`` runs them in order, the flow on Dask.
 
 ``collector`` arguments take any function with the signature of ``collect.collect_serial``
 (model path, tensors, rounds, method) so the same steps run serially here, in tests and on a
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -19,25 +19,18 @@ import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
-from ptq_core.data.calibration import check_inputs, list_calibration_files, write_shards
+from ptq_core.data.calibration import write_shards
+from ptq_core.data.calibration_files import check_inputs, list_calibration_files
 from ptq_core.errors import ConfigError
 from ptq_core.modes.full import bias_correction
-from ptq_core.modes.full.emit_qdq import emit_qdq
 from ptq_core.modes.full.plan import FullQuantPlan
 from ptq_core.modes.full.prepare import (
     apply_bias_correction,
-    build_plan,
-    check_weights,
     correctable_nodes,
-    observed_tensors,
-    placement,
-    skip_names,
 )
 from ptq_core.modes.weight.plan import LayerDecision
-from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.session import InputOptions, input_specs, release_free_memory
+from ptq_core.onnxgraph.session import InputOptions, input_specs
 from ptq_core.stats import collect
-from ptq_core.stats.observers import search_thresholds
 
 Collector = Callable[..., dict]
 
@@ -214,211 +207,7 @@ def _guard_applies(cfg: QuantConfig, target) -> bool:
     return cfg.ptqflow.latency_guard and target.name == "CPU"
 
 
-EQUALIZATION_CHECK_ROUNDS = 32  # rounds that decide equalization=auto (8 chose wrong on the recognizer)
-
-
-def quantize_full(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
-                  collector: Collector = collect.collect_serial, bias_runner: Callable | None = None,
-                  rounds: list[collect.Round] | None = None, progress: Callable | None = None) -> FullResult:
-    """Prepare, place, calibrate, plan, bias-correct and emit (no file written).
-
-    ``progress(done, total, label)`` follows the serial calibration rounds (Dask collectors report their own).
-
-    Cross-layer equalization (per_channel=false) preserves the FP32 function but moves the activations'
-    ranges, and on some models per-layer int8 ends up worse with it (the PP-OCRv4 recognizer, measured).
-    ``[ptqflow] cross_layer_equalization=auto`` (the default) therefore quantizes both ways and keeps the
-    model whose outputs are closer to FP32 on the first calibration rounds; ``true`` always equalizes, as
-    converter_lite does; ``false`` never does.
-    """
-    setting = cfg.ptqflow.cross_layer_equalization
-    if rounds is None:
-        rounds = calibration_rounds(cfg, model_cache.full_model(model_path), inputs, work_dir / "shards")
-    args = (model_path, cfg, inputs, work_dir, collector, bias_runner, rounds, progress)
-    result = _quantize_full_once(*args, equalize=setting != "false")
-    if setting != "auto" or not result.plan.equalized:
-        return result
-    plain = _quantize_full_once(*args, equalize=False)
-    check = rounds[:EQUALIZATION_CHECK_ROUNDS]
-    with_cle, without = (calibration_cosine(result.model, r.quantized, check) for r in (result, plain))
-    keep = result if with_cle > without else plain
-    chains = result.plan.equalized
-    keep.plan.equalized = chains if keep is result else ()
-    keep.plan.equalization_note = (
-        f"{'kept' if keep is result else 'tried and left out'}: output cosine vs FP32 {with_cle:.6f} with, "
-        f"{without:.6f} without, over {len(check)} calibration rounds")
-    keep.timings = {k: round(result.timings.get(k, 0.0) + plain.timings.get(k, 0.0), 3)
-                    for k in {**result.timings, **plain.timings}}
-    return keep
-
-
-def calibration_cosine(fp32: onnx.ModelProto, quantized: onnx.ModelProto, rounds: list[collect.Round]) -> float:
-    """Mean output cosine of ``quantized`` against ``fp32`` over ``rounds``."""
-    from ptq_core.onnxgraph.session import make_session, output_cosine, run
-
-    a, b = make_session(fp32), make_session(quantized)
-    return float(np.mean([output_cosine(run(a, feeds), run(b, feeds)) for feeds in (r.feeds() for r in rounds)]))
-
-
-def _quantize_full_once(model_path: str | Path, cfg: QuantConfig, inputs: InputOptions, work_dir: Path,
-                        collector: Collector, bias_runner: Callable | None, rounds: list[collect.Round],
-                        progress: Callable | None, equalize: bool) -> FullResult:
-    """One quantization of the model, with or without cross-layer equalization where it applies."""
-    if progress and collector is collect.collect_serial:
-        def collector(m, t, r, meth):
-            return collect.collect_serial(m, t, r, meth, progress=progress)
-    from ptq_core.modes.full.emit_qdq import place_qdq
-    from ptq_core.modes.full.latency_guard import (
-        SpeedTable,
-        int8_losers,
-        median_latency_ms,
-        paired_latency_ms,
-        tensor_shapes,
-    )
-
-
-    clock = time.perf_counter()
-    phases: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phases[name] = phases.get(name, 0.0) + now - clock
-        clock = now
-
-    model = model_cache.full_model(model_path)  # a private copy; optimized once per sweep
-    target, place = placement(model, cfg)
-    check_weights(model, target, place)
-    chains = []
-    if equalize and not cfg.full.per_channel and target.cross_layer_equalization:
-        from ptq_core.modes.full.equalization import equalize
-
-        model, chains = equalize(model)  # weights only: the placement's graph is the same
-    if rounds is None:
-        rounds = calibration_rounds(cfg, model, inputs, work_dir / "shards")
-    lap("prepare_and_preprocess_s")
-    feeds0 = rounds[0].feeds()
-    speed: dict | None = None
-    skip = skip_names(model, cfg.common.skip_quant_node)  # fused nodes keep the user's name as a prefix
-    table = None
-    decision_key = ""
-    if _guard_applies(cfg, target):
-        table = SpeedTable(speed_table_path())
-        # decisions are remembered per model and config, so the same inputs give the same model
-        # max_drop is left out: its loop runs after the guard and must start from the same int8 model
-        guard_cfg = replace(cfg, ptqflow=replace(cfg.ptqflow, max_drop=None))
-        decision_key = f"model|{model_key(model)}|{guard_cfg.fingerprint()}|{sorted(v.shape for v in feeds0.values())}"
-        remembered = table.decisions.get(decision_key)
-        shapes = tensor_shapes(model, {k: v.shape for k, v in feeds0.items()})
-        losers, timings = int8_losers(model, cfg, target, place.nodes, shapes, table)
-        if remembered is not None:
-            losers = dict(remembered["demoted"])
-        speed = {"demoted": dict(losers), "node_us": timings}
-        if losers:
-            skip = skip + tuple(losers)
-            place = _with_reasons(place_qdq(model, target, skip=skip), losers)
-    do_bias = cfg.full.bias_correction and target.bias_correction
-    if do_bias:
-        convs = [n.name for n in model.graph.node if n.name in place.nodes and n.op_type in ("Conv", "Gemm")]
-        model = add_missing_biases(model, convs)
-    lap("latency_guard_s")
-    tensors = observed_tensors(place)
-    if cfg.ptqflow.max_drop is not None:  # the keep loop re-places Q/DQ but never recollects
-        from ptq_core.modes.full.max_drop import border_tensors
-
-        tensors = border_tensors(model, target, place, skip)
-    release_free_memory()  # the latency guard's sessions, before the statistics pass's peak
-    observers = collect_statistics(model, tensors, rounds, cfg.full.activation_quant_method,
-                                   work_dir / "models", collector)
-    lap("statistics_s")
-
-    def finish(place):
-        release_free_memory()  # the statistics pass's tensors, before bias correction's
-        search_thresholds(observers.values())  # KL: every tensor's search at once, on all cores
-        plan = build_plan(model, cfg, target, place, observers)
-        plan.equalized = tuple(c.nodes for c in chains)
-        lap("parameters_s")
-        diffs = {}
-        source = model
-        if do_bias:
-            plan, diffs = bias_correction_pass(model, plan, cfg, rounds, work_dir / "models", bias_runner)
-            if not target.quantize_bias:
-                source = correct_float_biases(model, diffs)
-            lap("bias_correction_s")
-        emitted = emit_qdq(drop_added_biases(source, set(place.nodes)), plan)
-        lap("emit_s")
-        return plan, diffs, emitted
-
-    plan, diffs, quantized = finish(place)
-    if speed is not None and table.decisions.get(decision_key) is not None:
-        speed.update(table.decisions[decision_key]["latency"])
-    elif speed is not None:
-        fp32_ms, int8_ms = paired_latency_ms([model, quantized], feeds0)
-        speed.update(fp32_ms=fp32_ms, int8_ms=int8_ms, rounds=[])
-        timings = speed["node_us"]
-        # while the whole int8 model is slower, give back the nodes that gain least, a quarter at a time
-        # 3 % margin: batch-1 timings on a busy machine jitter by a few percent, and "never slower" must hold
-        while int8_ms > 0.97 * fp32_ms and any(n in timings for n in place.nodes):
-            ranked = sorted((timings[n][0] - timings[n][1], n) for n in place.nodes if n in timings)
-            batch = [n for _, n in ranked[: max(1, len(ranked) // 4)]]
-            reasons = {n: f"whole model slower in int8 ({int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms); this node gains "
-                          f"least" for n in batch}
-            speed["demoted"].update(reasons)
-            skip = skip + tuple(batch)
-            place = _with_reasons(place_qdq(model, target, skip=skip), speed["demoted"])
-            missing = [t for t in observed_tensors(place) if t not in observers]
-            if missing:
-                observers.update(collect_statistics(model, tuple(missing), rounds, cfg.full.activation_quant_method,
-                                                    work_dir / "models", collector))
-            plan, diffs, quantized = finish(place)
-            fp32_ms, int8_ms = paired_latency_ms([model, quantized], feeds0)
-            speed["rounds"].append({"demoted": len(batch), "int8_ms": int8_ms})
-        speed["fp32_ms"], speed["int8_ms"] = fp32_ms, int8_ms
-        table.decisions[decision_key] = {"demoted": speed["demoted"],
-                                         "latency": {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "rounds": speed["rounds"]}}
-        table.save()
-    lap("latency_guard_s")
-    max_drop = None
-    if cfg.ptqflow.max_drop is not None:
-        from ptq_core.modes.full.max_drop import Build, FinalizeOnce, keep_until_within
-
-        demoted = dict(speed["demoted"]) if speed else {}
-        observers.update({t: FinalizeOnce(o) for t, o in observers.items()})  # same ranges in every rebuild
-
-        def rebuild(extra: tuple[str, ...], reasons: dict[str, str]) -> Build:
-            lap("max_drop_s")  # the damage pass and the evaluations since the last build
-            kept = _with_reasons(place_qdq(model, target, skip=skip + extra), demoted)
-            kept = replace(kept, kept_float={**kept.kept_float, **reasons})
-            missing = [t for t in observed_tensors(kept) if t not in observers]
-            if missing:  # a tensor that was inside the int8 region now borders it
-                observers.update(collect_statistics(model, tuple(missing), rounds, cfg.full.activation_quant_method,
-                                                    work_dir / "models", collector))
-            return Build(kept, *finish(kept))
-
-        report, build = keep_until_within(model, Build(place, plan, diffs, quantized), rounds, cfg.ptqflow.max_drop,
-                                          rebuild, latency=lambda m: median_latency_ms(m, feeds0, runs=30))
-        place, plan, diffs, quantized = build.place, build.plan, build.diffs, build.quantized
-        max_drop = report.to_dict()
-        lap("max_drop_s")
-    if speed is not None and speed["demoted"]:  # FP32 for speed, not accuracy: 8-bit storage all the same
-        from ptq_core.modes.full.kept_weights import store_kept_weights
-
-        quantized, stored = store_kept_weights(quantized, set(speed["demoted"]) - set(plan.nodes), cfg)
-        plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
-        lap("emit_s")
-    from ptq_core.onnxgraph.compact import compact_model
-
-    compact_model(quantized)
-    if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
-        from ptq_core.modes.full.latency_guard import machine_key
-        from ptq_core.onnxgraph.graph import set_metadata
-
-        speed["timed_on"] = machine_key()
-        set_metadata(quantized, {GUARD_METADATA: speed["timed_on"]})
-    return FullResult(model, plan, quantized, diffs, speed, {k: round(v, 3) for k, v in phases.items()}, max_drop)
-
-
 def _with_reasons(place, reasons: dict[str, str]):
-    from dataclasses import replace
 
     kept = dict(place.kept_float)
     for node, why in reasons.items():

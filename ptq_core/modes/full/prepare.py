@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from ptq_core.config import QuantConfig
 from ptq_core.errors import ModelError
-from ptq_core.modes.full.emit_qdq import QdqPlacement, place_qdq, upgrade_opset
+from ptq_core.modes.full.placement import QdqPlacement, place_qdq
 from ptq_core.modes.full.plan import (
     ActivationQuant,
     BiasQuant,
@@ -34,9 +34,10 @@ from ptq_core.onnxgraph.graph import (
     check_finite_weight,
     node_bodies,
     prepare_model,
+    upgrade_opset,
 )
 from ptq_core.quant import round_half_away
-from ptq_core.stats.observers import ActivationRange
+from ptq_core.stats.observer_base import ActivationRange
 
 INT32_HALF = 0.5 * np.iinfo(np.int32).max
 
@@ -52,22 +53,17 @@ def prepare_full_model(path: str | Path, model: onnx.ModelProto | None = None) -
     passes do; node names of the surviving Conv/MatMul nodes are kept, so ``skip_quant_node`` and
     reports still use the user's names.
     """
-    import onnxruntime as ort
+    from ptq_core.onnxgraph.session import make_session
 
     model = upgrade_opset(prepare_model(path) if model is None else model)
     with tempfile.TemporaryDirectory(prefix="ptq-prep-") as tmp:
         src = os.path.join(tmp, "in.onnx")
         dst = os.path.join(tmp, "out.onnx")
         onnx.save(model, src)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = dst
-        options.log_severity_level = 3
         try:
-            ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{path}: onnxruntime cannot load the model: {first}") from None
+            make_session(src, optimization="basic", optimized_path=dst)
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None
         optimized = onnx.load(dst)
     restore_fused_names(optimized)
     return assign_node_names(optimized)
@@ -135,7 +131,7 @@ def activation_range(r: ActivationRange, observed: tuple[float, float] | None, t
       symmetric range wastes half of an asymmetric grid, so we keep KL's threshold from 0.
     """
     lo, hi = r.lo, r.hi
-    if r.method != "KL" or observed is None:
+    if observed is None:  # only observers that keep the observed range (KL) pass one
         return lo, hi
     if graph_input:
         return observed
@@ -167,7 +163,7 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
         source = place.source[t]
         obs = observers[source]
         r = obs.finalize(qmin, qmax, target.activation_symmetric)
-        state = obs.to_state() if r.method == "KL" else {}
+        state = obs.to_state() if obs.keeps_observed_range else {}
         observed = (float(state["min"]), float(state["max"])) if state else None
         lo, hi = activation_range(r, observed, target, source in graph_inputs)
         scale, zp = target.activation_params(lo, hi)

@@ -4,7 +4,8 @@ statistics on Dask (ptqflow.tasks.full)."""
 
 from __future__ import annotations
 
-from ptq_core.modes.full.pipeline import calibration_rounds, quantize_full
+from ptq_core.modes.full.pipeline import calibration_rounds
+from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.modes.job import Job
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.save import output_file, save_model_atomic

@@ -4,12 +4,14 @@ A :class:`Target` says what a backend runs in int8 and how its numbers must look
 dtype and symmetry, weight granularity and ranges, which ONNX op types may sit in the int8
 region, which of them keep the scale of their input, where per-channel weights are allowed and
 along which axis, and whether biases are int32 and bias correction is allowed. Planning reads it
-to choose params, the QDQ emitter's placement helper reads it to choose Q/DQ positions, and
-``emit_qdq.check_target_rules`` reads it to audit an emitted model.
+to choose params, ``placement.place_qdq`` reads it to choose Q/DQ positions, and
+``audit.check_target_rules`` reads it to audit an emitted model. The per-op facts that placement,
+the emitter and the audit need (which inputs carry activations, where the bias sits, which ops
+onnxruntime moves Q/DQ across) are listed here too.
 
 Sources: docs/converter-lite.md §4.2 (marked ops, per-channel ops), §8.5 (weight ranges), §8.9
 (device table), docs/converter-lite.md §A (TensorRT Q/DQ rules), and what onnxruntime 1.32's CPU graph optimizer
-actually fuses (measured with ``emit_qdq.fused_ops``; see ``ORT_CPU_FUSIONS``).
+actually fuses (measured with ``audit.fused_ops``; see ``ORT_CPU_FUSIONS``).
 
 Where the ONNX world forces a choice that MindSpore Lite does not make, the choice is recorded
 here, next to the field, so it is visible in one place:
@@ -61,8 +63,20 @@ REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
 # Ops with their own integer kernel and their own output params (QLinearAdd, QLinearConcat, ...).
 REQUANT_OPS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu", "Softmax")
 
+# Per-op facts (ONNX operator signatures and onnxruntime behaviour) that placement, the emitter and
+# the audit read.
+CONV_OPS = ("Conv", "ConvTranspose")  # weight at input 1, data at input 0 (a constant data input is refused)
+QDQ_OPS = frozenset(("QuantizeLinear", "DequantizeLinear"))
+# Inputs that carry activations (the others are shapes, axes, bounds or weights); ops not listed: all.
+ACTIVATION_INPUTS = {"Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Slice": (0,), "Clip": (0,),
+                     "Conv": (0,), "ConvTranspose": (0,), "Gemm": (0, 1), "MatMul": (0, 1)}
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}  # index of the optional bias input
+# Ops onnxruntime's QDQ propagation moves a DequantizeLinear across (forward) or a Q across (backward).
+ORT_QDQ_TRANSPARENT_OPS = frozenset(("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
+                                     "Relu", "Clip", "Resize", "Gather", "Split", "Expand"))
+
 # What onnxruntime 1.32's CPU EP (x86-64) turned each QDQ pattern into at ORT_ENABLE_EXTENDED, with
-# uint8 activations, int8 weights and int32 bias, measured with emit_qdq.fused_ops (int8 activations
+# uint8 activations, int8 weights and int32 bias, measured with audit.fused_ops (int8 activations
 # give the same except for the last entry):
 ORT_CPU_FUSIONS = {
     "Conv": "QLinearConv (needs Q on the output; without it the Conv stays float)",
@@ -81,27 +95,33 @@ ORT_CPU_FUSIONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
-    """One backend's int8 rules. All op-type sets are ONNX op types."""
+    """One backend's int8 rules. All op-type sets are ONNX op types.
+
+    Defaults are what most targets share: int8 weights, symmetric narrow per-channel weights,
+    full-range activations, every same-scale op and (asymmetric targets) every removable clamp.
+    """
 
     name: str
     supported: bool
     # activations: always per tensor
     activation_dtype: str  # "int8" | "uint8"
     activation_symmetric: bool  # zero point 0
-    activation_narrow: bool  # int8 [-127, 127] instead of [-128, 127]
+    activation_narrow: bool = False  # int8 [-127, 127] instead of [-128, 127]
     # weights: int8 codes
-    weight_dtype: str
+    weight_dtype: str = "int8"
     per_channel_ops: frozenset  # op types whose weights may go per-channel (when per_channel=true)
-    weight_per_channel_symmetric: bool
-    weight_per_channel_narrow: bool
+    weight_per_channel_symmetric: bool = True
+    weight_per_channel_narrow: bool = True
     weight_per_layer_symmetric: bool
     weight_per_layer_narrow: bool
     # what may run in int8
     compute_ops: frozenset  # weighted ops quantized with their weights
-    same_scale_ops: frozenset  # run int8 inside the region, output reuses the input params
-    removable_activations: frozenset  # folded into the producer's output Q (asymmetric targets only)
+    # run int8 inside the region, output reuses the input params
+    same_scale_ops: frozenset = frozenset(SAME_SCALE_OPS)
+    # folded into the producer's output Q (asymmetric targets only)
+    removable_activations: frozenset = frozenset(REMOVABLE_ACTIVATIONS)
     requant_ops: frozenset  # int8 kernels with their own output params
     quantize_outputs_of: frozenset  # op types whose output gets Q/DQ even when no consumer is int8
     # biases and corrections
@@ -196,17 +216,15 @@ def _ops(*names: str) -> frozenset:
     return frozenset(names)
 
 
+_ALL_COMPUTE = frozenset(COMPUTE_OPS)
+_NO_CONV_TRANSPOSE = _ops("Conv", "Gemm", "MatMul")
+_DSP_REQUANT = _ops("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "Softmax")
+
 TARGETS: dict[str, Target] = {
     "CPU": Target(
-        name="CPU", supported=True,
-        activation_dtype="uint8", activation_symmetric=False, activation_narrow=False,
-        weight_dtype="int8",
-        per_channel_ops=_ops("Conv", "ConvTranspose", "Gemm", "MatMul"),
-        weight_per_channel_symmetric=True, weight_per_channel_narrow=True,
-        weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
-        compute_ops=_ops("Conv", "Gemm", "MatMul"),
-        same_scale_ops=frozenset(SAME_SCALE_OPS),
-        removable_activations=frozenset(REMOVABLE_ACTIVATIONS),
+        name="CPU", supported=True, activation_dtype="uint8", activation_symmetric=False,
+        per_channel_ops=_ALL_COMPUTE, weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
+        compute_ops=_NO_CONV_TRANSPOSE,
         requant_ops=frozenset(REQUANT_OPS),
         # QLinearConv needs a Q after the Conv; the requant ops need one to be integer at all.
         # MatMul would become MatMulIntegerToFloat without one, but a MatMul followed by Add(bias)
@@ -219,14 +237,9 @@ TARGETS: dict[str, Target] = {
         note="onnxruntime CPU EP: U8S8, per-channel symmetric int8 weights (zero point 0 enables MLAS's symmetric conv kernels)",
     ),
     "NVGPU": Target(
-        name="NVGPU", supported=True,
-        activation_dtype="int8", activation_symmetric=True, activation_narrow=True,
-        weight_dtype="int8",
-        per_channel_ops=_ops("Conv", "ConvTranspose", "Gemm", "MatMul"),
-        weight_per_channel_symmetric=True, weight_per_channel_narrow=True,
-        weight_per_layer_symmetric=True, weight_per_layer_narrow=True,
-        compute_ops=_ops("Conv", "ConvTranspose", "Gemm", "MatMul"),
-        same_scale_ops=frozenset(SAME_SCALE_OPS),
+        name="NVGPU", supported=True, activation_dtype="int8", activation_symmetric=True, activation_narrow=True,
+        per_channel_ops=_ALL_COMPUTE, weight_per_layer_symmetric=True, weight_per_layer_narrow=True,
+        compute_ops=_ALL_COMPUTE,
         removable_activations=frozenset(),  # symmetric Q cannot clamp at 0; TensorRT fuses Conv+ReLU itself
         requant_ops=_ops("Add", "Mul", "AveragePool", "GlobalAveragePool"),
         quantize_outputs_of=frozenset(),  # TensorRT placement: Q/DQ on the inputs of int8 layers
@@ -235,47 +248,30 @@ TARGETS: dict[str, Target] = {
         note="TensorRT explicit quantization: symmetric int8, zero points 0, per-channel weights on the output axis, float bias",
     ),
     "DSP": Target(
-        name="DSP", supported=True,
-        activation_dtype="uint8", activation_symmetric=False, activation_narrow=False,
-        weight_dtype="int8",
-        per_channel_ops=_ops("Conv", "ConvTranspose"),
-        weight_per_channel_symmetric=True, weight_per_channel_narrow=True,
-        weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
-        compute_ops=_ops("Conv", "ConvTranspose", "Gemm", "MatMul"),
-        same_scale_ops=frozenset(SAME_SCALE_OPS),
-        removable_activations=frozenset(REMOVABLE_ACTIVATIONS),
-        requant_ops=_ops("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "Softmax"),
-        quantize_outputs_of=_ops("Conv", "ConvTranspose", "Gemm", "MatMul",
-                                 "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "Softmax"),
+        name="DSP", supported=True, activation_dtype="uint8", activation_symmetric=False,
+        per_channel_ops=_ops(*CONV_OPS), weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
+        compute_ops=_ALL_COMPUTE,
+        requant_ops=_DSP_REQUANT,
+        quantize_outputs_of=_ALL_COMPUTE | _DSP_REQUANT,
         quantize_bias=True, bias_correction=True, cross_layer_equalization=False,
         note="DSP: uint8 asymmetric activations per tensor; per-channel weights only for Conv/ConvTranspose",
     ),
     "ASCEND": Target(
-        name="ASCEND", supported=True,
-        activation_dtype="int8", activation_symmetric=False, activation_narrow=False,
-        weight_dtype="int8",
-        per_channel_ops=_ops("Conv", "Gemm", "MatMul"),
-        weight_per_channel_symmetric=True, weight_per_channel_narrow=True,
-        weight_per_layer_symmetric=True, weight_per_layer_narrow=True,
-        compute_ops=_ops("Conv", "Gemm", "MatMul"),
-        same_scale_ops=frozenset(SAME_SCALE_OPS),
-        removable_activations=frozenset(REMOVABLE_ACTIVATIONS),
+        name="ASCEND", supported=True, activation_dtype="int8", activation_symmetric=False,
+        per_channel_ops=_NO_CONV_TRANSPOSE, weight_per_layer_symmetric=True, weight_per_layer_narrow=True,
+        compute_ops=_NO_CONV_TRANSPOSE,
         requant_ops=frozenset(),
-        quantize_outputs_of=_ops("Conv", "Gemm", "MatMul"),
+        quantize_outputs_of=_NO_CONV_TRANSPOSE,
         quantize_bias=True, bias_correction=True, cross_layer_equalization=True,
         transposed_gemm=False, shared_weights=False, min_channel_filter=True,
         note="Ascend: int8 asymmetric activations, symmetric int8 weights (per-channel or per-layer)",
     ),
     "KIRIN": Target(
-        name="KIRIN", supported=False,
-        activation_dtype="uint8", activation_symmetric=False, activation_narrow=False,
-        weight_dtype="int8",
-        per_channel_ops=_ops("Conv"),
-        weight_per_channel_symmetric=True, weight_per_channel_narrow=True,
-        weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
-        compute_ops=_ops("Conv", "Gemm", "MatMul"),
+        name="KIRIN", supported=False, activation_dtype="uint8", activation_symmetric=False,
+        per_channel_ops=_ops("Conv"), weight_per_layer_symmetric=False, weight_per_layer_narrow=False,
+        compute_ops=_NO_CONV_TRANSPOSE,
         same_scale_ops=frozenset(), removable_activations=frozenset(), requant_ops=frozenset(),
-        quantize_outputs_of=_ops("Conv", "Gemm", "MatMul"),
+        quantize_outputs_of=_NO_CONV_TRANSPOSE,
         quantize_bias=True, bias_correction=False, cross_layer_equalization=True,
         note="KIRIN NPU takes a float graph plus params; no ONNX form to emit",
     ),

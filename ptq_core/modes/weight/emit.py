@@ -1,6 +1,6 @@
 """Weight-only emitter: packed integer weights plus a constant decode chain ORT folds at load time.
 
-Every quantized weight becomes stored bytes (``ptq_core.storage.encoding``) and a chain of standard ONNX
+Every quantized weight becomes stored bytes (``ptq_core.storage``'s encoders) and a chain of standard ONNX
 ops with only constant inputs (decode -> Cast -> Sub zero point -> Mul scale [-> Add mean
 correction]). onnxruntime's constant folding turns the chain back into one float tensor when the
 session is created, so the file is small, nothing of ours is needed to run it, and inference
@@ -93,7 +93,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     replaced: set[str] = set()
     group_outputs: list[str] = []
     if plan.group is not None:
-        from ptq_core.storage.entropy import group_nodes
+        from ptq_core.storage.entropy_decode_ops import group_nodes
 
         nodes, inits, group_outputs = group_nodes(plan.group, f"{base}g_", opset)
         new_nodes.extend(nodes)
@@ -128,6 +128,15 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
                 if name == qw.tensor:
                     node.input[i] = output
         replaced.add(qw.tensor)
+    _install(graph, new_nodes, new_inits, replaced, outputs)
+    out.producer_name = PRODUCER
+    out.producer_version = __import__("ptq_core").__version__
+    return out
+
+
+def _install(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto], new_inits: list[onnx.TensorProto],
+             replaced: set[str], outputs: set[str]) -> None:
+    """Put the decode chains in front of the graph's nodes and drop the float weights nothing reads now."""
     decoded = {o for n in new_nodes for o in n.output}
     still_used = {name for n in graph.node for name in n.input} - decoded
     still_used |= outputs
@@ -143,9 +152,6 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     del graph.input[:]
     graph.input.extend(inputs)
     _share_small_constants(graph, {t.name for t in new_inits})
-    out.producer_name = PRODUCER
-    out.producer_version = __import__("ptq_core").__version__
-    return out
 
 
 def _rewire_body(body: onnx.GraphProto, qw: QuantizedWeight, output: str) -> None:

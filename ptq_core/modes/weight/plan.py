@@ -23,12 +23,9 @@ from ptq_core.onnxgraph.graph import (
     initializer_array,
 )
 from ptq_core.quant import passes_gain_check
-from ptq_core.storage.encoding import (
-    EncodedTensor,
-    effective_bits,
-    encode_fixed,
-    encode_split,
-)
+from ptq_core.storage.encoded import EncodedTensor, effective_bits
+from ptq_core.storage.fixed_bit import encode_fixed
+from ptq_core.storage.split_coding import encode_split
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ class WeightPlan(DecisionRows):
     decisions: list[LayerDecision] = field(default_factory=list)
     weights: list[QuantizedWeight] = field(default_factory=list)
     init_scale: float | None = None
-    group: object | None = None  # ptq_core.storage.entropy.EntropyGroup shared by the mixed-bit weights
+    group: object | None = None  # ptq_core.storage.entropy_group.EntropyGroup shared by the mixed-bit weights
 
     def without_codes(self) -> WeightPlan:
         """The rows alone, for the summary once the model is written: the encoded weights (a quarter of
@@ -156,10 +153,7 @@ def plan_weight_quant(
     target = init_scale if init_scale is not None else cfg.mixed.init_scale
     plan = WeightPlan(init_scale=target if bits == 0 else None)
     sites = find_weight_sites(model, inside_subgraphs=True)
-    by_tensor: dict[str, list[WeightSite]] = {}
-    for site in sites:
-        by_tensor.setdefault(site.tensor, []).append(site)
-    done: dict[str, QuantizedWeight] = {}
+    done: dict[tuple[str, str], QuantizedWeight] = {}
     for index, site in enumerate(sites):
         if progress:
             progress(index, len(sites), site.node)
@@ -169,60 +163,75 @@ def plan_weight_quant(
             continue
         key = (site.graph, site.tensor)
         if key in done:
-            shared = done[key]
-            done[key] = QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
-            first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized
-                         and d.node.startswith(site.graph))
-            plan.decisions.append(
-                LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, f"shares weight with {first.node}",
-                              first.bits, first.granularity, first.encoding, 0, 0, first.effective_bits, first.step,
-                              first.weight_cosine)
-            )
+            done[key] = _share(plan, done[key], site)
             continue
         w = initializer_array(model, site.tensor, base_dir, site.graph).astype(np.float32, copy=False)
         check_finite_weight(w, site.tensor, site.node, site.op_type)
-        shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
-        per_channel = cfg.weight.per_channel and not shared_matmul
-        axis = site.axis if per_channel else None
-        granularity = "per-channel" if per_channel else "per-layer"
-        step = None
-        if bits == 0:
-            result = search_step(w, target)
-            if result is not None:
-                enc, zp, scale, mean, weight_cos = _mixed(w, result)
-                granularity, step, used_bits, how = "per-layer", result.scale, 0, "mixed bit"
-            else:
-                fixed_axis = axis
-                enc, zp, scale, mean, weight_cos = _fixed(w, 8, fixed_axis, cfg)
-                used_bits, how = 0, "mixed-bit search failed; 8-bit fallback"
-            axis_used = None if step is not None else axis
-        else:
-            if per_channel and cfg.weight.bias_correction:
-                per_ch = site.size // max(1, site.channels)
-                if not passes_gain_check(bits, per_ch):
-                    plan.decisions.append(
-                        _skip(site, f"per-channel gain check: {per_ch} elements per channel <= {256 // (32 - bits)}")
-                    )
-                    continue
-            enc, zp, scale, mean, weight_cos = _fixed(w, bits, axis, cfg)
-            used_bits, how, axis_used = bits, f"{bits}-bit {granularity}", axis
-        qw = QuantizedWeight(site.tensor, site.shape, axis_used, enc, zp, scale, mean, (site.node,), graph=site.graph)
-        done[key] = qw
-        plan.decisions.append(
-            LayerDecision(
-                site.node, site.op_type, site.tensor, site.shape, True, how, used_bits, granularity, enc.kind,
-                site.size * 4, enc.nbytes + (zp.size * (1 if used_bits and used_bits <= 8 else 2) if np.any(zp) else 0)
-                + scale.nbytes
-                + (mean.nbytes if mean is not None else 0),
-                effective_bits(enc), step, weight_cos,
-            )
-        )
+        coded = _code_site(w, site, cfg, target)
+        if isinstance(coded, str):  # the per-channel gain check said no
+            plan.decisions.append(_skip(site, coded))
+            continue
+        done[key] = QuantizedWeight(site.tensor, site.shape, coded.axis, coded.enc, coded.zp, coded.scale, coded.mean,
+                                    (site.node,), graph=site.graph)
+        plan.decisions.append(_coded_decision(site, coded))
     if progress:
         progress(len(sites), len(sites), "")
     plan.weights = list(done.values())
     if bits == 0:
         _group_mixed(plan)
     return plan
+
+
+@dataclass
+class _Coded:
+    """One weight's codes and how they were made (what its LayerDecision reports)."""
+
+    enc: EncodedTensor
+    zp: np.ndarray
+    scale: np.ndarray
+    mean: np.ndarray | None
+    weight_cosine: float
+    bits: int  # 0: mixed bit
+    how: str
+    axis: int | None
+    granularity: str
+    step: float | None = None
+
+
+def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float) -> _Coded | str:
+    """The codes of one weight: mixed bit (``bit_num=0``) or fixed bits; a string says why it stays float."""
+    bits = cfg.common.bit_num
+    shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
+    per_channel = cfg.weight.per_channel and not shared_matmul
+    axis = site.axis if per_channel else None
+    granularity = "per-channel" if per_channel else "per-layer"
+    if bits == 0:
+        result = search_step(w, target)
+        if result is not None:
+            return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
+        return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
+    if per_channel and cfg.weight.bias_correction:
+        per_ch = site.size // max(1, site.channels)
+        if not passes_gain_check(bits, per_ch):
+            return f"per-channel gain check: {per_ch} elements per channel <= {256 // (32 - bits)}"
+    return _Coded(*_fixed(w, bits, axis, cfg), bits, f"{bits}-bit {granularity}", axis, granularity)
+
+
+def _coded_decision(site: WeightSite, c: _Coded) -> LayerDecision:
+    zp_bytes = c.zp.size * (1 if c.bits and c.bits <= 8 else 2) if np.any(c.zp) else 0
+    stored = c.enc.nbytes + zp_bytes + c.scale.nbytes + (c.mean.nbytes if c.mean is not None else 0)
+    return LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, c.how, c.bits, c.granularity,
+                         c.enc.kind, site.size * 4, stored, effective_bits(c.enc), c.step, c.weight_cosine)
+
+
+def _share(plan: WeightPlan, shared: QuantizedWeight, site: WeightSite) -> QuantizedWeight:
+    """A second reader of an already quantized weight: the same codes, one more node decoding them."""
+    first = next(d for d in plan.decisions if d.tensor == site.tensor and d.quantized and d.node.startswith(site.graph))
+    plan.decisions.append(
+        LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, f"shares weight with {first.node}",
+                      first.bits, first.granularity, first.encoding, 0, 0, first.effective_bits, first.step,
+                      first.weight_cosine))
+    return QuantizedWeight(**{**shared.__dict__, "nodes": shared.nodes + (site.node,)})
 
 
 SPLIT_CHAIN_BYTES = 2800  # graph bytes of one per-tensor split decode chain (measured, short prefix)
@@ -235,8 +244,9 @@ def _group_mixed(plan: WeightPlan) -> None:
     (their codes share a distribution, since every tensor has the same relative error) gets
     within ~0.07 bit/weight of the entropy and still decodes with constant-folded standard ops.
     """
-    from ptq_core.storage.encoding import decode
-    from ptq_core.storage.entropy import encode_group, graph_nbytes, group_nodes
+    from ptq_core.storage.decode_numpy import decode
+    from ptq_core.storage.entropy_decode_ops import graph_nbytes, group_nodes
+    from ptq_core.storage.entropy_encode import encode_group
 
     mixed = [i for i, w in enumerate(plan.weights) if w.axis is None and np.all(w.zero_point == 0)
              and w.encoded.kind in ("split", "bitpack", "index", "sparse", "raw")

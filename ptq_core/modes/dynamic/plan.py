@@ -1,0 +1,279 @@
+"""DYNAMIC_QUANT's plan: which MatMul/Gemm/Gather weights become int8 and how (ALWC or ACWL, rotation),
+decided at convert time; activations are quantized at run time by what ``emit.py`` writes.
+
+The emitted model uses standard ONNX ops only (DynamicQuantizeLinear, QuantizeLinear, MatMulInteger,
+Gather, Cast, Mul, ...), so plain onnxruntime runs it with its integer kernels. Which nodes, the ALWC and
+ACWL strategies, the block rotation and where onnxruntime's fusions forced a choice are in
+docs/dynamic-quant.md; converter_lite's rules in docs/converter-lite.md §4.3, §9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ptq_core.config import QuantConfig
+from ptq_core.errors import PtqError
+from ptq_core.modes.dynamic.rotation import block_for, rotate_weight
+from ptq_core.modes.weight.plan import DecisionRows, LayerDecision
+from ptq_core.onnxgraph.cpu import get_form
+from ptq_core.onnxgraph.graph import (
+    WeightSite,
+    check_finite_weight,
+    find_weight_sites,
+    initializer_array,
+)
+from ptq_core.quant import cosine, quantize, weight_params
+
+STRATEGIES = ("ALWC", "ACWL")
+ACWL_WEIGHTS = ("per-channel", "per-layer")
+MATMUL_OPS = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class DynamicWeight:
+    """One int8 initializer the emitter writes, in the layout its integer op reads.
+
+    MatMul/Gemm (kind "matmul"): ``codes`` is B as (.., K, N), symmetric, ``zero_point`` None,
+    ``axis`` rank-1 (per column) or None (per layer). Gather: the table as in the model,
+    ``zero_point`` int8 per slice along ``axis`` (the gather axis).
+    """
+
+    key: str
+    tensor: str
+    kind: str  # "matmul" | "gather"
+    codes: np.ndarray  # int8
+    scale: np.ndarray  # float32, (C,) per channel or (1,) per layer
+    zero_point: np.ndarray | None  # int8 (C,) or None (symmetric)
+    axis: int | None
+
+    @property
+    def nbytes(self) -> int:
+        zp = self.zero_point.nbytes if self.zero_point is not None else 0
+        return int(self.codes.nbytes + self.scale.nbytes + zp)
+
+    def dequantized(self) -> np.ndarray:
+        """The float weight this stands for (float64), in the stored layout."""
+        scale = self.scale.astype(np.float64)
+        zp = self.zero_point.astype(np.float64) if self.zero_point is not None else np.zeros_like(scale)
+        if self.axis is None:
+            return (self.codes.astype(np.float64) - zp[0]) * scale[0]
+        shape = [1] * self.codes.ndim
+        shape[self.axis] = -1
+        return (self.codes.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
+
+
+@dataclass(frozen=True)
+class DynamicNode:
+    """One node the emitter rewrites."""
+
+    node: str
+    op_type: str  # MatMul | Gemm | Gather
+    weight: str  # key into DynamicPlan.weights
+    trans_a: bool = False  # Gemm
+    alpha: float = 1.0  # Gemm
+    beta: float = 1.0  # Gemm
+    rotation: int = 0  # Hadamard block on the reduction axis (0: none), ptq_core.modes.dynamic.rotation
+
+
+@dataclass
+class DynamicPlan(DecisionRows):
+    strategy: str
+    decisions: list[LayerDecision] = field(default_factory=list)
+    weights: dict[str, DynamicWeight] = field(default_factory=dict)
+    nodes: list[DynamicNode] = field(default_factory=list)
+    int8_form: str = "portable"  # MatMul weights read by onnxruntime's u8 x s8 kernels (ptq_core.onnxgraph.cpu)
+
+    @property
+    def written_form(self) -> str | None:
+        """The int8 form of the integer-kernel weights the model will hold; None when it holds none."""
+        return self.int8_form if any(d.op_type in MATMUL_OPS for d in self.nodes) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------------------------
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _not_a_site_reason(node: onnx.NodeProto, index: int, inits: dict, graph_inputs: set) -> str | None:
+    """Why input ``index`` is a constant that is not a weight site (None: it is an activation)."""
+    if index >= len(node.input) or not node.input[index]:
+        return None
+    name = node.input[index]
+    if name not in inits or name in graph_inputs:
+        return None
+    t = inits[name]
+    if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        return f"constant {onnx.TensorProto.DataType.Name(t.data_type).lower()} input, not a float weight"
+    return f"{len(t.dims)}-D constant input (only weights with >= 2 dims are quantized)"
+
+
+class _Planner:
+    def __init__(self, model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str):
+        strategy = cfg.dynamic_quant_param.quant_strategy
+        if strategy not in STRATEGIES:
+            raise PtqError(f"[dynamic_quant_param] quant_strategy={strategy}: must be one of {', '.join(STRATEGIES)}")
+        if acwl_weight not in ACWL_WEIGHTS:
+            raise PtqError(f"acwl_weight={acwl_weight!r}: must be one of {', '.join(ACWL_WEIGHTS)}")
+        self.model = model
+        self.strategy = strategy
+        self.acwl_weight = acwl_weight
+        self.rotation_block = cfg.ptqflow.rotation_block
+        self.form = get_form(cfg.ptqflow.int8_form)
+        self.plan = DynamicPlan(strategy=strategy, int8_form=self.form.name)
+        self.first_user: dict[str, str] = {}
+
+    def row(self, node: onnx.NodeProto, site: WeightSite | None, quantized: bool, reason: str, **kw) -> None:
+        size = site.size * 4 if site else 0
+        kw.setdefault("bytes_fp32", size)
+        kw.setdefault("bytes_stored", size)
+        self.plan.decisions.append(LayerDecision(node.name, node.op_type, site.tensor if site else "",
+                                                 site.shape if site else (), quantized, reason, **kw))
+
+    def add(self, node: onnx.NodeProto, site: WeightSite, dyn: DynamicNode, how: str, granularity: str, make) -> None:
+        """Record ``dyn``; quantize its weight with ``make()`` unless an earlier node already did."""
+        self.plan.nodes.append(dyn)
+        if dyn.weight in self.plan.weights:
+            self.row(node, site, True, f"{how}; shares weight with {self.first_user[dyn.weight]}", bits=8,
+                     granularity=granularity, encoding="int8", bytes_fp32=0, bytes_stored=0, effective_bits=8.0)
+            return
+        weight, original = make()
+        self.plan.weights[dyn.weight] = weight
+        self.first_user[dyn.weight] = node.name
+        self.row(node, site, True, how, bits=8, granularity=granularity, encoding="int8",
+                 bytes_stored=weight.nbytes, effective_bits=8.0, weight_cosine=cosine(original, weight.dequantized()))
+
+    def matmul(self, node: onnx.NodeProto, site: WeightSite) -> None:
+        attrs = _attrs(node)
+        gemm = node.op_type == "Gemm"
+        trans_b = gemm and bool(attrs.get("transB", 0))
+        k = site.shape[-1] if trans_b else site.shape[-2]
+        block = block_for(k, self.rotation_block)
+        key = f"{site.tensor}|matmul{'T' if trans_b else ''}" + (f"|H{block}" if block else "")
+        wants_channel = self.strategy == "ALWC" or self.acwl_weight == "per-channel"
+        per_channel = wants_channel and site.users == 1  # a shared MatMul weight goes per-layer (§4.1)
+        granularity = "per-channel" if per_channel else "per-layer"
+        if self.strategy == "ALWC":
+            how = f"ALWC: int8 {granularity} symmetric weight, uint8 per-tensor activation at run time"
+        else:
+            how = f"ACWL: int8 {granularity} symmetric weight, int8 per-row symmetric activation at run time"
+        if wants_channel and not per_channel:
+            how += f" (weight read by {site.users} nodes: per-layer)"
+        if block:
+            how += f"; activation rotated in {block}-channel Hadamard blocks"
+        elif self.rotation_block:
+            how += f"; not rotated (reduction axis {k} is not a multiple of rotation_block={self.rotation_block})"
+        dyn = DynamicNode(node.name, node.op_type, key, trans_a=gemm and bool(attrs.get("transA", 0)),
+                          alpha=float(attrs.get("alpha", 1.0)) if gemm else 1.0,
+                          beta=float(attrs.get("beta", 1.0)) if gemm else 1.0, rotation=block)
+
+        def make():
+            w = initializer_array(self.model, site.tensor).astype(np.float32)
+            check_finite_weight(w, site.tensor, node.name, node.op_type)
+            if trans_b:
+                w = np.ascontiguousarray(w.T)
+            if block:  # H^T W: the activation side gets X H at run time
+                w = rotate_weight(w, block)
+            axis = w.ndim - 1 if per_channel else None
+            # symmetric, zero point 0: [-64, 64] in the portable form, [-127, 127] in the vnni one
+            params = weight_params(w, 8, axis, symmetric=True, limits=self.form.clamp(-127, 127))
+            return DynamicWeight(key, site.tensor, "matmul", quantize(w, params), params.scale.astype(np.float32),
+                                 None, axis), w
+
+        self.add(node, site, dyn, how, granularity, make)
+
+    def gather(self, node: onnx.NodeProto, site: WeightSite) -> None:
+        key = f"{site.tensor}|gather{site.axis}"
+        how = f"int8 asymmetric table, one scale per slice on axis {site.axis}; rows dequantized after the lookup"
+
+        def make():
+            w = initializer_array(self.model, site.tensor).astype(np.float32)
+            check_finite_weight(w, site.tensor, node.name, node.op_type)
+            params = weight_params(w, 8, site.axis)  # [-128, 127]
+            return DynamicWeight(key, site.tensor, "gather", quantize(w, params), params.scale.astype(np.float32),
+                                 params.zero_point.astype(np.int8), site.axis), w
+
+        self.add(node, site, DynamicNode(node.name, node.op_type, key), how, "per-channel", make)
+
+
+def plan_dynamic(model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str = "per-channel") -> DynamicPlan:
+    """Decide and quantize the weights of ``model`` for DYNAMIC_QUANT under ``cfg``.
+
+    ``model`` is a prepared model (``graph.prepare_model``: Constant nodes as initializers, every
+    node named). Returns the int8 tensors, the nodes to rewrite, and one ``LayerDecision`` per
+    weighted node and per activation x activation MatMul, with the reason when it stays float.
+    ``acwl_weight``: weight granularity under ACWL, "per-channel" (default, see the module doc) or
+    "per-layer" (converter_lite's).
+    """
+    p = _Planner(model, cfg, acwl_weight)
+    skip = set(cfg.common.skip_quant_node)
+    by_node: dict[str, list[WeightSite]] = {}
+    for site in find_weight_sites(model):
+        by_node.setdefault(site.node, []).append(site)
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        sites = by_node.get(node.name, [])
+        if node.op_type in MATMUL_OPS:
+            b_site = next((s for s in sites if s.input_index == 1), None)
+            a_site = next((s for s in sites if s.input_index == 0), None)
+            if b_site is None and a_site is None:
+                why = _not_a_site_reason(node, 1, inits, graph_inputs) or _not_a_site_reason(node, 0, inits, graph_inputs)
+                if why is None:
+                    why = ("both inputs are activations: kept float (converter_lite's ACWL skips these too; its ALWC "
+                           "would quantize both at run time, which onnxruntime does not run faster)")
+                p.row(node, None, False, why)
+            elif node.name in skip:
+                for s in (b_site, a_site):
+                    if s:
+                        p.row(node, s, False, "skip_quant_node")
+            elif b_site is None:
+                p.row(node, a_site, False, "constant A with an activation B: only a constant B weight is quantized")
+            elif a_site is not None:
+                p.row(node, b_site, False, "both inputs are constant: onnxruntime folds this node at load time")
+            elif inits[b_site.tensor].data_type != onnx.TensorProto.FLOAT:
+                p.row(node, b_site, False, "float16 weight: run-time activation quantization needs float32")
+            else:
+                p.matmul(node, b_site)
+        elif node.op_type == "Gather":
+            site = next((s for s in sites if s.input_index == 0), None)
+            if site is None:
+                continue  # a Gather on shapes or ids: nothing to quantize, no row
+            if node.name in skip:
+                p.row(node, site, False, "skip_quant_node")
+            elif inits[site.tensor].data_type != onnx.TensorProto.FLOAT:
+                p.row(node, site, False, "float16 table: kept as is")
+            else:
+                p.gather(node, site)
+        else:
+            for s in sites:
+                p.row(node, s, False, f"DYNAMIC_QUANT quantizes MatMul/Gemm/Gather only; {node.op_type} stays FP32")
+    return p.plan
+
+
+# ---------------------------------------------------------------------------------------------
+# emission
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
