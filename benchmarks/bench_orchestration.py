@@ -157,7 +157,7 @@ def _saved_per_point(model: Path) -> dict:
     import onnx
 
     from ptq_core import convert as pipeline
-    from ptq_core.onnxgraph.graph import analyse_model, prepare_model
+    from ptq_core.onnxgraph.load import prepare_model
     from ptq_core.onnxgraph.session import (
         InputOptions,
         input_specs,
@@ -165,6 +165,7 @@ def _saved_per_point(model: Path) -> dict:
         random_feeds,
         run,
     )
+    from ptq_core.onnxgraph.sites import analyse_model
 
     path = str(model.resolve())
     info = analyse_model(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from ptqflow.tasks.caching import file_digest
 
-from ptq_core.onnxgraph.graph import file_sha256
+from ptq_core.onnxgraph.load import file_sha256
 from ptqflow._env import home
 
 

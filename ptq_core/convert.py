@@ -14,9 +14,9 @@ from ptq_core.config import QuantConfig, check_runnable, load_config
 from ptq_core.errors import ConfigError
 from ptq_core.modes.job import Job, Progress
 from ptq_core.modes.registry import MODES, direct_steps, mode_of, run_steps
-from ptq_core.onnxgraph.graph import ModelInfo, analyse_model
 from ptq_core.onnxgraph.preflight import check_output
 from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.onnxgraph.sites import ModelInfo, analyse_model
 from ptq_core.summary import Summary
 
 

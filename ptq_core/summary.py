@@ -13,7 +13,6 @@ from ptq_core.config import QuantConfig
 from ptq_core.modes.weight.mixed_bit import TuneResult
 from ptq_core.modes.weight.plan import LayerDecision, WeightPlan
 from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.session import (
     InputOptions,
     input_specs,
@@ -22,6 +21,7 @@ from ptq_core.onnxgraph.session import (
     random_feeds,
     run,
 )
+from ptq_core.onnxgraph.sites import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,7 @@ def _started_a_flow() -> None:
 
 def _precheck_model(model_file: str, cfg):
     """Read the model once, cheaply, so that bad models and unknown skip names fail before the flow starts."""
-    from ptq_core.onnxgraph.graph import analyse_model, check_skip_nodes
+    from ptq_core.onnxgraph.sites import analyse_model, check_skip_nodes
 
     info = analyse_model(model_file)
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)

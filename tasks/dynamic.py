@@ -11,9 +11,9 @@ from ptqflow.tasks.caching import content_key
 from ptq_core.config import QuantConfig
 from ptq_core.modes.dynamic.steps import quantize_dynamic_model
 from ptq_core.modes.job import Job, PlanFile, StoredResult
-from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.onnxgraph.sites import ModelInfo
 from ptq_core.summary import summarize_dynamic as core_summarize
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours

@@ -18,9 +18,9 @@ from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
 from ptq_core.modes.full.quantize import quantize_full as core_quantize_full
 from ptq_core.modes.job import Job, PlanFile, StoredResult
 from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.onnxgraph.session import InputOptions, input_specs
+from ptq_core.onnxgraph.sites import ModelInfo
 from ptq_core.stats import collect
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours

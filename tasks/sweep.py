@@ -11,8 +11,8 @@ from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core.config import QuantConfig
 from ptq_core.modes.registry import mode_of
-from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
+from ptq_core.onnxgraph.sites import ModelInfo
 from ptq_core.onnxgraph.timing import median_latency_ms
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours

@@ -14,13 +14,9 @@ from ptq_core.config import QuantConfig
 from ptq_core.modes.job import Job, PlanFile, StoredResult
 from ptq_core.modes.weight import steps as core
 from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.graph import (
-    ModelInfo,
-    analyse_model,
-    external_locations,
-    file_sha256,
-)
+from ptq_core.onnxgraph.load import external_locations, file_sha256
 from ptq_core.onnxgraph.session import InputOptions, input_specs
+from ptq_core.onnxgraph.sites import ModelInfo, analyse_model
 from ptq_core.summary import Summary
 from ptq_core.summary import summarize as core_summarize
 from ptqflow._env import cache_dir

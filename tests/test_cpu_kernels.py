@@ -17,7 +17,7 @@ from test_full_quant import calib_folder, cnn_model  # noqa: E402
 from ptq_core.config import parse_config  # noqa: E402
 from ptq_core.modes.dynamic.emit import emit_dynamic
 from ptq_core.modes.dynamic.plan import plan_dynamic  # noqa: E402
-from ptq_core.modes.full.pipeline import quantize_full  # noqa: E402
+from ptq_core.modes.full.quantize import quantize_full  # noqa: E402
 from ptq_core.onnxgraph.cpu import (  # noqa: E402
     PAIR_SAFE_LIMIT,
     has_exact_u8s8,

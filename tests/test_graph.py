@@ -5,13 +5,8 @@ import pytest
 from modelgen import mixed_ops_model, save
 
 from ptq_core.errors import ModelError
-from ptq_core.onnxgraph.graph import (
-    analyse_model,
-    assign_node_names,
-    check_skip_nodes,
-    find_weight_sites,
-    prepare_model,
-)
+from ptq_core.onnxgraph.load import assign_node_names, prepare_model
+from ptq_core.onnxgraph.sites import analyse_model, check_skip_nodes, find_weight_sites
 
 
 def _sites(model):

@@ -79,8 +79,8 @@ def test_images_of_different_sizes_without_resize_name_the_files_that_disagree(t
 def test_the_given_input_shape_wins_over_the_images(tmp_path):
     from ptq_core.config import load_config
     from ptq_core.data.input_layout import shapes_from_images
-    from ptq_core.onnxgraph.graph import analyse_model
     from ptq_core.onnxgraph.session import InputOptions
+    from ptq_core.onnxgraph.sites import analyse_model
 
     model = save(dynamic_cnn(), tmp_path / "m.onnx")
     folder = images(tmp_path / "img", [(20, 12)] * 2)

@@ -56,7 +56,8 @@ def test_weights_inside_both_if_branches_are_quantized_and_named_by_path(tmp_pat
 
 
 def test_constant_nodes_inside_nested_bodies_become_their_initializers():
-    from ptq_core.onnxgraph.graph import constants_to_initializers, subgraphs
+    from ptq_core.onnxgraph.load import constants_to_initializers
+    from ptq_core.onnxgraph.walk import subgraphs
 
     model = two_rate_model()
     for _, body in subgraphs(model.graph):  # weights as Constant nodes, as exporters inline them
@@ -69,7 +70,7 @@ def test_constant_nodes_inside_nested_bodies_become_their_initializers():
 
 
 def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
-    from ptq_core.onnxgraph.graph import find_weight_sites
+    from ptq_core.onnxgraph.sites import find_weight_sites
 
     model = two_rate_model()
     assert find_weight_sites(model) == []  # the main graph holds no weight

@@ -175,7 +175,7 @@ def test_nothing_is_kept_outside_a_sweep_and_at_most_two_files_inside(tmp_path):
 def test_parallel_points_wait_for_one_load_instead_of_parsing_twice(tmp_path, monkeypatch):
     import threading
 
-    from ptq_core.onnxgraph import graph
+    from ptq_core.onnxgraph import load as graph
 
     path = save(mlp_model(hidden=32, inp=16, seed=3), tmp_path / "m.onnx")
     calls = []
@@ -204,7 +204,7 @@ def test_parallel_points_wait_for_one_load_instead_of_parsing_twice(tmp_path, mo
     (DYNAMIC_CFG, '{"dynamic_quant_param.quant_strategy": ["ALWC", "ACWL"]}'),
 ])
 def test_a_sweep_leaves_the_shared_model_as_loaded(tmp_path, cfg_text, grid):
-    from ptq_core.onnxgraph.graph import prepare_model
+    from ptq_core.onnxgraph.load import prepare_model
 
     model = save(mlp_model(hidden=48, inp=24, seed=14), tmp_path / "m.onnx")
     with model_cache.sharing():  # an outer block keeps the entries after the sweep's own block ends

@@ -89,8 +89,8 @@ def debug_folder(cfg) -> Path:
 
 def default_rounds(cfg, model: onnx.ModelProto, inputs) -> list:
     """WEIGHT_QUANT / DYNAMIC_QUANT rounds: the calibration samples when configured, else one random input."""
-    from ptq_core.onnxgraph.graph import _dims
     from ptq_core.onnxgraph.session import input_specs
+    from ptq_core.onnxgraph.sites import _dims
 
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)

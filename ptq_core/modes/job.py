@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ptq_core.config import QuantConfig
-from ptq_core.onnxgraph.graph import ModelInfo
 from ptq_core.onnxgraph.session import InputOptions
+from ptq_core.onnxgraph.sites import ModelInfo
 
 Progress = Callable[[int, int, str], None]
 

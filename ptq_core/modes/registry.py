@@ -58,7 +58,7 @@ def _check_dynamic(cfg: QuantConfig) -> QuantConfig:
 
 
 def _prepare_plain(path: str):
-    from ptq_core.onnxgraph.graph import prepare_model
+    from ptq_core.onnxgraph.load import prepare_model
 
     return prepare_model(path)
 

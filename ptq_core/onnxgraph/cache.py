@@ -86,7 +86,7 @@ def sharing() -> Iterator[None]:
 def _entry(path: str) -> _Entry:
     """The file's entry, loading the prepared proto (weights left on disk) first when there is none or
     the file changed: it names the external data files whose stat the entry then watches."""
-    from ptq_core.onnxgraph.graph import _all_tensors, prepare_model
+    from ptq_core.onnxgraph.load import _all_tensors, prepare_model
 
     with _lock:
         entry = _files.get(path)
@@ -144,8 +144,8 @@ def _loaded(entry: _Entry, path: str) -> onnx.ModelProto:
 
 
 def prepared_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
-    """``graph.prepare_model(path, load_data)``; shared while sharing, so the caller must not change it."""
-    from ptq_core.onnxgraph.graph import prepare_model
+    """``load.prepare_model(path, load_data)``; shared while sharing, so the caller must not change it."""
+    from ptq_core.onnxgraph.load import prepare_model
 
     if not active():
         return prepare_model(path, load_data)
@@ -162,7 +162,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepared_copy(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
     """A model the caller may change: a copy of the shared one while sharing, else a fresh load."""
-    from ptq_core.onnxgraph.graph import prepare_model
+    from ptq_core.onnxgraph.load import prepare_model
 
     if not active():
         return prepare_model(path, load_data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx
 
-from ptq_core.onnxgraph.graph import node_bodies, subgraphs
+from ptq_core.onnxgraph.walk import node_bodies, subgraphs
 
 ONES = "all ones"
 ZEROS = "all zeros"

@@ -18,10 +18,7 @@ from ptq_core.modes.dynamic.plan import (
 )
 from ptq_core.modes.dynamic.rotation import hadamard
 from ptq_core.onnxgraph.cpu import get_form
-from ptq_core.onnxgraph.graph import (
-    default_opset,
-    set_metadata,
-)
+from ptq_core.onnxgraph.load import default_opset, set_metadata
 
 
 class _Emitter:

@@ -20,12 +20,8 @@ from ptq_core.errors import PtqError
 from ptq_core.modes.dynamic.rotation import block_for, rotate_weight
 from ptq_core.modes.weight.plan import DecisionRows, LayerDecision
 from ptq_core.onnxgraph.cpu import get_form
-from ptq_core.onnxgraph.graph import (
-    WeightSite,
-    check_finite_weight,
-    find_weight_sites,
-    initializer_array,
-)
+from ptq_core.onnxgraph.load import initializer_array
+from ptq_core.onnxgraph.sites import WeightSite, check_finite_weight, find_weight_sites
 from ptq_core.quant import cosine, quantize, weight_params
 
 STRATEGIES = ("ALWC", "ACWL")

@@ -18,7 +18,8 @@ from onnx import helper, numpy_helper
 from ptq_core.errors import PtqError
 from ptq_core.modes.full.targets import COMPUTE_OPS, QDQ_OPS, Target
 from ptq_core.modes.weight.emit import MIN_OPSET
-from ptq_core.onnxgraph.graph import _attrs, default_opset
+from ptq_core.onnxgraph.load import default_opset
+from ptq_core.onnxgraph.walk import _attrs
 
 # ---------------------------------------------------------------------------------------------
 # what onnxruntime made of it

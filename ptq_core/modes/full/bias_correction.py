@@ -225,7 +225,7 @@ def statistics_model(model: onnx.ModelProto, plan: FullQuantPlan, nodes: list[st
     only for them. ``direct=True`` makes every probe a shadow layer (the reference the tests hold patch
     means to).
     """
-    from ptq_core.onnxgraph.graph import default_opset
+    from ptq_core.onnxgraph.load import default_opset
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -40,7 +40,8 @@ from ptq_core.modes.full.targets import (
     REMOVABLE_ACTIVATIONS,
 )
 from ptq_core.modes.weight.emit import PRODUCER, _unique
-from ptq_core.onnxgraph.graph import all_names, set_metadata, upgrade_opset
+from ptq_core.onnxgraph.load import set_metadata, upgrade_opset
+from ptq_core.onnxgraph.walk import all_names
 
 PREFIX = "ptq_"
 

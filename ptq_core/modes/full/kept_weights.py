@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
-from ptq_core.onnxgraph.graph import find_weight_sites, initializer_array
+from ptq_core.onnxgraph.load import initializer_array
+from ptq_core.onnxgraph.sites import find_weight_sites
 
 
 @dataclass(frozen=True)

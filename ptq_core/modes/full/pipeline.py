@@ -58,7 +58,7 @@ def calibration_shapes(cfg: QuantConfig, inputs: InputOptions) -> dict[str, tupl
 
 def calibration_rounds(cfg: QuantConfig, model: onnx.ModelProto, inputs: InputOptions, shard_dir: Path) -> list[collect.Round]:
     """Preprocess the calibration set once into content-addressed .npy shards; a round lists its shards."""
-    from ptq_core.onnxgraph.graph import _dims
+    from ptq_core.onnxgraph.sites import _dims
 
     inits = {t.name for t in model.graph.initializer}
     model_inputs = tuple((i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits)

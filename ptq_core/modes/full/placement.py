@@ -22,7 +22,8 @@ from ptq_core.modes.full.targets import (
     Target,
 )
 from ptq_core.modes.weight.emit import MIN_OPSET
-from ptq_core.onnxgraph.graph import _attrs, default_opset, node_bodies
+from ptq_core.onnxgraph.load import default_opset
+from ptq_core.onnxgraph.walk import _attrs, node_bodies
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 

@@ -28,14 +28,9 @@ from ptq_core.modes.full.plan import (
     WeightQuant,
 )
 from ptq_core.modes.full.targets import Target, get_target
-from ptq_core.onnxgraph.graph import (
-    WEIGHT_OPS,
-    assign_node_names,
-    check_finite_weight,
-    node_bodies,
-    prepare_model,
-    upgrade_opset,
-)
+from ptq_core.onnxgraph.load import assign_node_names, prepare_model, upgrade_opset
+from ptq_core.onnxgraph.sites import WEIGHT_OPS, check_finite_weight
+from ptq_core.onnxgraph.walk import node_bodies
 from ptq_core.quant import round_half_away
 from ptq_core.stats.observer_base import ActivationRange
 

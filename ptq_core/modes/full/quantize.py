@@ -281,7 +281,7 @@ class FullRun:
         compact_model(quantized)
         if speed is not None:  # which nodes run int8 was decided by timings on this machine: say which
             from ptq_core.modes.full.latency_guard import machine_key
-            from ptq_core.onnxgraph.graph import set_metadata
+            from ptq_core.onnxgraph.load import set_metadata
 
             speed["timed_on"] = machine_key()
             set_metadata(quantized, {GUARD_METADATA: speed["timed_on"]})

@@ -14,13 +14,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
-from ptq_core.onnxgraph.graph import (
-    all_names,
-    default_opset,
-    node_label,
-    subgraphs,
-    upgrade_opset,
-)
+from ptq_core.onnxgraph.load import default_opset, upgrade_opset
+from ptq_core.onnxgraph.walk import all_names, node_label, subgraphs
 from ptq_core.quant import broadcast_shape
 from ptq_core.storage.decode_ops import decode_nodes
 

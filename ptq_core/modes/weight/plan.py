@@ -16,12 +16,8 @@ import onnx
 from ptq_core.config import QuantConfig
 from ptq_core.modes.weight.blocks import BLOCK_ELEMENTS, CosineSums, quantize_fixed
 from ptq_core.modes.weight.mixed_bit import MixedBitResult, mixed_codes, search_step
-from ptq_core.onnxgraph.graph import (
-    WeightSite,
-    check_finite_weight,
-    find_weight_sites,
-    initializer_array,
-)
+from ptq_core.onnxgraph.load import initializer_array
+from ptq_core.onnxgraph.sites import WeightSite, check_finite_weight, find_weight_sites
 from ptq_core.quant import passes_gain_check
 from ptq_core.storage.encoded import EncodedTensor, effective_bits
 from ptq_core.storage.fixed_bit import encode_fixed

@@ -13,7 +13,6 @@ from ptq_core.modes.weight.emit import emit_weight_only
 from ptq_core.modes.weight.mixed_bit import TuneResult, auto_tune
 from ptq_core.modes.weight.plan import WeightPlan, plan_weight_quant
 from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.graph import ModelInfo, check_skip_nodes
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.onnxgraph.session import (
     InputOptions,
@@ -21,6 +20,7 @@ from ptq_core.onnxgraph.session import (
     output_cosine,
     run,
 )
+from ptq_core.onnxgraph.sites import ModelInfo, check_skip_nodes
 from ptq_core.summary import reference_inputs, summarize
 
 
@@ -63,7 +63,7 @@ def load_external(model: onnx.ModelProto, base_dir: Path, skip: set[str] = froze
     """Fill in the external data of every tensor not named in ``skip``, in place."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
-    from ptq_core.onnxgraph.graph import _all_tensors
+    from ptq_core.onnxgraph.load import _all_tensors
 
     replaced = skip
     for tensor in _all_tensors(model):

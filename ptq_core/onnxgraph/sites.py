@@ -1,0 +1,256 @@
+"""The weights a quantizer may touch, as data: which inputs of which op hold weights and along which
+channel axis (docs/converter-lite.md §5.3, in ONNX layouts), and the ``ModelInfo`` every mode starts
+from. Everything outside ``onnxgraph`` sees a model as ``WeightSite`` records; only emitters edit protos."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ptq_core.errors import ModelError, did_you_mean
+from ptq_core.onnxgraph.load import default_opset, file_sha256, prepare_model
+from ptq_core.onnxgraph.walk import _attrs, node_label, subgraphs
+
+
+# Which inputs of which op hold weights, and how to find their channel axis (docs/converter-lite.md §5.3,
+# translated to ONNX layouts). A function gets (node attributes, weight rank) and returns the axis.
+def _conv_axis(attrs: dict, rank: int) -> int:
+    return 0
+
+
+def _conv_transpose_axis(attrs: dict, rank: int, shape: tuple[int, ...] = ()) -> int:
+    # ONNX ConvTranspose weight is (Cin, Cout/group, kH, kW); depthwise (Cout/group == 1) uses axis 0.
+    if shape and len(shape) > 1 and shape[1] == 1 and attrs.get("group", 1) == shape[0]:
+        return 0
+    return 1
+
+
+def _matmul_b_axis(attrs: dict, rank: int) -> int:
+    return rank - 1  # N axis of (.., K, N)
+
+
+def _matmul_a_axis(attrs: dict, rank: int) -> int:
+    return rank - 2  # M axis of (.., M, K)
+
+
+def _gemm_b_axis(attrs: dict, rank: int) -> int:
+    return 0 if attrs.get("transB", 0) else 1
+
+
+def _gemm_a_axis(attrs: dict, rank: int) -> int:
+    return 1 if attrs.get("transA", 0) else 0
+
+
+def _gather_axis(attrs: dict, rank: int) -> int:
+    axis = attrs.get("axis", 0)
+    return axis + rank if axis < 0 else axis
+
+
+def _first_axis(attrs: dict, rank: int) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class WeightRole:
+    """One weight input of an op type: its input index and how its channel axis is found."""
+
+    input_index: int
+    axis_fn: object
+    conv_like: bool = False  # min_quant_weight_channel applies
+    matmul_like: bool = False  # a weight shared by several nodes goes per-layer
+
+
+WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
+    "Conv": (WeightRole(1, _conv_axis, conv_like=True),),
+    "ConvTranspose": (WeightRole(1, _conv_transpose_axis, conv_like=True),),
+    "MatMul": (WeightRole(0, _matmul_a_axis, matmul_like=True), WeightRole(1, _matmul_b_axis, matmul_like=True)),
+    "Gemm": (WeightRole(0, _gemm_a_axis, matmul_like=True), WeightRole(1, _gemm_b_axis, matmul_like=True)),
+    "Gather": (WeightRole(0, _gather_axis),),
+    "LSTM": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+    "GRU": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+    "RNN": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+}
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """A constant float tensor feeding a quantizable op input."""
+
+    node: str
+    op_type: str
+    input_index: int
+    tensor: str
+    shape: tuple[int, ...]
+    axis: int
+    conv_like: bool
+    users: int  # how many node inputs read this tensor
+    graph: str = ""  # "" for the main graph, else the subgraph's path ("If_0/then_branch"; see subgraphs())
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axis] if self.shape else 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What analysis learned about a model; small and picklable, so tasks can cache it."""
+
+    path: str
+    sha256: str
+    opset: int
+    node_names: tuple[str, ...]
+    node_types: tuple[str, ...]
+    sites: tuple[WeightSite, ...]
+    inputs: tuple[tuple[str, int, tuple], ...]  # (name, onnx elem type, dims with str for symbolic)
+    outputs: tuple[str, ...]
+    float_bytes: int  # bytes of all float32 initializers
+    quantized_ops: tuple[tuple[str, int], ...] = ()  # already-quantized constructs found: (what, count)
+
+
+def find_weight_sites(model: onnx.ModelProto, inside_subgraphs: bool = False) -> list[WeightSite]:
+    """Every float initializer with ≥ 2 dims at a weight input of a known op, in node order.
+
+    ``inside_subgraphs``: also the weights that If/Loop/Scan bodies hold as their own initializers; their
+    nodes are named by path (``If_0/then_branch/MatMul_3``) and their site's ``graph`` says where.
+    """
+    graphs = [("", model.graph)] + (subgraphs(model.graph) if inside_subgraphs else [])
+    sites = []
+    for path, graph in graphs:
+        sites.extend(_graph_sites(graph, path))
+    return sites
+
+
+def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
+    inits = {t.name: t for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    users: Counter = Counter()
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                users[name] += 1
+    sites = []
+    for index, node in enumerate(graph.node):
+        roles = WEIGHT_OPS.get(node.op_type)
+        if not roles:
+            continue
+        attrs = _attrs(node)
+        for role in roles:
+            if role.input_index >= len(node.input):
+                continue
+            name = node.input[role.input_index]
+            tensor = inits.get(name)
+            if tensor is None:
+                continue
+            if name in graph_inputs:
+                continue  # an initializer overridable as an input is not a constant
+            if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+                continue
+            shape = tuple(int(d) for d in tensor.dims)
+            if len(shape) < 2:
+                continue
+            if role.axis_fn is _conv_transpose_axis:
+                axis = _conv_transpose_axis(attrs, len(shape), shape)
+            else:
+                axis = role.axis_fn(attrs, len(shape))
+            sites.append(
+                WeightSite(
+                    node=f"{path}/{node_label(node, index)}" if path else node.name,
+                    op_type=node.op_type,
+                    input_index=role.input_index,
+                    tensor=name,
+                    shape=shape,
+                    axis=axis,
+                    conv_like=role.conv_like,
+                    users=users[name],
+                    graph=path,
+                )
+            )
+    return sites
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return tuple(dims)
+
+
+def analyse_model(path: str | Path) -> ModelInfo:
+    """Load a model and describe it: names, quantizable weights, inputs and outputs."""
+    from ptq_core.onnxgraph.preflight import check_graph
+
+    model = prepare_model(path, load_data=False)  # names, dims and types only: weights stay on disk
+    check_graph(model, path)
+    inits = {t.name for t in model.graph.initializer}
+    float_bytes = sum(
+        int(np.prod(t.dims)) * 4 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
+    inputs = tuple(
+        (i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input if i.name not in inits
+    )
+    return ModelInfo(
+        path=str(path),
+        sha256=file_sha256(path),
+        opset=default_opset(model),
+        node_names=tuple(n.name for n in model.graph.node),
+        node_types=tuple(n.op_type for n in model.graph.node),
+        sites=tuple(find_weight_sites(model)),
+        inputs=inputs,
+        outputs=tuple(o.name for o in model.graph.output),
+        float_bytes=float_bytes,
+        quantized_ops=quantized_constructs(model),
+    )
+
+
+#: onnxruntime's and ONNX's integer kernels: a model holding them was quantized before it reached us
+QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits", "QGemm",
+                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "QLinearAdd", "QLinearMul",
+                 "MatMulIntegerToFloat", "QLinearConcat", "QLinearGlobalAveragePool")
+
+
+def quantized_constructs(model: onnx.ModelProto) -> tuple[tuple[str, int], ...]:
+    """Integer kernels, and DequantizeLinear nodes decoding integer weights (a QDQ model), with counts."""
+    counts = Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)
+    integer_inits = {t.name for t in model.graph.initializer
+                     if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                                        onnx.TensorProto.UINT4, onnx.TensorProto.INT16, onnx.TensorProto.INT32)}
+    dq = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in integer_inits)
+    if dq:
+        counts["DequantizeLinear of integer weights"] = dq
+    return tuple(sorted(counts.items()))
+
+
+def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> None:
+    """An unknown name in skip_quant_node is an error listing the closest node names."""
+    names = set(info.node_names)
+    for name in skip:
+        if name not in names:
+            raise ModelError(
+                f"{source}: [common_quant_param] skip_quant_node names {name!r}, which is not a node of "
+                f"{Path(info.path).name}{did_you_mean(name, info.node_names)}"
+            )
+
+
+def check_finite_weight(w: np.ndarray, tensor: str, node: str, op_type: str) -> None:
+    """Refuse a weight holding NaN or Inf before it is quantized: its channels' ranges would be
+    non-finite and every code of them garbage (and NumPy would warn on the way)."""
+    if w.dtype.kind != "f" or np.isfinite(w).all():
+        return
+    nan = int(np.count_nonzero(np.isnan(w)))
+    pinf = int(np.count_nonzero(w == np.inf))
+    ninf = int(np.count_nonzero(w == -np.inf))
+    seen = ", ".join(f"{c} {name}" for c, name in ((nan, "NaN"), (pinf, "+Inf"), (ninf, "-Inf")) if c)
+    raise ModelError(f"weight {tensor!r} of node {node!r} ({op_type}) has {nan + pinf + ninf} non-finite value"
+                     f"{'s' if nan + pinf + ninf != 1 else ''} ({seen}) among {w.size}; it cannot be quantized: fix the "
+                     f"model, or keep the node FP32 with skip_quant_node={node}")

@@ -1,0 +1,79 @@
+"""Walking an ONNX graph and the bodies nested in its If/Loop/Scan nodes: stable labels, the names a new
+tensor must avoid, and who reads what."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import onnx
+
+from ptq_core.errors import ModelError
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A node's name, or ``<op>@<index>`` for the unnamed nodes of If/Loop/Scan bodies (which
+    assign_node_names does not name): the label that subgraph paths and body rewiring agree on."""
+    return node.name or f"{node.op_type}@{index}"
+
+
+def node_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """The graphs a node holds (If's branches, a Loop or Scan body), each with its attribute name."""
+    bodies = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies.append((attr.name, attr.g))
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies.extend((f"{attr.name}[{k}]", g) for k, g in enumerate(attr.graphs))
+    return bodies
+
+
+def all_names(graph: onnx.GraphProto, taken: set[str] | None = None) -> set[str]:
+    """Every node, tensor and value name in ``graph`` and the bodies nested in it: what a new name must avoid."""
+    taken = set() if taken is None else taken
+    taken.update(n.name for n in graph.node)
+    taken.update(t.name for t in graph.initializer)
+    taken.update(i.name for i in graph.input)
+    taken.update(o.name for o in graph.output)
+    taken.update(v.name for v in graph.value_info)
+    for node in graph.node:
+        taken.update(node.input)
+        taken.update(node.output)
+        for _, body in node_bodies(node):
+            all_names(body, taken)
+    return taken
+
+
+def subgraphs(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.GraphProto]]:
+    """Every graph nested in ``graph``'s nodes (If branches, Loop and Scan bodies, at any depth), with a
+    stable path: ``<node name>/<attribute>`` (``If_0/then_branch``), nested paths joined by ``/``."""
+    found = []
+    for index, node in enumerate(graph.node):
+        for name, body in node_bodies(node):
+            path = f"{prefix}{node_label(node, index)}/{name}"
+            found.append((path, body))
+            found.extend(subgraphs(body, path + "/"))
+    return found
+
+
+def graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
+    """The graph a WeightSite's ``graph`` path names ("" = the main graph)."""
+    if not path:
+        return model.graph
+    for found, graph in subgraphs(model.graph):
+        if found == path:
+            return graph
+    raise ModelError(f"no subgraph {path!r} in the model")
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """tensor name -> [(node, input index)]"""
+    result: dict[str, list] = defaultdict(list)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name:
+                result[name].append((node, i))
+    return result
