@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from ptqflow.tasks.caching import file_digest
 
+from ptq_core.files import write_atomic
 from ptq_core.onnxgraph.load import file_sha256
 from ptqflow._env import home
 
@@ -35,9 +36,7 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(state, indent=1, sort_keys=True))
 
 
 def pending(folder: Path, state: dict) -> tuple[list[tuple[Path, Path, str]], list[str]]:

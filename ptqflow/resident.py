@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ptq_core.errors import PtqError
+from ptq_core.files import write_atomic
 from ptqflow.deployments.server import LoopbackAddress
 
 DISABLE_ENV = "PTQFLOW_RESIDENT_SERVER"
@@ -74,9 +75,7 @@ def read_state() -> ServerState | None:
 
 
 def _write_state(state: ServerState) -> None:
-    tmp = _state_path().with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state)))
-    os.replace(tmp, _state_path())
+    write_atomic(_state_path(), json.dumps(asdict(state)))
 
 
 def _clear_state(pid: int | None = None) -> None:

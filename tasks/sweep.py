@@ -10,6 +10,7 @@ from ptqflow.tasks import weight
 from ptqflow.tasks.caching import content_key, file_digest
 
 from ptq_core.config import QuantConfig
+from ptq_core.files import write_atomic
 from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
 from ptq_core.onnxgraph.sites import ModelInfo
@@ -59,24 +60,15 @@ def measure_latency(model_path: str, info: ModelInfo, inputs: InputOptions, runs
 
 
 def copy_atomic(source: str | Path, target: Path) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
-    return target
+    return write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def write_text_atomic(target: Path, text: str) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_atomic(target, text)
 
 
 def write_parquet(rows: list[dict], target: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = target.with_name(f".{target.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(target)
-    return target
+    return write_atomic(target, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))

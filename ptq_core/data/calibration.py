@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +28,7 @@ from ptq_core.data.calibration_files import (
 )
 from ptq_core.data.image_preprocess import fit_image, preprocess_image
 from ptq_core.errors import ConfigError, DataError
+from ptq_core.files import write_atomic
 
 if TYPE_CHECKING:  # runtime imports onnx; the data path does not need it
     from ptq_core.onnxgraph.session import InputSpec
@@ -152,17 +151,11 @@ def _shard_ok(path: Path, spec: InputSpec) -> bool:
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
             np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    write_atomic(path, save)
 
 
 def write_shards(cfg: QuantConfig, specs: list[InputSpec], out_dir: Path, input_format: str = "NCHW") -> list[Path]:

@@ -8,9 +8,10 @@ handed back, never raw tensors).
 
 from __future__ import annotations
 
-import os
 from html import escape
 from pathlib import Path
+
+from ptq_core.files import write_atomic
 
 PAGE = "debug_report.html"
 _STYLE = """
@@ -142,8 +143,4 @@ def write_page(folder: Path, title: str, ranked, outputs, worst: list[dict], ski
             f"<th class=\"l\">reason</th></tr>{rows}</table>"
             "<h2>Worst tensors: FP32 (blue) vs dequantized (orange)</h2>"
             f"{hists or '<p>No activation pairs.</p>'}</body></html>\n")
-    path = folder / PAGE
-    tmp = path.with_name(f".{PAGE}.{os.getpid()}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(folder / PAGE, body)

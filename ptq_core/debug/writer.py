@@ -16,7 +16,6 @@ float32 as converter_lite computes them, CosineSimilarity float64, strings for t
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ptq_core.debug.stats import STAT_COLUMNS
+from ptq_core.files import write_atomic
 
 REPORT_COLUMNS = ("NodeName", "NodeType", "TensorName", "InOutFlag", "DataTypeFlag", "TensorTypeFlag",
                   *STAT_COLUMNS, "Clip", "CosineSimilarity")
@@ -51,19 +51,14 @@ def report_name(index: int) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 def _atomic_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: pq.write_table(table, str(tmp)))
 
 
 def report_csv(rows: list[dict]) -> str:

@@ -49,14 +49,11 @@ class PlanFile:
     max_drop: dict | None = None  # FULL_QUANT: the --max-drop report
 
     def save(self, path: Path) -> str:
-        import os
         import pickle
 
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
-        return str(path)
+        from ptq_core.files import write_atomic
+
+        return str(write_atomic(path, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)))
 
     @staticmethod
     def load(path: str) -> PlanFile:

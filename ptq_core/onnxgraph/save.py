@@ -68,3 +68,5 @@ def _relocate_external(model_path: str, old: str, new: str) -> None:
                 entry.value = new
     with open(model_path, "wb") as fh:
         fh.write(model.SerializeToString(deterministic=True))
+
+

@@ -8,7 +8,6 @@ function is plain Python so that a Dask worker, a test or a loop can call it ali
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import onnx
 from onnx import shape_inference
 
 from ptq_core.errors import DataError
+from ptq_core.files import write_atomic
 from ptq_core.stats.observers import make_observer, observer_class
 
 _SESSIONS: dict[tuple[str, int], object] = {}
@@ -72,9 +72,7 @@ def model_file(path: Path, build) -> Path:
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(build().SerializeToString(deterministic=True))
-        tmp.replace(path)
+        write_atomic(path, build().SerializeToString(deterministic=True))
     return path
 
 

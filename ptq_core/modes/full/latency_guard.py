@@ -20,6 +20,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
+from ptq_core.files import write_atomic
+
 
 def _session(model: onnx.ModelProto, profile_dir: str | None = None):
     from ptq_core.onnxgraph.session import make_session
@@ -102,11 +104,8 @@ class SpeedTable:
             on_disk = SpeedTable(self.path)
             self.data = {**on_disk.data, **self.data}
             self.decisions = {**on_disk.decisions, **self.decisions}
-            tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump({"machine": machine_key(), "ops": self.data, "decisions": self.decisions}, fh,
-                          sort_keys=True, indent=0)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"machine": machine_key(), "ops": self.data,
+                                                "decisions": self.decisions}, sort_keys=True, indent=0))
 
 
 def _kernel_sum(times: dict[str, float], exclude: tuple[str, ...]) -> float:
