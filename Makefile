@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
 
-.PHONY: demo test bench install clean serve prefect-schema
+.PHONY: demo test test-quick bench install clean serve prefect-schema
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the quick loop (about half a minute): no Prefect servers, Dask clusters, CLI processes or multi-second tests
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	bash benchmarks/setup_bench.sh

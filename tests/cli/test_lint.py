@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from paths import ROOT
 
 
 def test_pyflakes_rules_pass():

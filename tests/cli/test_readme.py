@@ -1,11 +1,12 @@
 """The README is the user's guide: its quickstart and config reference must stay true."""
 
-from pathlib import Path
+
+from paths import ROOT
 
 from ptq_core.config.reference import END, START, markdown_reference
 from ptq_core.config.schema import SECTIONS
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
 def test_quickstart_is_the_two_make_commands():

@@ -16,7 +16,8 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 Image = pytest.importorskip("PIL.Image")
 
-REPO = Path(__file__).resolve().parents[1]
+from paths import ROOT as REPO
+
 EXAMPLES = REPO / "examples"
 DIGITS = EXAMPLES / "digits"
 MODEL = DIGITS / "digits_cnn.onnx"

@@ -12,7 +12,6 @@ from modelgen import mixed_ops_model, save, write_config
 
 from ptqflow.cli import main
 
-ROOT = Path(__file__).parent.parent
 W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
 
 

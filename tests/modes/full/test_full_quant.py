@@ -1,12 +1,12 @@
 """FULL_QUANT end to end: calibration, observers, plan, bias correction, QDQ that ORT runs in integer kernels."""
 
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
+from paths import ROOT
 
 from ptq_core.config import parse_config
 from ptq_core.modes.full.audit import fused_ops
@@ -14,8 +14,6 @@ from ptq_core.modes.full.quantize import quantize_full
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.quant import cosine
 from ptq_core.stats import collect
-
-ROOT = Path(__file__).parent.parent
 
 
 def cnn_model(seed=0, bias=True):

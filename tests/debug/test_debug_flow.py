@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-ROOT = Path(__file__).parent.parent
+from paths import ROOT
 
 
 def _debug_config(tmp_path) -> Path:

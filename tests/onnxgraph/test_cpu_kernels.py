@@ -1,17 +1,12 @@
 """Int8 models right on every CPU: an exact NumPy model of onnxruntime's non-VNNI u8 x s8 arithmetic,
 applied to every int8 weight the CPU emitters write, so these tests fail on a VNNI machine too."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from modelgen import save  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 from test_full_quant import calib_folder, cnn_model  # noqa: E402
 
 from ptq_core.config import parse_config  # noqa: E402

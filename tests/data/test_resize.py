@@ -6,14 +6,14 @@ OpenCV's own C++ path rounds it to float: the two differ by about 1e-5 of the va
 tolerance here. Antialiasing, which OpenCV does not do, would differ by tens of percent.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import FIXTURES
 
 from ptq_core.data.resize import METHODS, resize
 
-FIXTURE = np.load(Path(__file__).parent / "fixtures" / "cv2_resize.npz")
+FIXTURE = np.load(FIXTURES / "cv2_resize.npz")
 CASES = sorted(k for k in FIXTURE.files if not k.startswith("src_") and k != "opencv_version")
 
 

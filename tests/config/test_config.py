@@ -1,13 +1,13 @@
 """The config reader follows converter_lite's INI rules and the seed's keys, defaults and ranges."""
 
-from pathlib import Path
 
 import pytest
+from paths import FIXTURES
 
 from ptq_core.config import QuantConfig, check_runnable, load_config, parse_config
 from ptq_core.errors import ConfigError
 
-SEED_DIR = Path(__file__).parent / "fixtures" / "seed_configs"
+SEED_DIR = FIXTURES / "seed_configs"
 SEED_CONFIGS = sorted(SEED_DIR.glob("*.cfg"))
 
 

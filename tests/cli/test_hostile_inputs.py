@@ -9,10 +9,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from hostile_cases import CASES, CLASSES, table
+from paths import ROOT
 
 from ptqflow.cli import main
-
-ROOT = Path(__file__).parent.parent
 
 
 def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:

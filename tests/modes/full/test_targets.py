@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -122,7 +121,9 @@ def test_quantize_weight_schemes():
 
 
 def test_measure_dtype_choice_small():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from paths import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from probe_dtype_choice import measure_dtype_choice
 
     r = measure_dtype_choice(repeats=2, conv_shape=(1, 16, 12, 12), conv_out=16, matmul_shape=(8, 64), matmul_out=32)

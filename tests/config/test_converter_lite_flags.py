@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 from modelgen import mixed_ops_model, save, write_config
+from paths import ROOT
 
 from ptq_core.config import parse_config
 from ptq_core.config.flags import FOREIGN_FLAGS, apply_optimize
 from ptqflow.cli import main
 
-ROOT = Path(__file__).parent.parent
 W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
 
 
