@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -22,6 +23,9 @@ from ptq_core.onnxgraph.session import (
     run,
 )
 from ptq_core.onnxgraph.sites import ModelInfo
+
+if TYPE_CHECKING:
+    from ptq_core.modes.full.latency_guard import GuardRecord
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class Summary:
     wall_time_s: float = 0.0
     init_scale: float | None = None
     auto_tune: dict | None = None
-    speed: dict | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
+    speed: GuardRecord | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
     time_split: dict | None = None  # a flow run's wall time: server start, Prefect and start-up, ptqflow (CLI)
     max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
@@ -158,8 +162,8 @@ class Summary:
             "cosine_inputs": self.cosine_inputs,
             "wall_time_s": round(self.wall_time_s, 2),
             "init_scale": self.init_scale,
-            "fp32_ms": None if not self.speed else round(self.speed.get("fp32_ms", 0.0), 4),
-            "int8_ms": None if not self.speed else round(self.speed.get("int8_ms", 0.0), 4),
+            "fp32_ms": None if not self.speed else round(self.speed.fp32_ms, 4),
+            "int8_ms": None if not self.speed else round(self.speed.int8_ms, 4),
             "max_drop": None if not self.max_drop else self.max_drop["bound"],
             "max_drop_kept": None if not self.max_drop else len(self.max_drop["kept"]),
             "max_drop_int8_weight_fraction": None if not self.max_drop else
@@ -244,7 +248,7 @@ def _without_data(cfg: QuantConfig) -> QuantConfig:
 
 
 def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,
-                   plan, inputs: InputOptions | None = None, speed: dict | None = None, timings: dict | None = None,
+                   plan, inputs: InputOptions | None = None, speed: GuardRecord | None = None, timings: dict | None = None,
                    max_drop: dict | None = None) -> Summary:
     from ptq_core.modes.full.pipeline import full_decisions
 

@@ -98,11 +98,11 @@ def print_summary(summary: Summary) -> None:
         totals.add_row("auto_tune", f"picked {summary.auto_tune['init_scale']:.4g} (cosine "
                                     f"{summary.auto_tune['cosine']:.4f}); tried {steps}")
     if summary.speed:
-        demoted = summary.speed.get("demoted", {})
-        timed_on = summary.speed.get("timed_on")
+        demoted = summary.speed.demoted
+        timed_on = summary.speed.timed_on
         totals.add_row("latency guard", f"{len(demoted)} node(s) kept FP32 where int8 is not faster here; "
-                                        f"batch-1 latency FP32 {summary.speed.get('fp32_ms', 0):.3f} ms, "
-                                        f"int8 {summary.speed.get('int8_ms', 0):.3f} ms"
+                                        f"batch-1 latency FP32 {summary.speed.fp32_ms:.3f} ms, "
+                                        f"int8 {summary.speed.int8_ms:.3f} ms"
                                         + (f"; timed on {timed_on} (another CPU may decide otherwise)" if timed_on else ""))
     form_line = summary.int8_form_line()
     if form_line:

@@ -44,7 +44,7 @@ class PlanFile:
     plan: Any
     tuned: Any = None  # WEIGHT_QUANT: the auto_tune result
     prepared: Any = None  # FULL_QUANT: the prepared FP32 graph the plan refers to
-    speed: dict | None = None  # FULL_QUANT: the latency guard's record
+    speed: Any = None  # FULL_QUANT: the latency guard's GuardRecord
     timings: dict | None = None  # FULL_QUANT: seconds per phase
     max_drop: dict | None = None  # FULL_QUANT: the --max-drop report
 

@@ -16,11 +16,29 @@ import os
 import tempfile
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ptq_core.files import write_atomic
+
+
+@dataclass(frozen=True)
+class GuardRecord:
+    """What the latency guard decided and measured, as the summary and the dashboard report it."""
+
+    demoted: dict  # node -> why it stays FP32
+    node_us: dict  # node -> (FP32 µs, int8 µs) per inference, from the per-op timings
+    fp32_ms: float = 0.0  # whole model, batch 1, as the guard timed it
+    int8_ms: float = 0.0
+    rounds: tuple = ()  # the whole-model check's give-back rounds
+    timed_on: str = ""  # onnxruntime version and CPU the timings speak for
+
+    @staticmethod
+    def of(speed: dict) -> GuardRecord:
+        return GuardRecord(dict(speed["demoted"]), dict(speed["node_us"]), float(speed.get("fp32_ms", 0.0)),
+                           float(speed.get("int8_ms", 0.0)), tuple(speed.get("rounds", ())), speed.get("timed_on", ""))
 
 
 def _session(model: onnx.ModelProto, profile_dir: str | None = None):

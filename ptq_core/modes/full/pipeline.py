@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -183,7 +183,7 @@ class FullResult:
     plan: FullQuantPlan
     quantized: onnx.ModelProto
     bias_diffs: dict
-    speed: dict | None = None  # latency guard evidence
+    speed: Any = None  # the latency guard's GuardRecord
     timings: dict | None = None  # seconds per phase
     max_drop: dict | None = None  # [ptqflow] max_drop: what was kept FP32 and what it cost (max_drop.MaxDropResult)
 

@@ -124,8 +124,11 @@ class FullRun:
         if self.cfg.ptqflow.max_drop is not None:
             plan, diffs, quantized, max_drop = self.keep_within_max_drop(plan, diffs, quantized)
         quantized = self.store_and_compact(plan, quantized)
-        return FullResult(self.model, plan, quantized, diffs, self.speed,
-                          {k: round(v, 3) for k, v in self.phases.items()}, max_drop)
+        from ptq_core.modes.full.latency_guard import GuardRecord
+
+        guard = None if self.speed is None else GuardRecord.of(self.speed)
+        return FullResult(self.model, plan, quantized, diffs, guard, {k: round(v, 3) for k, v in self.phases.items()},
+                          max_drop)
 
     def prepare(self) -> None:
         """The prepared FP32 graph, the Q/DQ placement and, where asked, equalized weights."""

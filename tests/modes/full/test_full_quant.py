@@ -163,8 +163,8 @@ def test_latency_guard_keeps_slow_int8_nodes_in_fp32_and_the_model_not_slower(tm
     folder = calib_folder(tmp_path)
     result = quantize_full(model_path, full_cfg(folder, guard=True), InputOptions(), tmp_path / "work")
     ev = result.speed
-    assert ev is not None and set(ev["node_us"]) >= {"conv1", "conv2", "fc"}
-    for node, (fp32_us, int8_us) in ev["node_us"].items():
+    assert ev is not None and set(ev.node_us) >= {"conv1", "conv2", "fc"}
+    for node, (fp32_us, int8_us) in ev.node_us.items():
         if int8_us * 0.97 >= fp32_us:
             assert node not in result.plan.nodes and node in result.plan.kept_float
     x = {"x": np.random.default_rng(2).normal(size=(1, 3, 16, 16)).astype(np.float32)}
@@ -186,7 +186,7 @@ def test_a_guarded_model_names_the_cpu_it_was_timed_on_and_tables_from_other_cpu
     result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=True), InputOptions(), tmp_path / "w")
     meta = {p.key: p.value for p in result.quantized.metadata_props}
     key = speed.machine_key()
-    assert meta["ptqflow.latency_guard_timed_on"] == key == result.speed["timed_on"]
+    assert meta["ptqflow.latency_guard_timed_on"] == key == result.speed.timed_on
     assert f"({platform.machine()}:" in key and "onnxruntime" in key  # CPU model, architecture and ISA flags
     table = tmp_path / "home" / "cache" / "speed-table.json"
     data = json.loads(table.read_text())

@@ -41,7 +41,7 @@ def run(model, feeds, path=None):
 def test_guarded_nodes_store_8bit_weights_that_load_as_float_convs(tmp_path, guard_keeps_the_convs):
     model_path = save(cnn_model(), tmp_path / "m.onnx")
     result = quantize_full(model_path, full_cfg(calib_folder(tmp_path), guard=True), InputOptions(), tmp_path / "w")
-    assert {"conv1", "conv2"} <= set(result.speed["demoted"]) and "conv1" not in result.plan.nodes
+    assert {"conv1", "conv2"} <= set(result.speed.demoted) and "conv1" not in result.plan.nodes
     assert not float_weights(result.quantized) & {"w1", "w2"}  # no FP32 copy of the convs' weights is stored
     assert set(result.plan.stored_weights) == {"conv1", "conv2"}
     fp32 = run(onnx.load(str(model_path)), X)
