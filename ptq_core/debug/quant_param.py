@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from ptq_core.debug.records import DebugPlan
+from ptq_core.onnxgraph.walk import producers
 
 _BITS = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT16: 16,
          onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT32: 32}
@@ -48,7 +49,7 @@ def _rows(node: str, op: str, tensor: str, dims: tuple[int, ...], scale, zp, bit
 def qdq_rows(quant: onnx.ModelProto, plan: DebugPlan) -> list[dict]:
     """FULL_QUANT: the params of the Q/DQ pairs around every quantized node, in report order."""
     inits = {t.name: t for t in quant.graph.initializer}
-    producer = {o: n for n in quant.graph.node for o in n.output}
+    producer = producers(quant.graph.node)
     shapes = _shapes(quant)
     rows: list[dict] = []
     for rec in plan.records:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from ptq_core.onnxgraph.walk import producers
+
 _PASS_THROUGH = ("Identity", "Sum")  # the emitter's single-input fences
 
 
@@ -60,7 +62,7 @@ class _Graph:
         self.nodes = list(g.node)
         self.inits = {t.name for t in g.initializer}
         self.constants = {o for n in g.node if n.op_type == "Constant" for o in n.output}
-        self.producer = {o: n for n in g.node for o in n.output if o}
+        self.producer = producers(g.node)
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in g.node:
             for i in n.input:
@@ -112,7 +114,7 @@ def build_plan(origin: onnx.ModelProto, quant: onnx.ModelProto) -> DebugPlan:
     o, q = _Graph(origin), _Graph(quant)
     o_nodes = {n.name: n for n in o.nodes if n.name}
     q_names = {n.name for n in q.nodes if n.name}
-    o_producer_node = {t: n for n in o.nodes for t in n.output if t}
+    o_producer_node = producers(o.nodes)
     weights = o.inits | o.constants
 
     def kind(name: str) -> str:

@@ -229,20 +229,19 @@ def integer_weights(model) -> list[tuple[str, str, np.ndarray, bool]]:
     """
     from onnx import numpy_helper
 
+    from ptq_core.onnxgraph.walk import readers
+
     inits = {t.name: t for t in model.graph.initializer}
 
     def codes(name):
         t = inits.get(name)
         return None if t is None or t.data_type != 3 else numpy_helper.to_array(t)  # 3 = INT8
 
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i, name in enumerate(n.input):
-            readers.setdefault(name, []).append((n, i))
+    reading = readers(model.graph.node)
     out = []
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and (q := codes(n.input[0])) is not None:
-            for user, idx in readers.get(n.output[0], []):
+            for user, idx in reading.get(n.output[0], []):
                 if user.op_type in INTEGER_WEIGHT_READERS and idx == 1:
                     trans_b = any(a.name == "transB" and a.i for a in user.attribute)
                     out.append((user.name, user.op_type, q, trans_b))

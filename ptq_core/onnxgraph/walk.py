@@ -69,10 +69,15 @@ def graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
     raise ModelError(f"no subgraph {path!r} in the model")
 
 
-def consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
-    """tensor name -> [(node, input index)]"""
+def producers(nodes) -> dict[str, onnx.NodeProto]:
+    """tensor name -> the node that writes it (``nodes``: a graph's nodes, any iterable of them)."""
+    return {name: node for node in nodes for name in node.output if name}
+
+
+def readers(nodes) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """tensor name -> [(node, input index)] for every node that reads it (empty optional inputs left out)."""
     result: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
+    for node in nodes:
         for i, name in enumerate(node.input):
             if name:
                 result[name].append((node, i))

@@ -19,7 +19,7 @@ from ptq_core.errors import PtqError
 from ptq_core.modes.full.targets import COMPUTE_OPS, QDQ_OPS, Target
 from ptq_core.modes.weight.emit import MIN_OPSET
 from ptq_core.onnxgraph.load import default_opset
-from ptq_core.onnxgraph.walk import _attrs
+from ptq_core.onnxgraph.walk import _attrs, producers, readers
 
 # ---------------------------------------------------------------------------------------------
 # what onnxruntime made of it
@@ -110,11 +110,8 @@ class _RuleAudit:
     def __init__(self, graph: onnx.GraphProto, target: Target, problems: list[str]):
         self.graph, self.target, self.problems = graph, target, problems
         self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {o: n for n in graph.node for o in n.output}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = collections.defaultdict(list)
-        for n in graph.node:
-            for i, name in enumerate(n.input):
-                self.consumers[name].append((n, i))
+        self.producer = producers(graph.node)
+        self.consumers = readers(graph.node)
         self.dq_scale: dict[str, np.ndarray] = {}
         for n in graph.node:
             if n.op_type == "DequantizeLinear" and len(n.input) >= 2 and n.input[1] in self.inits:

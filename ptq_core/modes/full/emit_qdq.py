@@ -41,7 +41,7 @@ from ptq_core.modes.full.targets import (
 )
 from ptq_core.modes.weight.emit import PRODUCER, _unique
 from ptq_core.onnxgraph.load import set_metadata, upgrade_opset
-from ptq_core.onnxgraph.walk import all_names
+from ptq_core.onnxgraph.walk import all_names, producers
 
 PREFIX = "ptq_"
 
@@ -89,7 +89,7 @@ class _QdqWriter:
         self.acts = dict(self.plan.activations)
         self.taken = all_names(self.graph)
         self.nodes = _fold_clamps(self.nodes, self.acts, self.inits, self.graph_outputs | subgraph_inputs(self.graph))
-        self.producer = {name: node for node in self.nodes for name in node.output if name}
+        self.producer = producers(self.nodes)
         self.node_index = {id(n): k for k, n in enumerate(self.nodes)}
         self.activation_pairs()
         weight_scale = self.weight_dqs()
@@ -105,7 +105,7 @@ class _QdqWriter:
     def check_plan(self) -> None:
         plan = self.plan
         graph_inputs = {i.name for i in self.graph.input}
-        producer = {name: node for node in self.nodes for name in node.output if name}
+        producer = producers(self.nodes)
         for name in plan.nodes:
             if name not in self.by_name:
                 raise PtqError(f"plan: node {name!r} is not in the model")
@@ -266,7 +266,7 @@ def _fence_float_nodes(graph: onnx.GraphProto, region: set[str], inits: dict, fr
     int8. A single-input ``Sum`` (an identity that no optimizer removes or propagates through)
     in front of such a node stops that; it costs one copy of the tensor.
     """
-    producer = {name: node for node in graph.node for name in node.output if name}
+    producer = producers(graph.node)
 
     def reaches_dq(name: str) -> bool:
         seen = 0
@@ -308,7 +308,7 @@ def _fold_clamps(nodes: list, acts: dict, inits: dict, pinned: set[str]) -> list
     Only done when the input has this single reader, is no graph output, and comes from a node.
     """
     readers = collections.Counter(name for n in nodes for name in n.input if name)
-    producer = {name: n for n in nodes for name in n.output if name}
+    producer = producers(nodes)
     dropped: set[int] = set()
     for node in nodes:
         if node.op_type not in REMOVABLE_ACTIVATIONS or not node.input or not node.output:

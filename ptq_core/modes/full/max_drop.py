@@ -33,6 +33,7 @@ import onnx
 
 from ptq_core.debug.stats import cosine
 from ptq_core.modes.full.targets import REMOVABLE_ACTIVATIONS
+from ptq_core.onnxgraph.walk import producers
 
 DAMAGE_ROUNDS = 8  # rounds used for the per-node damage pass (the first ones, in calibration order)
 FP32_CACHE_BYTES = 256 << 20  # FP32 reference outputs are kept in memory up to this size, else recomputed
@@ -156,7 +157,7 @@ class FinalizeOnce:
 def visible_names(quantized: onnx.ModelProto) -> dict[str, str]:
     """Tensor of the FP32 graph -> the name its readers use in the QDQ graph (the DQ output when quantized)."""
     graph = quantized.graph
-    producer = {o: n for n in graph.node for o in n.output if o}
+    producer = producers(graph.node)
     out: dict[str, str] = {o: o for o in producer}
     out.update({i.name: i.name for i in graph.input})
     for node in graph.node:
