@@ -28,6 +28,7 @@ from ptq_core.modes.full.prepare import (
     apply_bias_correction,
     correctable_nodes,
 )
+from ptq_core.modes.full.targets import COMPUTE_OPS
 from ptq_core.modes.weight.plan import LayerDecision
 from ptq_core.onnxgraph.session import InputOptions, input_specs
 from ptq_core.stats import collect
@@ -223,7 +224,7 @@ def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDec
     weights = {(w.node, w.input_index): w for w in plan.weights}
     rows = []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in COMPUTE_OPS:
             continue
         weight_name = next((n for n in node.input[1:2] if n in inits), node.input[1] if len(node.input) > 1 else "")
         shape = tuple(inits[weight_name].dims) if weight_name in inits else ()

@@ -27,7 +27,7 @@ from ptq_core.modes.full.plan import (
     FullQuantPlan,
     WeightQuant,
 )
-from ptq_core.modes.full.targets import Target, get_target
+from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS, Target, get_target
 from ptq_core.onnxgraph.load import assign_node_names, prepare_model, upgrade_opset
 from ptq_core.onnxgraph.sites import WEIGHT_OPS, check_finite_weight
 from ptq_core.onnxgraph.walk import node_bodies
@@ -194,7 +194,7 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
 
 def _bias(node, inits, activations, node_weights, target: Target):
     """int32 bias = round(b / (s_in · s_w)), with converter_lite's overflow guard (§8.6)."""
-    if not target.quantize_bias or node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+    if not target.quantize_bias or node.op_type not in BIAS_CORRECTED_OPS or len(node.input) < 3:
         return None
     name = node.input[2]
     if name not in inits or node.input[0] not in activations or 1 not in node_weights:
@@ -237,7 +237,7 @@ def correctable_nodes(model: onnx.ModelProto, plan: FullQuantPlan, skip: tuple[s
     """Quantized Conv and Gemm nodes (converter_lite corrects Conv only; Gemm has a bias slot too)."""
     by_name = {n.name: n for n in model.graph.node}
     weighted = {w.node for w in plan.weights if w.input_index == 1}
-    return [n for n in plan.nodes if n in weighted and n not in skip and by_name[n].op_type in ("Conv", "Gemm")
+    return [n for n in plan.nodes if n in weighted and n not in skip and by_name[n].op_type in BIAS_CORRECTED_OPS
             and by_name[n].input[0] in plan.activations]
 
 

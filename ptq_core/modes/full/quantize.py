@@ -41,6 +41,7 @@ from ptq_core.modes.full.prepare import (
     placement,
     skip_names,
 )
+from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.session import InputOptions, release_free_memory
 from ptq_core.stats import collect
@@ -173,7 +174,7 @@ class FullRun:
                 self.place = _with_reasons(place_qdq(model, self.target, skip=self.skip), losers)
         self.do_bias = cfg.full.bias_correction and self.target.bias_correction
         if self.do_bias:
-            convs = [n.name for n in model.graph.node if n.name in self.place.nodes and n.op_type in ("Conv", "Gemm")]
+            convs = [n.name for n in model.graph.node if n.name in self.place.nodes and n.op_type in BIAS_CORRECTED_OPS]
             self.model = add_missing_biases(model, convs)
         self.lap("latency_guard_s")
 

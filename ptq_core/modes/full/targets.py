@@ -65,6 +65,7 @@ REQUANT_OPS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigm
 
 # Per-op facts (ONNX operator signatures and onnxruntime behaviour) that placement, the emitter and
 # the audit read.
+BIAS_CORRECTED_OPS = ("Conv", "Gemm")  # bias correction (converter_lite: Conv; Gemm has a bias slot too)
 CONV_OPS = ("Conv", "ConvTranspose")  # weight at input 1, data at input 0 (a constant data input is refused)
 QDQ_OPS = frozenset(("QuantizeLinear", "DequantizeLinear"))
 # Inputs that carry activations (the others are shapes, axes, bounds or weights); ops not listed: all.
