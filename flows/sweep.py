@@ -95,7 +95,7 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
                        for path, key in zip(cfg_paths, keys)]
             records = [f.result() for f in futures]
             for i, record in enumerate(records):  # a cache entry can outlive the file it points to
-                if not Path(record["model_path"]).exists():
+                if not Path(record.model_path).exists():
                     records[i] = sweep_tasks.quantize_point.with_options(refresh_cache=True)(
                         model, str(cfg_paths[i].resolve()), inputs, address, keys[i])
 
@@ -125,12 +125,12 @@ def _measure_points(points, records, cfg_paths, out_dir: Path, info, inputs, lat
     measured: list[Measured] = []
     rows: list[dict] = []
     for point, record in zip(points, records):
-        summary = record["summary"]
+        summary = record.summary
         if summary.output_cosine is None:
             from ptq_core.errors import ModelError
 
             raise ModelError(f"a sweep ranks its points by output cosine, which was {summary.cosine_inputs}")
-        target = sweep_tasks.copy_atomic(record["model_path"], out_dir / f"point_{point.index}.onnx")
+        target = sweep_tasks.copy_atomic(record.model_path, out_dir / f"point_{point.index}.onnx")
         ms = sweep_tasks.measure_latency(str(target), info, inputs, latency_runs)
         measured.append(Measured(point.index, int(summary.size_after), float(ms), float(summary.output_cosine)))
         rows.append({"point": point.index, **{k: v for k, v in point.overrides.items()},

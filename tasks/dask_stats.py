@@ -47,20 +47,34 @@ def dask_client(address: str | None = None, workers: int | None = None) -> Itera
     from distributed import Client
 
     address = address or os.environ.get(ADDRESS_ENV) or None
-    if address:
-        client = Client(address, timeout="30s")
+    with _quiet_worker_errors():
+        if address:
+            client = Client(address, timeout="30s")
+            try:
+                yield client
+            finally:
+                client.close()
+            return
+        cluster = local_cluster(workers)
+        client = Client(cluster)
         try:
             yield client
         finally:
             client.close()
-        return
-    cluster = local_cluster(workers)
-    client = Client(cluster)
+            cluster.close()
+
+
+@contextmanager
+def _quiet_worker_errors() -> Iterator[None]:
+    """A sample that fails on a worker (a DataError naming the file) is raised again here and reported
+    once, as the CLI's one line; the worker's own "Compute Failed" log would print it four more times."""
+    log = logging.getLogger("distributed.worker")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
-        yield client
+        yield
     finally:
-        client.close()
-        cluster.close()
+        log.setLevel(level)
 
 
 def worker_threads(client) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
@@ -15,6 +16,7 @@ from ptq_core.modes.registry import mode_of
 from ptq_core.onnxgraph.session import InputOptions, input_specs, random_feeds
 from ptq_core.onnxgraph.sites import ModelInfo
 from ptq_core.onnxgraph.timing import median_latency_ms
+from ptq_core.summary import Summary
 from ptqflow._env import cache_dir
 from ptqflow._phases import ours
 
@@ -31,20 +33,28 @@ def point_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions) -> str:
     return content_key("sweep_point", info.sha256, cfg.fingerprint(), inputs, digest)
 
 
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point's result: its summary and the model in the content cache."""
+
+    summary: Summary
+    model_path: str
+
+
 def _point_cache_key(ctx, params) -> str:
     return params["key"]
 
 
 @task(name="sweep_point", cache_key_fn=_point_cache_key, persist_result=True)
 @ours
-def quantize_point(model: str, config_path: str, inputs: InputOptions, dask_address: str | None, key: str) -> dict:
+def quantize_point(model: str, config_path: str, inputs: InputOptions, dask_address: str | None, key: str) -> SweepPoint:
     """One grid point through the quantize flow's cached steps; the model lands in the content cache."""
     from ptqflow.tasks.steps import run_flow_steps
 
     cfg = weight.resolve_config(config_path)
     info = weight.analyse(model)  # cached by model bytes: runs once for the whole sweep
     summary = run_flow_steps(model, cfg, info, str(cache_dir("sweep") / f"{key}.onnx"), inputs, dask_address)["summary"]
-    return {"summary": summary, "model_path": str(summary.output)}
+    return SweepPoint(summary, str(summary.output))
 
 
 def _latency_key(ctx, params) -> str:
