@@ -1,0 +1,85 @@
+"""The small things a user meets on the command line (issue 17): the version flag, help without repeated
+flags, an empty or folder-like path refused in one line, written models readable like any file the user
+writes, nothing left behind by a failed run, and the report's proposal printed as it must be pasted."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from modelgen import mixed_ops_model, save, write_config
+
+import ptqflow
+from ptqflow.cli import build_parser, main
+
+W8 = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n"
+
+
+@pytest.fixture
+def model(tmp_path):
+    return save(mixed_ops_model(), tmp_path / "model.onnx")
+
+
+def test_version_flag_prints_the_version_and_exits_0(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ptqflow {ptqflow.__version__}"
+
+
+def test_help_names_each_flag_once():
+    text = build_parser()._subparsers._group_actions[0].choices["convert"].format_help()
+    assert "--fmk FMK, --fmk FMK" not in text and "--fmk FMK" in text
+
+
+def test_an_empty_config_path_is_named_as_empty(tmp_path, model, capsys):
+    rc = main(["convert", f"--modelFile={model}", f"--outputFile={tmp_path / 'o'}", "--configFile=", "--no-flow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("ptq: error:") and "--configFile" in err and "empty" in err
+    assert "is a folder" not in err
+
+
+@pytest.mark.parametrize("make_folder", [True, False])
+def test_an_output_path_naming_a_folder_is_refused(tmp_path, model, capsys, make_folder):
+    cfg = write_config(tmp_path / "w.cfg", W8)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    output = str(tmp_path / "out") if make_folder else str(tmp_path / "out") + os.sep
+    rc = main(["convert", f"--modelFile={model}", f"--outputFile={output}", f"--configFile={cfg}", "--no-flow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--outputFile" in err and "folder" in err
+    assert not (tmp_path / "out.onnx").exists() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_written_model_has_the_permissions_of_any_file_the_user_writes(tmp_path, model):
+    cfg = write_config(tmp_path / "w.cfg", W8)
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", f"--modelFile={model}", f"--outputFile={tmp_path / 'o'}", f"--configFile={cfg}",
+                     "--no-flow"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.onnx").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_run_leaves_no_empty_debug_folder(tmp_path, capsys):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    cfg = write_config(tmp_path / "w.cfg", W8 + f"debug_info_save_path={tmp_path / 'dbg'}\n")
+    rc = main(["convert", f"--modelFile={broken}", f"--outputFile={tmp_path / 'o'}", f"--configFile={cfg}", "--no-flow"])
+    assert rc == 2 and not (tmp_path / "dbg").exists()
+
+
+def test_the_report_prints_its_proposal_with_the_section_name(capsys):
+    from ptqflow.debug_report import print_ranking
+
+    print_ranking([], "skip_quant_node=conv1,conv2", "dbg")
+    out = capsys.readouterr().out
+    assert "Proposed for [common_quant_param]:" in out and "skip_quant_node=conv1,conv2" in out
+
+
+def test_the_config_reference_is_printed_unless_asked_to_write_the_readme(tmp_path):
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    before = readme.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "ptq_core.config.reference"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "| `quant_type` |" in proc.stdout
+    assert readme.read_bytes() == before
