@@ -33,7 +33,7 @@ def resolve_config(config_path: str | Path, max_drop: float | None = None, optim
     if cfg.common.debug_info_save_path:
         from ptq_core.debug.driver import debug_folder
 
-        debug_folder(cfg)  # created (or refused) now, before any model or data is read
+        debug_folder(cfg, create=False)  # refused now, before any model or data is read; created when written
     return mode_of(cfg).check(cfg)
 
 

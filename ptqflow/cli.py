@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _flag(parser: argparse.ArgumentParser, camel: str, kebab: str, **kw) -> None:
-    parser.add_argument(f"--{camel}", f"--{kebab}", **kw)
+    parser.add_argument(*dict.fromkeys((f"--{camel}", f"--{kebab}")), **kw)  # --fmk once, not twice
 
 
 def _add_converter_lite_flags(conv: argparse.ArgumentParser) -> None:
@@ -54,6 +54,7 @@ def foreign_flag_values(args) -> dict[str, str | None]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ptq", description="Post-training quantization of ONNX models with converter_lite configs.",
                      allow_abbrev=False)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     conv = sub.add_parser("convert", help="quantize a model (converter_lite flags)", allow_abbrev=False)
     _flag(conv, "fmk", "fmk", default="ONNX", help="source framework; only ONNX")
@@ -344,7 +345,7 @@ def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "version":
+        if args.command == "version" or args.version:
             print(f"ptqflow {ptqflow.__version__}")
             return 0
         if args.command == "sweep":

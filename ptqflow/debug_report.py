@@ -24,7 +24,7 @@ def print_ranking(ranked: list[NodeDamage], skip_line: str, folder: str, top: in
                       f"{100 * d.clip:.2f}%", f"{d.range_bits:.1f}", d.reason)
     console.print(table)
     if skip_line:
-        console.print("Proposed for [common_quant_param]:")
+        console.print("Proposed for [common_quant_param]:", markup=False)  # the section name, not rich markup
         print(skip_line)
     else:
         console.print("No quantized node stands out; nothing to skip.")

@@ -21,6 +21,13 @@ sys.path[:0] = [str(_TESTS)] + sorted(str(p) for p in _TESTS.rglob("*") if p.is_
 
 import pytest  # noqa: E402
 
+# Prefect's logging handlers keep the stream they were made with. Made here, before any test, they write to
+# the session's stderr; made by the first flow a test runs, they would keep that test's captured stream,
+# and every later warning would end in "--- Logging error ---" on a closed file.
+from prefect.logging.configuration import setup_logging  # noqa: E402
+
+setup_logging()
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():

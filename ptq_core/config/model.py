@@ -373,6 +373,8 @@ def _ignored_key_notices(source, sections: dict, lines: dict) -> list[str]:
 
 def load_config(path: str | Path) -> QuantConfig:
     """Read and validate a converter_lite config file."""
+    if not str(path).strip():
+        raise ConfigError("--configFile is empty; give the path of a converter_lite config file")
     path = Path(path)
     try:
         data = path.read_bytes()

@@ -10,6 +10,7 @@ so a worker loads its own input and nothing round-sized crosses the network.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,20 @@ class DebugResult:
     removed: list[str] = field(default_factory=list)
 
 
-def debug_folder(cfg) -> Path:
-    """``debug_info_save_path`` resolved and created (converter_lite requires it to exist; we create it)."""
+def debug_folder(cfg, create: bool = True) -> Path:
+    """``debug_info_save_path`` resolved and created (converter_lite requires it to exist; we create it).
+
+    ``create=False`` (before any work) only checks that it is, or can become, a folder: a run that fails
+    later leaves no empty folder behind."""
     path = Path(cfg.common.debug_info_save_path).expanduser()
+    if not create:
+        existing = path
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if path.exists() and not path.is_dir() or not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ConfigError(f"{cfg.source}: [common_quant_param] debug_info_save_path="
+                              f"{cfg.common.debug_info_save_path}: {'is not a folder' if path.exists() else 'cannot be created'}")
+        return path.resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

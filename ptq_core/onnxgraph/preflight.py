@@ -28,6 +28,10 @@ def check_output(output: str | Path, model: str | Path | None = None) -> Path:
     """The output model can be written: not a folder, not the input model, and its nearest existing
     folder accepts a file (probed with a temporary file that is removed at once). Missing folders
     are fine: they are created when the model is written."""
+    if not str(output).strip():
+        raise PtqError("--outputFile is empty; give the output model's path (NAME writes NAME.onnx)")
+    if str(output).endswith(("/", os.sep)) or Path(output).is_dir():
+        raise PtqError(f"--outputFile: {output} is a folder; give a file name in it (NAME writes NAME.onnx)")
     target = output_target(output)
     if target.is_dir():
         raise PtqError(f"--outputFile: {target} is a folder; give a file name (the model is written to NAME.onnx)")

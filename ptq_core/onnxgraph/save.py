@@ -45,6 +45,7 @@ def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
         else:
             with open(tmp, "wb") as fh:
                 fh.write(model.SerializeToString(deterministic=True))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the model is a file like any the user writes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,3 +71,8 @@ def _relocate_external(model_path: str, old: str, new: str) -> None:
         fh.write(model.SerializeToString(deterministic=True))
 
 
+def _umask() -> int:
+    """This process's umask (read by setting it back at once; there is no getter before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -22,4 +22,4 @@ def test_config_reference_lists_every_section_and_key():
 
 def test_config_reference_is_the_generated_one():
     block = README.split(START, 1)[1].split(END, 1)[0]
-    assert block.strip() == markdown_reference().strip(), "run: python -m ptq_core.config.reference"
+    assert block.strip() == markdown_reference().strip(), "run: python -m ptq_core.config.reference --write"
