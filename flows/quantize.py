@@ -11,15 +11,39 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks import debug, weight
 from ptqflow.tasks.steps import run_flow_steps
 
+from ptq_core.config import load_config
 from ptq_core.config.flags import apply_optimize
 from ptq_core.convert import apply_max_drop
 from ptq_core.data.input_layout import shapes_from_images
+from ptq_core.modes.registry import run_labels
 from ptq_core.onnxgraph.preflight import check_output
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.summary import Summary
 
 
-@flow(name="quantize", persist_result=True)
+def _labels(model: str, config: str, max_drop: float | None) -> tuple[str, tuple[str, ...]]:
+    try:
+        return run_labels(model, apply_max_drop(load_config(config), max_drop))
+    except Exception:  # a config the flow itself will refuse in one line: the labels must not fail first
+        return f"{Path(model).stem} (config not read)", ()
+
+
+def _run_name() -> str:
+    """The run's name on the dashboard: model, mode and key settings (``digits_cnn FULL_QUANT KL pc``)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return _labels(params["model"], params["config"], params.get("max_drop"))[0]
+
+
+def run_tags(model: str, config: str, max_drop: float | None = None):
+    """``prefect.tags`` for a quantize run (mode, model, target), entered by whoever starts the flow."""
+    from prefect import tags
+
+    return tags(*_labels(str(model), str(config), max_drop)[1])
+
+
+@flow(name="quantize", persist_result=True, flow_run_name=_run_name)
 def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str | None = None,
              dask_address: str | None = None, max_drop: float | None = None, optimize: str | None = None) -> Summary:
     """Quantize ``model`` with a converter_lite ``config`` and write ``output`` (.onnx added if missing).

@@ -25,9 +25,9 @@ def convert(model: str | Path, config: str | Path, output: str | Path, *, input_
         from ptqflow.resident import in_use, start_early
 
         start_early()  # the server boots while Prefect and the flow are imported
-        from ptqflow.flows.quantize import quantize
+        from ptqflow.flows.quantize import quantize, run_tags
 
-        with in_use():  # the resident local server (started on first use), unless PREFECT_API_URL is set
+        with in_use(), run_tags(model, config, max_drop):  # the resident local server (started on first use), unless PREFECT_API_URL is set
             return quantize(str(model), str(config), str(output), input_shape, input_data_format, dask_address,
                             max_drop, optimize)
     return convert_direct(model, config, output, InputOptions.from_flags(input_shape, input_data_format), progress,

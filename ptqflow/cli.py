@@ -231,13 +231,13 @@ def _convert(args) -> int:
         else:
             from ptqflow._guard import quiet_console, watch_children
             from ptqflow._progress import terminal
-            from ptqflow.flows.quantize import quantize
+            from ptqflow.flows.quantize import quantize, run_tags
             from ptqflow.resident import in_use
 
             watch_children()  # Prefect's temporary server must not outlive a killed run
             quiet_console()
             _started_a_flow()
-            with in_use(), terminal(progress):
+            with in_use(), terminal(progress), run_tags(args.model_file, args.config_file, args.max_drop):
                 summary = quantize(str(args.model_file), str(args.config_file), str(args.output_file),
                                    args.input_shape, args.input_data_format, args.dask_address, args.max_drop,
                                    args.optimize)

@@ -11,6 +11,7 @@ strings: code asks the mode what it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from ptq_core.config import QuantConfig
@@ -30,6 +31,8 @@ class Mode:
     uses_calibration_for_reference: bool  # calibration sample 0 is the reference input, when configured
     check: Callable[[QuantConfig], QuantConfig]  # mode-specific config checks before any model is read
     prepared: Callable[[str], Any]  # the FP32 graph the mode quantizes (what debug reports compare with)
+    settings: Callable[[QuantConfig], str]  # its key settings in a few words, for run names
+    tags: Callable[[QuantConfig], tuple[str, ...]] = lambda cfg: ()  # dashboard tags beyond mode and model
 
 
 def _check_weight(cfg: QuantConfig) -> QuantConfig:
@@ -69,14 +72,25 @@ def _prepare_full(path: str):
     return prepare_full_model(path)
 
 
+def _weight_settings(cfg: QuantConfig) -> str:
+    bits = cfg.common.bit_num
+    return f"mixed bit {cfg.mixed.init_scale:g}" if bits == 0 else f"{bits} bit {'pc' if cfg.weight.per_channel else 'pl'}"
+
+
+def _full_settings(cfg: QuantConfig) -> str:
+    target = "" if cfg.full.target_device == "CPU" else f" {cfg.full.target_device}"
+    return f"{cfg.full.activation_quant_method} {'pc' if cfg.full.per_channel else 'pl'}{target}"
+
+
 WEIGHT = Mode("WEIGHT_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
               debug_reads_plan=True, uses_calibration_for_reference=True, check=_check_weight,
-              prepared=_prepare_plain)
+              prepared=_prepare_plain, settings=_weight_settings)
 FULL = Mode("FULL_QUANT", ("calibrate", "quantize", "emit", "summarize"), calibrates=True, max_drop=True,
-            debug_reads_plan=False, uses_calibration_for_reference=True, check=_check_full, prepared=_prepare_full)
+            debug_reads_plan=False, uses_calibration_for_reference=True, check=_check_full, prepared=_prepare_full,
+            settings=_full_settings, tags=lambda cfg: (f"target:{cfg.full.target_device}",))
 DYNAMIC = Mode("DYNAMIC_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
                debug_reads_plan=True, uses_calibration_for_reference=False, check=_check_dynamic,
-               prepared=_prepare_plain)
+               prepared=_prepare_plain, settings=lambda cfg: cfg.dynamic_quant_param.quant_strategy)
 MODES: dict[str, Mode] = {m.quant_type: m for m in (WEIGHT, FULL, DYNAMIC)}
 
 
@@ -104,3 +118,12 @@ def run_steps(mode: Mode, impl: Steps, job: Job, state: dict | None = None) -> d
     for step in mode.steps:
         state.update(getattr(impl, step)(job, state))
     return state
+
+
+def run_labels(model: str, cfg: QuantConfig) -> tuple[str, tuple[str, ...]]:
+    """A flow run's name and tags: what tells one run from another on the dashboard
+    (``digits_cnn FULL_QUANT KL pc``; ``mode:FULL_QUANT``, ``model:digits_cnn``, ``target:CPU``)."""
+    mode = mode_of(cfg)
+    stem = Path(model).stem
+    return f"{stem} {mode.quant_type} {mode.settings(cfg)}", (f"mode:{mode.quant_type}", f"model:{stem}",
+                                                               *mode.tags(cfg))

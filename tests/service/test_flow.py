@@ -156,3 +156,17 @@ def test_new_weights_in_the_external_data_file_are_not_served_from_cache(tmp_pat
 
     direct = convert(model_path, cfg, tmp_path / "direct", use_flow=False)
     assert direct.output_path.read_bytes() == second
+
+
+def test_a_run_is_named_after_model_mode_and_settings_and_tagged(tmp_path):
+    from prefect.client.orchestration import get_client
+    from ptqflow.flows.quantize import quantize, run_tags
+
+    model = save(mlp_model(hidden=64, inp=32, seed=5), tmp_path / "mlp_small.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n")
+    with run_tags(model, cfg):
+        state = quantize(str(model), str(cfg), str(tmp_path / "out"), return_state=True)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "mlp_small WEIGHT_QUANT 4 bit pc"
+    assert {"mode:WEIGHT_QUANT", "model:mlp_small"} <= set(run.tags)
