@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ptqflow.tasks import debug, weight
 from ptqflow.tasks.steps import run_flow_steps
@@ -71,16 +71,37 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
 
 def publish(summary: Summary) -> None:
     """The summary table and totals as Prefect artifacts, for the dashboard."""
-    create_table_artifact(key="quantize-layers", table=summary.rows(),
+    create_table_artifact(key="quantize-layers", table=layer_table(summary.rows()),
                           description=f"Per-layer decisions for {Path(summary.model).name}")
     worst = worst_layers(summary.rows())
     if worst:
         create_table_artifact(key="quantize-worst-layers", table=worst,
                               description=f"Quantized layers with the lowest weight cosine in {Path(summary.model).name}")
-    totals = summary.totals()
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in totals.items()]
+    from ptqflow.report import summary_lines, verdict
+
+    rows = summary_lines(summary)
+    debug = summary.debug or {}
+    if debug.get("page"):
+        rows.append(("debug page", f"file://{debug['page']}"))
+    if debug.get("top"):
+        worst = debug["top"][0]  # NodeDamage.as_row()
+        rows.append(("worst node", f"{worst['node']} ({worst['op']}, damage score {worst['score']:.4f})"))
+    lines = [f"**{verdict(summary)}**", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {text.replace('|', '/')} |" for label, text in rows]
     create_markdown_artifact(key="quantize-summary", markdown="\n".join(lines),
                              description=f"Summary for {Path(summary.model).name}")
+    logger = get_run_logger()  # the run's Logs tab says what the terminal said
+    logger.info(verdict(summary))
+    for label, text in rows:
+        logger.info("%s: %s", label, text)
+
+
+def layer_table(rows: list[dict]) -> list[dict]:
+    """The dashboard's layer table: a float layer's bits read "fp32", and columns empty in every row (the
+    mixed-bit step outside mixed bit, weight cosine where nothing measured it) are left out."""
+    rows = [{**r, "bits": r["bits"] if r["status"] == "quantized" else "fp32"} for r in rows]
+    empty = {k for k in (rows[0] if rows else {}) if all(r.get(k) is None for r in rows)}
+    return [{k: v for k, v in r.items() if k not in empty} for r in rows]
 
 
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:

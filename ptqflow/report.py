@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
@@ -76,46 +77,59 @@ def print_summary(summary: Summary) -> None:
             row["detail"] if quant else f"[yellow]skipped:[/] {row['detail']}",
         )
     console.print(table)
-    t = summary.totals()
     totals = Table(show_header=False, box=None)
     totals.add_column(style="bold")
     totals.add_column()
-    stored = (f" ({t['layers_int8_storage']} of them FP32 compute on 8-bit stored weights)"
-              if t.get("layers_int8_storage") else "")
-    totals.add_row("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped{stored}")
-    totals.add_row("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
-                           f"({t['compression_ratio']:.2f}x smaller)")
-    totals.add_row("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}"
-                   if t["output_cosine"] is not None else t["cosine_inputs"])
     from rich.markup import escape
 
-    for label, text in summary.facts:
+    for label, text in summary_lines(summary):
         totals.add_row(label, escape(text))  # "[ptqflow] ..." is text, not a style
+    console.print(totals)
+
+
+def summary_lines(summary: Summary) -> list[tuple[str, str]]:
+    """The totals under the layer table as (label, text) rows of plain text: the terminal, the run log and
+    the dashboard's summary artifact all print these."""
+    t = summary.totals()
+    stored = (f" ({t['layers_int8_storage']} of them FP32 compute on 8-bit stored weights)"
+              if t.get("layers_int8_storage") else "")
+    rows = [("layers", f"{t['layers_quantized']} quantized, {t['layers_skipped']} skipped{stored}"),
+            ("size", f"{_kb(t['size_before_bytes'])} KiB -> {_kb(t['size_after_bytes'])} KiB "
+                     f"({t['compression_ratio']:.2f}x smaller)"),
+            ("output cosine vs FP32", f"{t['output_cosine']:.6f} on {t['cosine_inputs']}"
+             if t["output_cosine"] is not None else t["cosine_inputs"])]
+    rows += list(summary.facts)
     if summary.init_scale is not None:
-        totals.add_row("init_scale", f"{summary.init_scale:g}")
+        rows.append(("init_scale", f"{summary.init_scale:g}"))
     if summary.auto_tune:
         steps = ", ".join(f"{s['init_scale']:.4g}->{s['cosine']:.4f}" for s in summary.auto_tune["steps"])
-        totals.add_row("auto_tune", f"picked {summary.auto_tune['init_scale']:.4g} (cosine "
-                                    f"{summary.auto_tune['cosine']:.4f}); tried {steps}")
+        rows.append(("auto_tune", f"picked {summary.auto_tune['init_scale']:.4g} (cosine "
+                                  f"{summary.auto_tune['cosine']:.4f}); tried {steps}"))
     if summary.speed:
-        demoted = summary.speed.demoted
-        timed_on = summary.speed.timed_on
-        totals.add_row("latency guard", f"{len(demoted)} node(s) kept FP32 where int8 is not faster here; "
-                                        f"batch-1 latency FP32 {summary.speed.fp32_ms:.3f} ms, "
-                                        f"int8 {summary.speed.int8_ms:.3f} ms"
-                                        + (f"; timed on {timed_on} (another CPU may decide otherwise)" if timed_on else ""))
+        guard, timed_on = summary.speed, summary.speed.timed_on
+        rows.append(("latency guard", f"{len(guard.demoted)} node(s) kept FP32 where int8 is not faster here; "
+                                      f"batch-1 latency FP32 {guard.fp32_ms:.3f} ms, int8 {guard.int8_ms:.3f} ms"
+                                      + (f"; timed on {timed_on} (another CPU may decide otherwise)" if timed_on else "")))
     form_line = summary.int8_form_line()
     if form_line:
-        totals.add_row("int8 form", form_line)
+        rows.append(("int8 form", form_line))
     if summary.max_drop:
-        for label, text in max_drop_lines(summary.max_drop):
-            totals.add_row(label, text)
+        rows += max_drop_lines(summary.max_drop)
     if summary.timings:
-        totals.add_row("phases", ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in summary.timings.items()))
-    totals.add_row("wall time", f"{t['wall_time_s']:.2f} s")
+        rows.append(("phases", ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in summary.timings.items())))
+    rows.append(("wall time", f"{t['wall_time_s']:.2f} s"))
     if summary.time_split:
-        totals.add_row("time split", ", ".join(f"{k} {v:.2f} s" for k, v in summary.time_split.items()))
-    console.print(totals)
+        rows.append(("time split", ", ".join(f"{k} {v:.2f} s" for k, v in summary.time_split.items())))
+    return rows
+
+
+def verdict(summary: Summary) -> str:
+    """One line first: how much smaller, how close to FP32, how many layers int8."""
+    t = summary.totals()
+    cos = f"output cosine {t['output_cosine']:.4f}" if t["output_cosine"] is not None else "output cosine not measured"
+    return (f"{Path(summary.model).name} -> {Path(summary.output).name}: {summary.quant_type}, "
+            f"{t['compression_ratio']:.2f}x smaller ({_kb(t['size_before_bytes'])} -> {_kb(t['size_after_bytes'])} KiB), "
+            f"{cos}, {t['layers_quantized']} layer(s) quantized, {t['layers_skipped']} kept float")
 
 
 def max_drop_lines(md: dict) -> list[tuple[str, str]]:

@@ -170,3 +170,28 @@ def test_a_run_is_named_after_model_mode_and_settings_and_tagged(tmp_path):
         run = client.read_flow_run(state.state_details.flow_run_id)
     assert run.name == "mlp_small WEIGHT_QUANT 4 bit pc"
     assert {"mode:WEIGHT_QUANT", "model:mlp_small"} <= set(run.tags)
+
+
+def test_the_summary_artifact_leads_with_the_verdict_in_human_units_and_the_log_says_it_too(tmp_path, caplog):
+    import logging
+
+    from prefect.artifacts import Artifact
+    from ptqflow.flows.quantize import quantize
+
+    model = save(mlp_model(hidden=64, inp=32, seed=6), tmp_path / "mlp_v.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n")
+    with caplog.at_level(logging.INFO):
+        quantize(str(model), str(cfg), str(tmp_path / "out"))
+    text = str(Artifact.get("quantize-summary").data)
+    assert text.startswith("**mlp_v.onnx -> out.onnx: WEIGHT_QUANT,") and "x smaller" in text and "KiB" in text
+    assert "size_before_bytes" not in text and "| None |" not in text
+    assert any("x smaller" in r.getMessage() and r.name.startswith("prefect.flow_runs") for r in caplog.records)
+
+
+def test_the_layer_table_says_fp32_for_float_layers_and_drops_empty_columns():
+    from ptqflow.flows.quantize import layer_table
+
+    rows = [{"node": "a", "status": "quantized", "bits": 8, "step": None, "weight_cosine": None},
+            {"node": "b", "status": "skipped", "bits": 32, "step": None, "weight_cosine": 0.99}]
+    assert layer_table(rows) == [{"node": "a", "status": "quantized", "bits": 8, "weight_cosine": None},
+                                 {"node": "b", "status": "skipped", "bits": "fp32", "weight_cosine": 0.99}]
