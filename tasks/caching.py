@@ -43,3 +43,13 @@ def file_digest(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def progress_key(stage: str, model_path: str, cfg) -> str:
+    """A progress artifact's key: one per stage, model and settings (a sweep's points each get their own
+    card). Prefect keys allow lowercase letters, digits and dashes only."""
+    import re
+    from pathlib import Path
+
+    slug = re.sub(r"[^a-z0-9]+", "-", Path(model_path).stem.lower()).strip("-") or "model"
+    return f"progress-{stage}-{slug}-{cfg.fingerprint()[:8]}"

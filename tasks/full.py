@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
-from ptqflow.tasks.caching import content_key
+from ptqflow.tasks.caching import content_key, progress_key
 from ptqflow.tasks.dask_stats import collect_distributed, dask_client, worker_threads
 from ptqflow.tasks.locks import ProcessLockManager
 
@@ -17,6 +17,7 @@ from ptq_core.modes.full import pipeline as full_pipeline
 from ptq_core.modes.full.pipeline import accumulate_bias, calibration_shapes
 from ptq_core.modes.full.quantize import quantize_full as core_quantize_full
 from ptq_core.modes.job import Job, PlanFile, StoredResult
+from ptq_core.modes.registry import run_labels
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.save import output_file, save_model_atomic
 from ptq_core.onnxgraph.session import InputOptions, input_specs
@@ -87,7 +88,8 @@ def _full_key(ctx, params) -> str:
 def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions, digest: str,
                   rounds: list[collect.Round], dask_address: str | None = None) -> StoredResult:
     """Statistics and bias correction run on Dask; the quantized model goes to a content-addressed file."""
-    artifact = create_progress_artifact(progress=0.0, description="calibration rounds processed")
+    artifact = create_progress_artifact(progress=0.0, key=progress_key("calibration", model_path, cfg),
+                                        description=f"Calibration rounds processed: {run_labels(model_path, cfg)[0]}")
 
     def progress(done: int, total: int) -> None:
         terminal_report(done, total, "calibration")
@@ -107,7 +109,8 @@ def quantize_full(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: In
             return merged
 
         result = core_quantize_full(model_path, cfg, inputs, cache_dir("work"),
-                                             cached_collector(info.sha256, digest, collector), bias_runner, rounds)
+                                    cached_collector(info.sha256, digest, collector), bias_runner, rounds)
+    update_progress_artifact(artifact_id=artifact, progress=100.0)  # statistics from the cache report nothing
     key = content_key("full-result", info.sha256, cfg.fingerprint(), inputs, digest)
     model_file = cache_dir("models") / f"{key}.onnx"
     save_model_atomic(result.quantized, model_file)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from ptqflow.tasks.caching import content_key, file_digest
+from ptqflow.tasks.caching import content_key, file_digest, progress_key
 
 from ptq_core import convert
 from ptq_core.config import QuantConfig
 from ptq_core.modes.job import Job, PlanFile, StoredResult
+from ptq_core.modes.registry import run_labels
 from ptq_core.modes.weight import steps as core
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.load import external_locations, file_sha256
@@ -76,7 +77,8 @@ def analyse(model_path: str) -> ModelInfo:
 def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None
                      ) -> StoredResult:
     """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
-    artifact = create_progress_artifact(progress=0.0, description="weight quantization: layers done")
+    artifact = create_progress_artifact(progress=0.0, key=progress_key("weights", model_path, cfg),
+                                        description=f"Weight quantization, layers done: {run_labels(model_path, cfg)[0]}")
     last = [0.0]
 
     def progress(done: int, total: int, node: str) -> None:

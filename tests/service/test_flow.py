@@ -195,3 +195,15 @@ def test_the_layer_table_says_fp32_for_float_layers_and_drops_empty_columns():
             {"node": "b", "status": "skipped", "bits": 32, "step": None, "weight_cosine": 0.99}]
     assert layer_table(rows) == [{"node": "a", "status": "quantized", "bits": 8, "weight_cosine": None},
                                  {"node": "b", "status": "skipped", "bits": "fp32", "weight_cosine": 0.99}]
+
+
+def test_progress_cards_are_keyed_per_stage_model_and_settings():
+    from ptqflow.tasks.caching import progress_key
+
+    from ptq_core.config import parse_config
+
+    a = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n")
+    b = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n")
+    key = progress_key("weights", "/m/My Model.v2.onnx", a)
+    assert key.startswith("progress-weights-my-model-v2-") and key == key.lower()
+    assert key != progress_key("weights", "/m/My Model.v2.onnx", b)
