@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptq_core.convert import convert_direct
-from ptq_core.onnxgraph.session import InputOptions
-from ptq_core.summary import Summary
+import ptqflow as _package
+
+if getattr(_package, "__file__", None) is None:  # a namespace package: some folder named ptqflow came first
+    raise ImportError(f"'ptqflow' here is the folder {next(iter(_package.__path__), '?')} (no __init__.py: a clone "
+                      "of the repository, say), which hides the installed package; run the script from another "
+                      "folder or rename that one")
+
+from ptq_core.convert import convert_direct  # noqa: E402
+from ptq_core.onnxgraph.session import InputOptions  # noqa: E402
+from ptq_core.summary import Summary  # noqa: E402
 
 
 def convert(model: str | Path, config: str | Path, output: str | Path, *, input_shape: str = "",

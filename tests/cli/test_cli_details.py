@@ -83,3 +83,12 @@ def test_the_config_reference_is_printed_unless_asked_to_write_the_readme(tmp_pa
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "| `quant_type` |" in proc.stdout
     assert readme.read_bytes() == before
+
+
+def test_a_folder_named_ptqflow_beside_a_script_is_named_in_one_line(tmp_path):
+    (tmp_path / "ptqflow").mkdir()
+    (tmp_path / "ptqflow" / "README.md").write_text("a clone of the repository\n")
+    (tmp_path / "script.py").write_text("from ptqflow.api import convert\n")
+    proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith("ImportError:") and str(tmp_path / "ptqflow") in last
