@@ -1,8 +1,8 @@
 """Every class of bad input we try, as data: what to build, the flags to run, what the user must see.
 
-``tests/test_hostile_inputs.py`` runs each case through ``ptq convert``; the README's
+``tests/test_hostile_inputs.py`` runs each case through ``ptq convert``; docs/hostile-inputs.md's
 "Bad input and what you get" table is generated from this module (``python tests/hostile_cases.py``)
-and a test checks the README still matches it, so the counts there cannot drift.
+and a test checks docs/hostile-inputs.md still matches it, so the counts there cannot drift.
 
 A case is either *refused* (exit 2, one line naming ``expect``, no output written) or *accepted*
 (exit 0, a model onnxruntime runs): odd image modes and unquantizable ops are accepted by design.
@@ -39,7 +39,7 @@ class Case:
     notes: tuple[str, ...] = field(default=())
 
 
-#: class -> what the user gets (the README table's last column)
+#: class -> what the user gets (the table's last column)
 CLASSES = {
     "config file": "`file:line: [section] key=value` and what is allowed (closest key suggested); "
                    "checked before the model is read",
@@ -541,11 +541,11 @@ def _float_tiff(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the README table
+# the docs/hostile-inputs.md table
 
 
 def table() -> str:
-    """The README's "Bad input and what you get" table, counted from CASES."""
+    """docs/hostile-inputs.md's "Bad input and what you get" table, counted from CASES."""
     lines = ["| class | inputs tried | refused with a clean error | accepted by design | what you get |",
              "|---|---|---|---|---|"]
     for klass, what in CLASSES.items():

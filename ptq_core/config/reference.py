@@ -1,4 +1,4 @@
-"""The README's config reference, generated from the schema table so the two cannot drift."""
+"""The config reference (docs/config-reference.md), generated from the schema table so the two cannot drift."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def markdown_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(path: str = "README.md") -> None:
+def update_readme(path: str = "docs/config-reference.md") -> None:
     with open(path) as fh:
         text = fh.read()
     head, rest = text.split(START, 1)
@@ -35,7 +35,7 @@ def update_readme(path: str = "README.md") -> None:
         fh.write(head + START + "\n\n" + markdown_reference() + "\n" + END + tail)
 
 
-if __name__ == "__main__":  # prints the reference; --write replaces the README's copy of it
+if __name__ == "__main__":  # prints the reference; --write replaces the copy in docs/config-reference.md
     import sys
 
     if "--write" in sys.argv[1:]:

@@ -1,7 +1,7 @@
 """Every section and key converter_lite's quantizer reads, as data.
 
-One table drives parsing, defaults, range checks, error messages and the README's config
-reference, so the rules live in one place. Numbers and spellings follow MindSpore Lite's parser
+One table drives parsing, defaults, range checks, error messages and docs/config-reference.md's
+table, so the rules live in one place. Numbers and spellings follow MindSpore Lite's parser
 (docs/converter-lite.md §1–2); where the user guide (the seed) documents a spelling the parser
 rejects, the seed's spelling is accepted as an alias, because the guide is the user's contract.
 """

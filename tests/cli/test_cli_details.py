@@ -77,7 +77,7 @@ def test_the_report_prints_its_proposal_with_the_section_name(capsys):
 
 
 def test_the_config_reference_is_printed_unless_asked_to_write_the_readme(tmp_path):
-    readme = Path(__file__).resolve().parents[2] / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "docs" / "config-reference.md"
     before = readme.read_bytes()
     proc = subprocess.run([sys.executable, "-m", "ptq_core.config.reference"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
