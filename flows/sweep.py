@@ -136,7 +136,7 @@ def _measure_points(points, records, cfg_paths, out_dir: Path, info, inputs, lat
         rows.append({"point": point.index, **{k: v for k, v in point.overrides.items()},
                      "size_bytes": int(summary.size_after), "latency_ms": round(float(ms), 4),
                      "cosine": round(float(summary.output_cosine), 6),
-                     "compression_ratio": round(summary.ratio, 3), "model": str(target),
+                     "compression_ratio": round(summary.ratio, 3), **point_layers(summary), "model": str(target),
                      "config": str(cfg_paths[point.index])})
     return measured, rows
 
@@ -150,3 +150,15 @@ def _publish(rows, grid_obj, model: str, best, best_point, best_cfg, out_dir: Pa
         f"size {best.size_bytes} B, latency {best.latency_ms:.3f} ms, cosine {best.cosine:.6f}.",
         f"Config: `{best_cfg}`; table: `{out_dir / 'sweep.parquet'}`; plot: `{out_dir / 'pareto.svg'}`.",
     ]), description="The picked sweep point")
+
+
+def point_layers(summary) -> dict:
+    """How many layers a point quantized, and why a point that quantized none is no real choice (every
+    layer kept FP32: on this CPU the latency guard found no int8 kernel faster, say)."""
+    t = summary.totals()
+    quantized, kept = t["layers_quantized"], t["layers_skipped"]
+    note = ""
+    if quantized == 0 and kept:
+        reasons = sorted({d.reason.split(" (")[0].split(";")[0] for d in summary.layers if not d.quantized})
+        note = "no layer quantized: " + "; ".join(reasons[:2])
+    return {"layers_quantized": quantized, "layers_kept_float": kept, "note": note}

@@ -83,7 +83,7 @@ def debug_reports(model_path: str, output_path: str, cfg, inputs: InputOptions, 
         with dask_client(dask_address) as client:
             outputs, worst = map_rounds(client, job, rounds, str(folder), progress)
         params = driver.param_rows(cfg, origin, quant, job, plan)
-        result = driver.finish_debug(folder, job, params, outputs, worst, len(rounds), started, driver.title_for(cfg))
+        result = driver.finish_debug(folder, job, params, outputs, worst, len(rounds), started, driver.title_for(cfg, model_path))
     publish_debug(result)
     return driver.result_record(result)
 

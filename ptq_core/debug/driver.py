@@ -175,7 +175,7 @@ def finish_debug(folder: Path, job: DebugJob, params: list[dict], outputs: list[
 
 
 def run_debug(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, rounds: list, work_dir: Path,
-              plan=None, progress=None) -> DebugResult:
+              plan=None, progress=None, model_path: str = "") -> DebugResult:
     """Serial debug step: one round at a time, each written as soon as it is computed."""
     started = time.perf_counter()
     folder = debug_folder(cfg)
@@ -189,11 +189,16 @@ def run_debug(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, rounds: list
         if progress:
             progress(done, len(rounds), "debug rounds")
     params = param_rows(cfg, origin, quant, job, plan)
-    return finish_debug(folder, job, params, outputs, worst, len(rounds), started, title_for(cfg))
+    return finish_debug(folder, job, params, outputs, worst, len(rounds), started, title_for(cfg, model_path or origin.graph.name))
 
 
-def title_for(cfg) -> str:
-    return f"{cfg.common.quant_type} debug report ({Path(str(cfg.source)).name})"
+def title_for(cfg, model_path) -> str:
+    """The page's title: which model, which mode and config, and when (several reports are often open at once)."""
+    from datetime import datetime, timezone
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{Path(str(model_path)).name}: {cfg.common.quant_type} debug report ({Path(str(cfg.source)).name}, "
+            f"{when})")
 
 
 def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -227,5 +232,5 @@ def debug_step(cfg, model_path, output_path, inputs, plan=None, work_dir=None, p
         work = Path(work_dir or tmp)
         origin, quant = debug_models(cfg, model_path, output_path)
         rounds = debug_rounds(cfg, origin, inputs, work)
-        result = run_debug(cfg, origin, quant, rounds, work / "debug-models", plan, progress)
+        result = run_debug(cfg, origin, quant, rounds, work / "debug-models", plan, progress, str(model_path))
     return result_record(result)

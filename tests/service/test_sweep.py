@@ -185,3 +185,16 @@ def test_parallel_points_saving_the_speed_table_keep_each_others_entries(tmp_pat
     merged = SpeedTable(path)
     assert set(merged.data) == {f"op{i}" for i in range(8)}
     assert set(merged.decisions) == {f"model|{i}" for i in range(8)}
+
+
+def test_a_point_that_quantized_no_layer_says_why():
+    from ptqflow.flows.sweep import point_layers
+
+    from ptq_core.modes.weight.plan import LayerDecision
+    from ptq_core.summary import Summary
+
+    kept = [LayerDecision("c1", "Conv", "w1", (8, 3, 3, 3), False, "int8 kernel not faster here (16 µs vs FP32 11 µs)"),
+            LayerDecision("c2", "Conv", "w2", (8, 8, 3, 3), False, "int8 kernel not faster here (9 µs vs FP32 8 µs)")]
+    summary = Summary("m.onnx", "o.onnx", "FULL_QUANT", 8, kept, 100, 30, 0.99, "calibration sample 0")
+    assert point_layers(summary) == {"layers_quantized": 0, "layers_kept_float": 2,
+                                     "note": "no layer quantized: int8 kernel not faster here"}
