@@ -52,7 +52,7 @@ def _mean_cosine(ref_sess, cand_sess, feeds_list) -> float:
 
 
 def _row(summary, path: Path) -> dict:
-    md = summary.max_drop or {}
+    md = summary.max_drop.to_dict() if summary.max_drop else {}
     return {
         "output": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
         "size_bytes": harness.file_size(path),

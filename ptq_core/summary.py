@@ -26,6 +26,7 @@ from ptq_core.onnxgraph.sites import ModelInfo
 
 if TYPE_CHECKING:
     from ptq_core.modes.full.latency_guard import GuardRecord
+    from ptq_core.modes.full.max_drop import MaxDropResult
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Summary:
     speed: GuardRecord | None = None  # FULL_QUANT latency guard: demoted nodes, FP32 vs int8 ms
     timings: dict | None = None  # FULL_QUANT seconds per phase (statistics_s, bias_correction_s, ...)
     time_split: dict | None = None  # a flow run's wall time: server start, Prefect and start-up, ptqflow (CLI)
-    max_drop: dict | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost (max_drop.py)
+    max_drop: MaxDropResult | None = None  # FULL_QUANT --max-drop: kept nodes, cosine before/after, cost
     debug: dict | None = None  # debug_info_save_path: where the reports went, worst nodes (ptq_core.debug.driver)
     int8_form: str | None = None  # int8 weights for onnxruntime's CPU kernels (ptq_core.onnxgraph.cpu); None: n/a
     notices: list[str] = field(default_factory=list)
@@ -164,10 +165,10 @@ class Summary:
             "init_scale": self.init_scale,
             "fp32_ms": None if not self.speed else round(self.speed.fp32_ms, 4),
             "int8_ms": None if not self.speed else round(self.speed.int8_ms, 4),
-            "max_drop": None if not self.max_drop else self.max_drop["bound"],
-            "max_drop_kept": None if not self.max_drop else len(self.max_drop["kept"]),
+            "max_drop": None if not self.max_drop else self.max_drop.bound,
+            "max_drop_kept": None if not self.max_drop else len(self.max_drop.kept),
             "max_drop_int8_weight_fraction": None if not self.max_drop else
-            round(self.max_drop["int8_weight_fraction"], 4),
+            round(self.max_drop.int8_weight_fraction, 4),
             "int8_form": self.int8_form,
             **{label: text for label, text in self.facts},
         }
@@ -249,7 +250,7 @@ def _without_data(cfg: QuantConfig) -> QuantConfig:
 
 def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, prepared: onnx.ModelProto,
                    plan, inputs: InputOptions | None = None, speed: GuardRecord | None = None, timings: dict | None = None,
-                   max_drop: dict | None = None) -> Summary:
+                   max_drop: MaxDropResult | None = None) -> Summary:
     from ptq_core.modes.full.pipeline import full_decisions
 
     cosine, source = measured_cosine(model_path, output_path, cfg, info, inputs, "default")  # calibration sample 0

@@ -132,21 +132,21 @@ def verdict(summary: Summary) -> str:
             f"{cos}, {t['layers_quantized']} layer(s) quantized, {t['layers_skipped']} kept float")
 
 
-def max_drop_lines(md: dict) -> list[tuple[str, str]]:
+def max_drop_lines(md) -> list[tuple[str, str]]:
     """``--max-drop``: what was kept FP32 and what it cost, as (label, text) rows."""
-    kept = md["kept"]
+    kept = md.kept
     names = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
-    state = "within" if md["reached"] else "NOT within"
+    state = "within" if md.reached else "NOT within"
     rows = [
-        ("max_drop", f"bound {md['bound']:g}: output drop {md['drop_before']:.4g} -> {md['drop_after']:.4g} "
-                     f"(cosine {md['cosine_before']:.6f} -> {md['cosine_after']:.6f} over {md['eval_rounds']} "
+        ("max_drop", f"bound {md.bound:g}: output drop {md.drop_before:.4g} -> {md.drop_after:.4g} "
+                     f"(cosine {md.cosine_before:.6f} -> {md.cosine_after:.6f} over {md.eval_rounds} "
                      f"calibration rounds), {state} the bound"),
-        ("max_drop kept FP32", f"{len(kept)} of {md['candidates']} int8 nodes" + (f": {names}" if kept else "")),
-        ("max_drop cost", f"{100 * md['int8_weight_fraction']:.1f} % of quantizable weight parameters still int8; "
-                          f"model {md['size_before'] / 1024:,.1f} -> {md['size_after'] / 1024:,.1f} KiB, "
-                          f"batch-1 latency {md['ms_before']:.3f} -> {md['ms_after']:.3f} ms"),
+        ("max_drop kept FP32", f"{len(kept)} of {md.candidates} int8 nodes" + (f": {names}" if kept else "")),
+        ("max_drop cost", f"{100 * md.int8_weight_fraction:.1f} % of quantizable weight parameters still int8; "
+                          f"model {md.size_before / 1024:,.1f} -> {md.size_after / 1024:,.1f} KiB, "
+                          f"batch-1 latency {md.ms_before:.3f} -> {md.ms_after:.3f} ms"),
     ]
-    rows += [("max_drop notice", note) for note in md.get("notes", [])]
+    rows += [("max_drop notice", note) for note in md.notes]
     return rows
 
 

@@ -46,7 +46,7 @@ class PlanFile:
     prepared: Any = None  # FULL_QUANT: the prepared FP32 graph the plan refers to
     speed: Any = None  # FULL_QUANT: the latency guard's GuardRecord
     timings: dict | None = None  # FULL_QUANT: seconds per phase
-    max_drop: dict | None = None  # FULL_QUANT: the --max-drop report
+    max_drop: Any = None  # FULL_QUANT: the --max-drop record (MaxDropResult)
 
     def save(self, path: Path) -> str:
         import pickle

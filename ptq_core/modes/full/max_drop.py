@@ -25,7 +25,7 @@ correction included) and re-evaluates.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -67,35 +67,44 @@ class Build:
     quantized: onnx.ModelProto
 
 
-@dataclass
+@dataclass(frozen=True)
 class MaxDropResult:
+    """What ``--max-drop`` kept FP32 and what it cost: the summary's record, built once when the loop ends."""
+
     bound: float
     reached: bool
     candidates: int
-    kept: list[str]
+    kept: tuple[str, ...]
     cosine_before: float
     cosine_after: float
-    damage_rounds: list[int]
+    damage_rounds: tuple[int, ...]
     eval_rounds: int
-    ranking: list[NodeDamage]
-    steps: list[Step]
+    ranking: tuple[NodeDamage, ...]
+    steps: tuple[Step, ...]
     weights_int8_before: int  # parameters of the quantizable weights int8 without the loop
     weights_int8_after: int
     size_before: int  # serialized bytes of the model without / with the loop
     size_after: int
     ms_before: float  # batch-1 median latency without / with the loop
     ms_after: float
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
-    def int8_fraction(self) -> float:
+    def int8_weight_fraction(self) -> float:
         return self.weights_int8_after / self.weights_int8_before if self.weights_int8_before else 1.0
 
+    @property
+    def drop_before(self) -> float:
+        return max(0.0, 1.0 - self.cosine_before)
+
+    @property
+    def drop_after(self) -> float:
+        return max(0.0, 1.0 - self.cosine_after)
+
     def to_dict(self) -> dict:
+        """JSON-safe, for benchmark tables (the ranking cut to its first 20 nodes)."""
         d = asdict(self)
-        d["drop_before"] = max(0.0, 1.0 - self.cosine_before)
-        d["drop_after"] = max(0.0, 1.0 - self.cosine_after)
-        d["int8_weight_fraction"] = self.int8_fraction
+        d.update(drop_before=self.drop_before, drop_after=self.drop_after, int8_weight_fraction=self.int8_weight_fraction)
         d["ranking"] = d["ranking"][:20]
         return d
 
@@ -332,13 +341,14 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
     w_before, w_after = weight_params(base.plan), weight_params(final.plan)
     ms_before = latency(base.quantized) if latency else 0.0
     result = MaxDropResult(
-        bound=bound, reached=reached, candidates=len(candidates), kept=list(kept),
-        cosine_before=trials.cosines[()], cosine_after=cos_after, damage_rounds=damage_rounds if ranking else [],
-        eval_rounds=len(evaluator.rounds), ranking=ranking, steps=trials.steps,
+        bound=bound, reached=reached, candidates=len(candidates), kept=tuple(kept),
+        cosine_before=trials.cosines[()], cosine_after=cos_after,
+        damage_rounds=tuple(damage_rounds) if ranking else (), eval_rounds=len(evaluator.rounds),
+        ranking=tuple(ranking), steps=tuple(trials.steps),
         weights_int8_before=w_before, weights_int8_after=w_after,
         size_before=base.quantized.ByteSize(), size_after=final.quantized.ByteSize(),
         ms_before=ms_before, ms_after=latency(final.quantized) if latency and kept else ms_before,
-        notes=trials.notes,
+        notes=tuple(trials.notes),
     )
     return result, final
 

@@ -186,7 +186,7 @@ class FullResult:
     bias_diffs: dict
     speed: Any = None  # the latency guard's GuardRecord
     timings: dict | None = None  # seconds per phase
-    max_drop: dict | None = None  # [ptqflow] max_drop: what was kept FP32 and what it cost (max_drop.MaxDropResult)
+    max_drop: Any = None  # [ptqflow] max_drop: what was kept FP32 and what it cost (max_drop.MaxDropResult)
 
 
 def speed_table_path() -> str | None:

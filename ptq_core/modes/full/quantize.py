@@ -269,7 +269,7 @@ class FullRun:
                                           latency=lambda m: median_latency_ms(m, self.feeds0, runs=30))
         self.place = build.place
         self.lap("max_drop_s")
-        return build.plan, build.diffs, build.quantized, report.to_dict()
+        return build.plan, build.diffs, build.quantized, report
 
     def store_and_compact(self, plan, quantized):
         """Kept nodes' weights as 8-bit codes, the graph without redundant bytes, the guard's CPU named."""

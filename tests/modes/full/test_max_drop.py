@@ -68,20 +68,20 @@ def test_max_drop_meets_the_bound_by_keeping_the_planted_concat(head, tmp_path):
     model, folder = head
     result = quantize_full(model, _cfg(folder, BOUND), InputOptions(), tmp_path / "work")
     md = result.max_drop
-    assert md["reached"] and md["kept"] == ["head_concat"]
-    assert md["drop_before"] > 0.3 and md["drop_after"] <= BOUND
+    assert md.reached and md.kept == ("head_concat",)
+    assert md.drop_before > 0.3 and md.drop_after <= BOUND
     assert 1 - _calibration_cosine(model, folder, result.quantized, tmp_path) <= BOUND
-    assert md["int8_weight_fraction"] >= 0.8
-    assert weight_params(result.plan) == md["weights_int8_after"] == md["weights_int8_before"]
+    assert md.int8_weight_fraction >= 0.8
+    assert weight_params(result.plan) == md.weights_int8_after == md.weights_int8_before
 
 
 def test_damage_ranking_names_the_broken_concat_first(head, tmp_path):
     model, folder = head
     md = quantize_full(model, _cfg(folder, BOUND), InputOptions(), tmp_path / "work").max_drop
-    first = md["ranking"][0]
-    assert first["node"] == "head_concat" and first["cosine"] < 0.5
-    assert all(d["own"] < 0.01 for d in md["ranking"][1:])
-    assert md["damage_rounds"] == list(range(8))
+    first = md.ranking[0]
+    assert first.node == "head_concat" and first.cosine < 0.5
+    assert all(d.own < 0.01 for d in md.ranking[1:])
+    assert md.damage_rounds == tuple(range(8))
 
 
 def test_kept_nodes_appear_in_the_layer_table_with_reason_max_drop(head, tmp_path):
@@ -108,10 +108,10 @@ def test_zero_bound_keeps_going_until_nothing_is_int8_and_says_so(head, tmp_path
     model, folder = head
     result = quantize_full(model, _cfg(folder, 0.0), InputOptions(), tmp_path / "work")
     md = result.max_drop
-    assert md["reached"] and md["kept"][0] == "head_concat"
-    assert md["weights_int8_after"] == 0 and not result.plan.nodes
-    assert any("only with no node left in int8" in n for n in md["notes"])
-    assert [s["kept"] for s in md["steps"]][:4] == [0, 1, 2, 4]  # doubling, then bisection
+    assert md.reached and md.kept[0] == "head_concat"
+    assert md.weights_int8_after == 0 and not result.plan.nodes
+    assert any("only with no node left in int8" in n for n in md.notes)
+    assert [s.kept for s in md.steps][:4] == [0, 1, 2, 4]  # doubling, then bisection
 
 
 def test_same_inputs_give_the_same_bytes(head, tmp_path):
@@ -168,7 +168,7 @@ def test_flow_parameter_overrides_the_config_and_reports_the_kept_nodes(head, tm
     model, folder = head
     cfg = write_config(tmp_path / "full.cfg", _text(folder, max_drop=0.5))
     summary = convert(model, cfg, tmp_path / "flow-out", max_drop=BOUND)
-    assert summary.max_drop["bound"] == BOUND and summary.max_drop["kept"] == ["head_concat"]
+    assert summary.max_drop.bound == BOUND and summary.max_drop.kept == ("head_concat",)
     assert summary.totals()["max_drop_kept"] == 1
     assert any(r["node"] == "head_concat" and r["detail"].startswith("max_drop") for r in summary.rows())
     assert Path(summary.output).exists()
@@ -206,6 +206,6 @@ def test_kept_nodes_with_weights_go_back_to_int8_when_the_bound_holds_without_th
         return max_drop.Build(SimpleNamespace(nodes=int8), plan(int8), {}, model(kept))
 
     result, final = max_drop.keep_until_within(onnx.ModelProto(), build(()), [], 0.01, lambda extra, why: build(extra))
-    assert result.kept == ["b"] and final.quantized.doc_string == "b"
+    assert result.kept == ("b",) and final.quantized.doc_string == "b"
     assert [s.action for s in result.steps] == ["all int8", "keep first 1", "keep first 2", "give back a"]
     assert result.weights_int8_after == 1010 and result.weights_int8_before == 1020
