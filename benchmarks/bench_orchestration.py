@@ -55,7 +55,8 @@ def _fresh_home(base: Path, name: str) -> Path:
 
 
 def _counts(flow_state) -> dict:
-    from ptqflow.runs import state_counts, task_states
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' Prefect run reader
+    from prefect_runs import state_counts, task_states
 
     return state_counts(task_states(flow_state.state_details.flow_run_id))
 

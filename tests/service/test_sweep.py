@@ -90,9 +90,8 @@ def test_svg_plot_is_well_formed_and_rings_the_pick():
 @pytest.mark.usefixtures("prefect_harness")
 def test_weight_sweep_writes_outputs_and_analyses_the_model_once(tmp_path):
     import pyarrow.parquet as pq
+    from prefect_runs import state_counts, task_states
     from ptqflow.flows.sweep import sweep
-
-    from ptqflow.runs import state_counts, task_states
 
     model = save(mlp_model(hidden=96, inp=64, seed=5), tmp_path / "m.onnx")
     cfg = write_config(tmp_path / "w.cfg", WEIGHT_CFG)
@@ -124,11 +123,11 @@ def test_weight_sweep_writes_outputs_and_analyses_the_model_once(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_full_sweep_preprocesses_once_and_collects_statistics_once_per_method(tmp_path):
+    from prefect_runs import state_counts, task_states
     from ptqflow.flows.sweep import sweep
     from test_full_quant import calib_folder, cnn_model
 
     from ptq_core.convert import convert_direct
-    from ptqflow.runs import state_counts, task_states
 
     model = save(cnn_model(seed=3), tmp_path / "cnn.onnx")
     folder = calib_folder(tmp_path, n=6)
