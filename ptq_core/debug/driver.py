@@ -127,7 +127,22 @@ def prepare_debug(origin: onnx.ModelProto, quant: onnx.ModelProto, work_dir: Pat
     """Pair the records and write both models with their tensors exposed (content-addressed, once)."""
     plan = build_plan(origin, quant)
     return DebugJob(_exposed(origin, plan.origin_tensors, work_dir, "origin"),
-                    _exposed(quant, plan.quant_tensors, work_dir, "quant"), plan)
+                    _exposed(quant, plan.quant_tensors, work_dir, "quant"), plan, _written_copy(quant, Path(work_dir)))
+
+
+def _written_copy(quant: onnx.ModelProto, work_dir: Path) -> str:
+    """The written model beside the exposed ones (content-addressed), for the outputs as onnxruntime runs it;
+    "" over 2 GB, where output_summary.csv keeps the exact-math figures."""
+    from ptq_core.files import write_atomic
+
+    if quant.ByteSize() >= 2**31 - 1:
+        return ""
+    data = quant.SerializeToString(deterministic=True)
+    path = work_dir / f"debug-written-{hashlib.sha256(data).hexdigest()[:20]}.onnx"
+    if not path.exists():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    return str(path)
 
 
 def param_rows(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, job: DebugJob, plan=None) -> list[dict]:

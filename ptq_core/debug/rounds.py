@@ -39,6 +39,7 @@ class DebugJob:
     origin_path: str
     quant_path: str
     plan: DebugPlan
+    written_path: str = ""  # the quantized model as written: its outputs are measured as onnxruntime runs it
 
 
 @dataclass
@@ -58,6 +59,9 @@ class _Context:
         try:  # exact math, no fusions: the report compares tensors as the graph defines them
             self.origin = make_session(job.origin_path, threads=1, optimization="off")
             self.quant = make_session(job.quant_path, threads=1, optimization="off")
+            # the model's outputs as users get them: onnxruntime's default optimizations fuse the Q/DQ pairs
+            # into integer kernels, whose rounding the exact-math graph above does not show
+            self.written = make_session(job.written_path, threads=1) if job.written_path else None
         except ModelError as exc:
             raise ModelError(f"debug: {exc}") from None
         self.origin_inits = _initializers(job.origin_path, {r.origin for rec in job.plan.records for r in rec.tensors})
@@ -76,6 +80,18 @@ def _context(job: DebugJob) -> _Context:
         if ctx is None:
             ctx = _CONTEXTS[key] = _Context(job)
         return ctx
+
+
+def _outputs_as_run(ctx: _Context, plan: DebugPlan, feeds: dict, o_vals: dict) -> dict[str, float]:
+    """Cosine of each model output of the written model, run with onnxruntime's default optimizations, against
+    FP32: output_summary.csv reports what the model users get computes."""
+    if ctx.written is None:
+        return {}
+    names = [o.name for o in ctx.written.get_outputs() if o.name in plan.origin_outputs and o.name in o_vals]
+    if not names:
+        return {}
+    values = ctx.written.run(names, {i.name: feeds[i.name] for i in ctx.written.get_inputs()})
+    return {n: cosine(o_vals[n], v) for n, v in zip(names, values) if np.size(o_vals[n]) == np.size(v)}
 
 
 def _numeric(a) -> np.ndarray | None:
@@ -97,6 +113,7 @@ def round_rows(job: DebugJob, feeds: dict[str, np.ndarray]) -> tuple[list[dict],
     for k, v in feeds.items():
         o_vals.setdefault(k, v)
         q_vals.setdefault(k, v)
+    as_run = _outputs_as_run(ctx, plan, feeds, o_vals)
     rows: list[dict] = []
     outputs: list[tuple[str, float]] = []
     candidates: list[tuple[float, dict]] = []
@@ -133,7 +150,7 @@ def round_rows(job: DebugJob, feeds: dict[str, np.ndarray]) -> tuple[list[dict],
                          "Clip": clip, "CosineSimilarity": cos})
             index += 1
             if ref.inout == "Output" and ref.name in plan.origin_outputs:
-                outputs.append((ref.name, cos))
+                outputs.append((ref.name, as_run.get(ref.name, cos)))
             if ov is not None and ref.kind == "Activation" and np.issubdtype(qv.dtype, np.floating) \
                     and ref.inout == "Output":  # each activation once: as the output of its producer
                 candidates.append((cos, {"node": rec.node, "tensor": ref.name, "inout": ref.inout, "ov": ov, "qv": qv}))
