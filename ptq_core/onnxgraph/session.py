@@ -113,12 +113,13 @@ def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]
     return feeds
 
 
-OPTIMIZATION_LEVELS = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
+OPTIMIZATION_LEVELS = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "all": "ORT_ENABLE_ALL"}
 
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: bool = False, *,
                  optimization: str = "all", arena: bool = True, profile_prefix: str | None = None,
-                 optimized_path: str | None = None):
+                 optimized_path: str | None = None, config: dict[str, str] | None = None):
     """The one place an onnxruntime CPU session is made (log silenced: a failure reaches the user as our
     one line, not onnxruntime's log).
 
@@ -130,8 +131,9 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: b
     instead of 0.75 GiB for three 256 MiB weights). The values are the same; only speed and memory differ.
     ``arena=False`` also drops the memory pattern: for sessions that run once per sample on worker threads
     (statistics), where the arena would keep each run's peak for the session's life. ``optimization``:
-    "off", "basic" (standard ops only; with ``optimized_path`` the optimized graph is written there) or
-    "all". ``profile_prefix`` turns onnxruntime's profiler on.
+    "off", "basic" (standard ops only; with ``optimized_path`` the optimized graph is written there),
+    "extended" (where the QDQ fusions happen) or "all". ``profile_prefix`` turns onnxruntime's profiler on;
+    ``config`` adds session config entries.
     """
     import onnxruntime as ort
 
@@ -146,6 +148,8 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1, lean: b
     if not arena:
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

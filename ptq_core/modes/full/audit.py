@@ -34,12 +34,10 @@ def optimized_model(model, level: str = "extended") -> onnx.ModelProto:
     transforms: NCHWc/NHWC contrib ops, hardware specific). Saving at "all" can fail on some builds
     (compiled or NCHWc nodes); then the extended graph is returned instead.
     """
-    import onnxruntime as ort
+    from ptq_core.onnxgraph.session import make_session
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else bytes(model)
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = ("basic", "extended", "all")
     if level not in levels:
         raise PtqError(f"optimization level {level!r}; allowed: {', '.join(levels)}")
     tries = [level] if level != "all" else ["all", "extended"]
@@ -47,16 +45,9 @@ def optimized_model(model, level: str = "extended") -> onnx.ModelProto:
     for lv in tries:
         with tempfile.TemporaryDirectory(prefix="ptq-ort-") as tmp:
             path = os.path.join(tmp, "optimized.onnx")
-            so = ort.SessionOptions()
-            so.graph_optimization_level = levels[lv]
-            so.optimized_model_filepath = path
-            # big initializers go to a side file that is never read back: only the graph matters here
-            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-            so.intra_op_num_threads = 1
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            try:
-                ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            try:  # big initializers go to a side file never read back: only the graph matters here
+                make_session(data, threads=1, optimization=lv, optimized_path=path,
+                             config={"session.optimized_model_external_initializers_file_name": "optimized.data"})
                 return onnx.load(path, load_external_data=False)
             except Exception as exc:  # saving the optimized graph failed at this level
                 last = exc
