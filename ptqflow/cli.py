@@ -380,11 +380,26 @@ def _run(argv: list[str] | None) -> int:
         print(f"ptq: {'terminated' if terminated else 'interrupted'}; nothing was written", file=sys.stderr)
         return terminated or 130
     except Exception as exc:  # a bug, not bad input: one line unless asked for more
+        if interrupted_inside(exc):  # Ctrl-C that a library caught and wrapped (pydantic while Prefect starts)
+            print("ptq: interrupted; nothing was written", file=sys.stderr)
+            return 130
         if os.environ.get("PTQ_DEBUG"):
             raise
         print(f"ptq: internal error: {type(exc).__name__}: {exc} (rerun with PTQ_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def interrupted_inside(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is what really ended the run: raised in a library's callback and
+    re-raised wrapped (pydantic's serializer turns it into PydanticSerializationError, naming it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

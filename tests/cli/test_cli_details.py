@@ -92,3 +92,21 @@ def test_a_folder_named_ptqflow_beside_a_script_is_named_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and last.startswith("ImportError:") and str(tmp_path / "ptqflow") in last
+
+
+def test_an_interrupt_a_library_wrapped_ends_as_an_interrupt(tmp_path, model, capsys, monkeypatch):
+    """Ctrl-C while Prefect serializes (pydantic re-raises it as a serialization error naming it) is an
+    interrupt: one line and exit 130, not an internal error."""
+    import ptqflow.cli as cli
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise ValueError("Error calling function `ser`: KeyboardInterrupt") from inner
+
+    monkeypatch.setattr(cli, "_convert", wrapped)
+    cfg = write_config(tmp_path / "w.cfg", W8)
+    rc = main(["convert", f"--modelFile={model}", f"--outputFile={tmp_path / 'o'}", f"--configFile={cfg}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and err == "ptq: interrupted; nothing was written"
