@@ -20,7 +20,11 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
 table{border-collapse:collapse;font-size:12px} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 td.l,th.l{text-align:left} code{background:#f3f3f3;padding:2px 4px}
 .hist{display:inline-block;margin:0 16px 16px 0;vertical-align:top;font-size:12px}
+tr.fp32 td{color:#777;background:#f4f4f4}
 """
+
+
+_FP32_GREY = "#b0b0b0"  # a layer kept FP32: what it loses comes from its int8 inputs, not from itself
 
 
 def _color(score: float) -> str:
@@ -63,9 +67,11 @@ def cosine_chart(ranked, width: int = 1100, height: int = 340) -> str:
     for i, d in enumerate(nodes):
         x = left + i * step
         bar_top = y(d.output_cosine)
-        parts.append(f'<rect class="bar" x="{x + 0.1 * step:.1f}" y="{bar_top:.1f}" width="{max(1.0, 0.8 * step):.1f}" '
-                     f'height="{max(1.0, bottom_y - bar_top):.1f}" fill="{_color(d.score)}"><title>{escape(d.node)} '
-                     f'({escape(d.op_type)}): cosine {d.output_cosine:.6f}, worst {d.min_output_cosine:.6f}, '
+        kept = "" if d.quantized else " (kept FP32)"
+        parts.append(f'<rect class="bar{"" if d.quantized else " fp32"}" x="{x + 0.1 * step:.1f}" y="{bar_top:.1f}" '
+                     f'width="{max(1.0, 0.8 * step):.1f}" height="{max(1.0, bottom_y - bar_top):.1f}" '
+                     f'fill="{_color(d.score) if d.quantized else _FP32_GREY}"><title>{escape(d.node)} '
+                     f'({escape(d.op_type)}){kept}: cosine {d.output_cosine:.6f}, worst {d.min_output_cosine:.6f}, '
                      f'score {d.score:.4f}</title></rect>')
         parts.append(f'<line x1="{x + 0.1 * step:.1f}" x2="{x + 0.9 * step:.1f}" y1="{y(d.min_output_cosine):.1f}" '
                      f'y2="{y(d.min_output_cosine):.1f}" stroke="#000"/>')
@@ -79,20 +85,29 @@ def cosine_chart(ranked, width: int = 1100, height: int = 340) -> str:
 
 
 def histogram_svg(h: dict, width: int = 320, height: int = 150) -> str:
-    """FP32 (blue) and dequantized (orange) histograms of one tensor on the same bins."""
+    """FP32 (blue) and dequantized (orange) histograms of one tensor on the same bins, counts on a log axis:
+    a ReLU output's zero bin holds most values, and on a linear axis it flattens every other bin."""
+    import math
+
     o, q = h["origin"]["counts"], h["dequant"]["counts"]
     peak = max(max(o, default=1), max(q, default=1), 1)
     n = max(len(o), 1)
-    bw = (width - 20) / n
+    left = 34
+    bw = (width - left - 10) / n
     parts = [f'<svg class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<rect x="10" y="5" width="{width - 20}" height="{height - 30}" fill="#fafafa" stroke="#999"/>']
+             f'<rect x="{left}" y="5" width="{width - left - 10}" height="{height - 30}" fill="#fafafa" stroke="#999"/>',
+             f'<text x="{left - 3}" y="13" font-size="9" text-anchor="end">{peak:g}</text>'
+             f'<text x="{left - 3}" y="{height - 26}" font-size="9" text-anchor="end">1</text>'
+             f'<text x="9" y="{(height - 25) / 2 + 5:.0f}" font-size="9" text-anchor="middle" '
+             f'transform="rotate(-90 9 {(height - 25) / 2 + 5:.0f})">count (log)</text>']
+    scale = math.log10(1 + peak)
     for counts, color, dx in ((o, "#1f77b4", 0.05), (q, "#ff7f0e", 0.5)):
         for i, c in enumerate(counts):
-            hh = (height - 32) * c / peak
-            parts.append(f'<rect x="{10 + (i + dx) * bw:.1f}" y="{height - 25 - hh:.1f}" width="{0.45 * bw:.1f}" '
-                         f'height="{hh:.1f}" fill="{color}"/>')
+            hh = (height - 32) * math.log10(1 + c) / scale
+            parts.append(f'<rect x="{left + (i + dx) * bw:.1f}" y="{height - 25 - hh:.1f}" width="{0.45 * bw:.1f}" '
+                         f'height="{hh:.1f}" fill="{color}"><title>{c}</title></rect>')
     lo, hi = h["origin"]["lo"], h["origin"]["hi"]
-    parts.append(f'<text x="10" y="{height - 10}" font-size="10">{lo:.4g}</text>'
+    parts.append(f'<text x="{left}" y="{height - 10}" font-size="10">{lo:.4g}</text>'
                  f'<text x="{width - 10}" y="{height - 10}" font-size="10" text-anchor="end">{hi:.4g}</text></svg>')
     return "".join(parts)
 
@@ -116,7 +131,7 @@ def summary_markdown(ranked, outputs, skip_line: str, rounds: int, top: int = 10
 
 def write_page(folder: Path, title: str, ranked, outputs, worst: list[dict], skip_line: str, top: int = 25) -> Path:
     rows = "".join(
-        f'<tr><td>{i}</td><td class="l">{escape(d.node)}</td><td class="l">{escape(d.op_type)}</td><td>{d.score:.4f}</td>'
+        f'<tr{"" if d.quantized else " class=fp32"}><td>{i}</td><td class="l">{escape(d.node)}</td><td class="l">{escape(d.op_type)}</td><td>{d.score:.4f}</td>'
         f"<td>{d.output_cosine:.6f}</td><td>{d.min_output_cosine:.6f}</td><td>{d.cosine_drop:.6f}</td>"
         f"<td>{100 * d.clip:.3f}%</td><td>{d.range_bits:.1f}</td><td>{'yes' if d.quantized else 'no'}</td>"
         f'<td class="l">{escape(d.reason)}</td></tr>'
@@ -135,6 +150,7 @@ def write_page(folder: Path, title: str, ranked, outputs, worst: list[dict], ski
             f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"
             "<p>Bars: 1 &minus; mean cosine of each node's dequantized output vs FP32 over all rounds, log scale, "
             "execution order (taller = more lost; black tick: worst round; red: score &ge; 0.1, orange: &ge; 0.01; "
+            "grey: a layer kept FP32; "
             "a merge node can lose a small input with a tall score but a short bar: see the ranking).</p>"
             f"<h2>Output cosine lost per layer</h2>{cosine_chart(ranked)}{skip}"
             f"<h2>Model outputs</h2><table><tr><th class=\"l\">tensor</th><th>mean cosine</th><th>worst</th></tr>{out_rows}</table>"

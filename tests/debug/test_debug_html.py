@@ -52,3 +52,30 @@ def test_chromium_renders_the_cosine_chart(page):
     chart = image[90:420, 60:1150]  # below the title and caption: where the SVG chart is drawn
     colored = np.abs(chart[..., 0] - chart[..., 2]) > 60  # red/blue bars, not grey text or white
     assert chart.std() > 20 and colored.mean() > 0.01
+
+
+def _damage(node: str, quantized: bool):
+    from ptq_core.debug.rank import NodeDamage
+
+    return NodeDamage(node=node, op_type="Conv", order=0 if quantized else 1, rounds=1, output_cosine=0.999,
+                      min_output_cosine=0.998, input_cosine=1.0, cosine_drop=0.001, clip=0.0, range_bits=0.0,
+                      score=0.001, quantized=quantized, reason="")
+
+
+def test_layers_kept_fp32_are_drawn_apart_from_int8_ones():
+    from ptq_core.debug.html import cosine_chart
+
+    svg = cosine_chart([_damage("int8_conv", True), _damage("fp32_conv", False)])
+    assert svg.count('class="bar fp32"') == 1 and "fp32_conv (Conv) (kept FP32)" in svg
+
+
+def test_histogram_counts_are_on_a_log_axis_with_a_label():
+    import re
+
+    from ptq_core.debug.html import histogram_svg
+
+    h = {"origin": {"counts": [1000, 10, 0], "lo": -1.0, "hi": 1.0}, "dequant": {"counts": [1000, 10, 0]}}
+    svg = histogram_svg(h)
+    heights = [float(v) for v in re.findall(r'height="([0-9.]+)" fill="#1f77b4"', svg)]
+    assert heights[1] / heights[0] > 0.3  # 10 against 1000: a third of the height on a log axis, 1 % on a linear one
+    assert "count (log)" in svg and ">1000<" in svg
