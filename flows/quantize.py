@@ -86,8 +86,13 @@ def publish(summary: Summary) -> None:
     if debug.get("top"):
         worst = debug["top"][0]  # NodeDamage.as_row()
         rows.append(("worst node", f"{worst['node']} ({worst['op']}, damage score {worst['score']:.4f})"))
+    # short rows in a table; long ones (the target's rules, the phase times) as a list below it, where they
+    # wrap instead of being cut at the dashboard's width
+    short = [(label, text) for label, text in rows if len(text) <= 90]
+    long = [(label, text) for label, text in rows if len(text) > 90]
     lines = [f"**{verdict(summary)}**", "", "| | |", "|---|---|"]
-    lines += [f"| {label} | {text.replace('|', '/')} |" for label, text in rows]
+    lines += [f"| {label} | {text.replace('|', '/')} |" for label, text in short]
+    lines += [""] + [f"- **{label}:** {text}" for label, text in long]
     create_markdown_artifact(key="quantize-summary", markdown="\n".join(lines),
                              description=f"Summary for {Path(summary.model).name}")
     logger = get_run_logger()  # the run's Logs tab says what the terminal said

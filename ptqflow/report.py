@@ -126,7 +126,7 @@ def summary_lines(summary: Summary) -> list[tuple[str, str]]:
 def verdict(summary: Summary) -> str:
     """One line first: how much smaller, how close to FP32, how many layers int8."""
     t = summary.totals()
-    cos = f"output cosine {t['output_cosine']:.4f}" if t["output_cosine"] is not None else "output cosine not measured"
+    cos = f"output cosine {t['output_cosine']:.6f}" if t["output_cosine"] is not None else "output cosine not measured"
     return (f"{Path(summary.model).name} -> {Path(summary.output).name}: {summary.quant_type}, "
             f"{t['compression_ratio']:.2f}x smaller ({_kb(t['size_before_bytes'])} -> {_kb(t['size_after_bytes'])} KiB), "
             f"{cos}, {t['layers_quantized']} layer(s) quantized, {t['layers_skipped']} kept float")
