@@ -84,6 +84,8 @@ class TreePeak:
 
     def __init__(self, roots) -> None:
         self.roots, self.peak_rss, self.peak_pss, self._stop = roots, 0, 0, threading.Event()
+        self.series: list[tuple[float, float]] = []  # (seconds since start, PSS MB): where the peak is
+        self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -104,6 +106,7 @@ class TreePeak:
             self.peak_rss = max(self.peak_rss, rss)
             if with_pss:
                 self.peak_pss = max(self.peak_pss, pss)
+                self.series.append((round(time.perf_counter() - self._t0, 2), round(pss / 2**20, 1)))
             tick += 1
             time.sleep(0.05)
 
@@ -120,7 +123,17 @@ def timed_process(cmd: list[str], env: dict, extra_roots=lambda: []) -> dict:
     out, _ = proc.communicate()
     wall = time.perf_counter() - start
     rss, pss = peak.stop()
-    return {"ok": proc.returncode == 0, "wall_s": wall, "peak_mb": pss, "peak_rss_mb": rss, "log": out[-3000:]}
+    return {"ok": proc.returncode == 0, "wall_s": wall, "peak_mb": pss, "peak_rss_mb": rss, "log": out[-3000:],
+            "pss_series": peak.series}
+
+
+def memory_timeline(series: list[tuple[float, float]], step: float = 1.0) -> str:
+    """The largest PSS in each ``step`` seconds of a run, as "t:MB" pairs: which phase holds the peak."""
+    buckets: dict[float, float] = {}
+    for t, mb in series:
+        key = step * int(t / step)
+        buckets[key] = max(buckets.get(key, 0.0), mb)
+    return " ".join(f"{t:g}s:{mb:.0f}" for t, mb in sorted(buckets.items()))
 
 
 def run_ours(model: Path, bindir: Path, n: int, method: str, work: Path) -> dict:
@@ -238,6 +251,10 @@ def render(rows: list[dict], env: dict, cmd: str) -> str:
             bound_text = (f"time <= {bound}x, " if bound else "") + f"memory <= {RSS_BOUND}x"
         lines.append(f"| {r['n']} | {r['tool']} | {r['method']} | {r['wall_s']:.1f} | {ratio_text} | "
                      f"{r['peak_mb']:.0f} | {rss_text} | {r['peak_rss_mb']:.0f} | {bound_text} | {verdict} | {'; '.join(r.get('split', []))} |")
+    timelines = [f"- N={r['n']} {r['method']}: {memory_timeline(r['pss_series'])}" for r in rows
+                 if r["tool"].startswith("ptqflow") and r.get("pss_series")]
+    if timelines:
+        lines += ["", "PSS over the run of `ptq convert` (largest MB in each second, from its start):", "", *timelines]
     return "\n".join(lines) + "\n"
 
 
