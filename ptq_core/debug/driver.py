@@ -80,13 +80,17 @@ def debug_folder(cfg, create: bool = True) -> Path:
     ``create=False`` (before any work) only checks that it is, or can become, a folder: a run that fails
     later leaves no empty folder behind."""
     path = Path(cfg.common.debug_info_save_path).expanduser()
+    where = f"{cfg.source}: [common_quant_param] debug_info_save_path={cfg.common.debug_info_save_path}"
     if not create:
         existing = path
         while not existing.exists() and existing.parent != existing:
             existing = existing.parent
-        if path.exists() and not path.is_dir() or not existing.is_dir() or not os.access(existing, os.W_OK):
-            raise ConfigError(f"{cfg.source}: [common_quant_param] debug_info_save_path="
-                              f"{cfg.common.debug_info_save_path}: {'is not a folder' if path.exists() else 'cannot be created'}")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{where} is not a folder")
+        if not existing.is_dir():
+            raise ConfigError(f"{where}: cannot create the folder ({existing} is a file)")
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"{where}: cannot write in {existing}")
         return path.resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,15 @@ def _relocate_external(model_path: str, old: str, new: str) -> None:
 
 
 def _umask() -> int:
-    """This process's umask (read by setting it back at once; there is no getter before Python 3.13)."""
+    """This process's umask. Read from /proc where it can be: the set-and-restore fallback (there is no
+    getter before Python 3.13) is not safe while other threads (Dask's, a sweep's points) write files."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -110,3 +110,17 @@ def test_an_interrupt_a_library_wrapped_ends_as_an_interrupt(tmp_path, model, ca
     rc = main(["convert", f"--modelFile={model}", f"--outputFile={tmp_path / 'o'}", f"--configFile={cfg}"])
     err = capsys.readouterr().err.strip()
     assert rc == 130 and err == "ptq: interrupted; nothing was written"
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda d: d.write_text("a file"), "is not a folder"),
+    (lambda d: (d.parent / "blocker").write_text("a file"), "cannot create the folder"),
+])
+def test_a_debug_folder_that_cannot_be_one_is_refused_before_the_model_is_read(tmp_path, capsys, make, expected):
+    debug = tmp_path / "dbg" if expected == "is not a folder" else tmp_path / "blocker" / "dbg"
+    make(tmp_path / "dbg")
+    cfg = write_config(tmp_path / "w.cfg", W8 + f"debug_info_save_path={debug}\n")
+    rc = main(["convert", f"--modelFile={tmp_path / 'missing.onnx'}", f"--outputFile={tmp_path / 'o'}",
+               f"--configFile={cfg}", "--no-flow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "debug_info_save_path" in err and expected in err and "missing.onnx" not in err
