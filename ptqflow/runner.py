@@ -154,6 +154,11 @@ def serve() -> int:
     import ptqflow.flows.quantize  # noqa: F401
     import ptqflow.flows.sweep  # noqa: F401
 
+    with contextlib.suppress(ImportError):
+        # imported lazily by the calibration task, here once instead: its pages are then shared with every
+        # child rather than copied into each (about 16 MB a FULL_QUANT run)
+        import distributed  # noqa: F401
+
     gc.collect()
     gc.freeze()  # imported objects move out of the collector's reach: a child's collections do not copy their pages
     env_key, code = environment_key(dict(os.environ)), code_key()

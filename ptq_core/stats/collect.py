@@ -8,6 +8,8 @@ function is plain Python so that a Dask worker, a test or a loop can call it ali
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from ptq_core.files import write_atomic
 from ptq_core.stats.observers import make_observer, observer_class
 
 _SESSIONS: dict[tuple[str, int], object] = {}
+_REDUCED: dict[str, object] = {}  # reduced model path -> its ExtremesLayout
 _LOCK = threading.Lock()
 
 
@@ -96,9 +99,12 @@ def _session(model_path: str):
 
 def forget_sessions(model_path: str) -> None:
     """Drop this process's sessions of ``model_path`` once its pass is over (their weights and buffers)."""
+    reduced = str(Path(model_path).with_name(f"{Path(model_path).stem}-extremes-"))
     with _LOCK:
-        for key in [k for k in _SESSIONS if k[0] == model_path]:
+        for key in [k for k in _SESSIONS if k[0] == model_path or k[0].startswith(reduced)]:
             del _SESSIONS[key]
+        for key in [k for k in _REDUCED if k.startswith(reduced)]:
+            del _REDUCED[key]
 
 
 @dataclass(frozen=True)
@@ -121,34 +127,75 @@ def run_round(model_path: str, tensors: tuple[str, ...], feeds: dict[str, np.nda
 
 def accumulate(model_path: str, tensors: tuple[str, ...], rounds: Iterable[Round], method: str,
                pass_index: int = 0, start: dict | None = None, progress=None) -> dict:
-    """Fold ``rounds`` into one observer per tensor; ``start`` carries observers from a previous pass."""
+    """Fold ``rounds`` into one observer per tensor; ``start`` carries observers from a previous pass.
+
+    A pass that needs only each tensor's min and max (``reads_extremes``) runs the reduced model of
+    :mod:`ptq_core.stats.extremes` instead of handing every activation back.
+    """
     observers = {t: (start[t].spawn() if start else make_observer(method)) for t in tensors}
+    reduced = extremes_session(model_path, tensors) if observer_class(method).reads_extremes(pass_index) else None
     for done, rnd in enumerate(rounds, start=1):
         if progress:
             progress(done)
-        values = run_round(model_path, tensors, rnd.feeds())
-        for name in tensors:
-            # popped as observed, so this round's outputs are freed before the next run allocates its own:
-            # holding two rounds at once doubled the pass's peak memory (every exposed tensor of a sample
-            # is about 150 MB on a text recognizer)
-            x = values.pop(name)
-            try:
-                # every observer takes the tensor's min and max first, through which NaN and Inf show:
-                # no separate finiteness pass over the data
-                observers[name].update(x, pass_index)
-            except ValueError:
-                if np.all(np.isfinite(x)):
-                    raise
-                files = rnd.sources or tuple(p for _, p in rnd.shards)
-                bad = int(np.count_nonzero(~np.isfinite(x)))
-                raise DataError(
-                    f"calibration sample {rnd.index} ({', '.join(files)}): tensor {name!r} has {bad} NaN or Inf "
-                    f"value{'s' if bad != 1 else ''} of {x.size}, although the inputs are finite; the FP32 model "
-                    "overflows on this sample (check the sample's preprocessing and the model)"
-                ) from None
-            del x
-        del values
+        feeds = rnd.feeds()
+        if reduced is None or not _observe_extremes(reduced, feeds, observers, pass_index):
+            _observe(run_round(model_path, tensors, feeds), observers, pass_index, rnd)
     return observers
+
+
+def _observe(values: dict[str, np.ndarray], observers: dict, pass_index: int, rnd: Round) -> None:
+    for name in list(values):
+        # popped as observed, so this round's outputs are freed before the next run allocates its own:
+        # holding two rounds at once doubled the pass's peak memory (every exposed tensor of a sample
+        # is about 150 MB on a text recognizer)
+        x = values.pop(name)
+        try:
+            # every observer takes the tensor's min and max first, through which NaN and Inf show:
+            # no separate finiteness pass over the data
+            observers[name].update(x, pass_index)
+        except ValueError:
+            if np.all(np.isfinite(x)):
+                raise
+            files = rnd.sources or tuple(p for _, p in rnd.shards)
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise DataError(
+                f"calibration sample {rnd.index} ({', '.join(files)}): tensor {name!r} has {bad} NaN or Inf "
+                f"value{'s' if bad != 1 else ''} of {x.size}, although the inputs are finite; the FP32 model "
+                "overflows on this sample (check the sample's preprocessing and the model)"
+            ) from None
+        del x
+
+
+def _observe_extremes(reduced, feeds: dict[str, np.ndarray], observers: dict, pass_index: int) -> bool:
+    """One round through the reduced model; False (nothing observed) when a reduction is not finite,
+    so that the caller observes the round's tensors themselves and reports exactly what is wrong."""
+    session, layout = reduced
+    if not layout.outputs():
+        return True
+    values = dict(zip(layout.outputs(), session.run(layout.outputs(), feeds)))
+    triples = {t: tuple(float(values[n]) for n in names) for t, names in layout.reduced.items()}
+    if not all(math.isfinite(v) for triple in triples.values() for v in triple):
+        return False
+    for tensor, (lo, hi, _) in triples.items():
+        observers[tensor].update_extremes(lo, hi, pass_index)
+    for tensor in layout.raw:
+        observers[tensor].update(values.pop(tensor), pass_index)
+    return True
+
+
+def extremes_session(model_path: str, tensors: tuple[str, ...]):
+    """This thread's session of the reduced model beside ``model_path`` (built once, by content key)."""
+    from ptq_core.stats.extremes import extremes_model
+
+    key = hashlib.sha256("\n".join(tensors).encode()).hexdigest()[:12]
+    path = Path(model_path).with_name(f"{Path(model_path).stem}-extremes-{key}.onnx")
+    with _LOCK:
+        built = _REDUCED.get(str(path))
+        if built is None:
+            model, layout = extremes_model(onnx.load(model_path), tensors)
+            model_file(path, lambda: model)
+            built = _REDUCED[str(path)] = layout
+    return _session(str(path)), built
 
 
 def merge_all(parts: list[dict]) -> dict:

@@ -76,14 +76,23 @@ class KLObserver(BaseObserver):
         self._interval = np.float32(max_abs / np.float32(KL_BINS))  # float32 like UpdateInterval
         self._counts = np.zeros(KL_BINS, np.int64)
 
+    @classmethod
+    def reads_extremes(cls, pass_index: int) -> bool:
+        return pass_index == 0
+
+    def update_extremes(self, lo: float, hi: float, pass_index: int = 0) -> None:
+        if pass_index != 0:
+            raise ValueError("KL observer: pass 1 needs the tensor itself (its histogram)")
+        if self.phase != 0:
+            raise ValueError("KL observer: pass-0 update after begin_pass(1)")
+        self._lo = min(self._lo, lo)
+        self._hi = max(self._hi, hi)
+        self._rounds0 += 1
+
     def update(self, x, pass_index: int = 0) -> None:
         if pass_index == 0:
-            if self.phase != 0:
-                raise ValueError("KL observer: pass-0 update after begin_pass(1)")
             _, lo, hi = float32_values(x, self.method)
-            self._lo = min(self._lo, lo)
-            self._hi = max(self._hi, hi)
-            self._rounds0 += 1
+            self.update_extremes(lo, hi, 0)
             return
         if pass_index != 1:
             raise ValueError(f"KL has 2 passes; cannot update pass {pass_index}")

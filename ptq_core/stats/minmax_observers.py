@@ -53,8 +53,15 @@ class MaxMinObserver(BaseObserver):
         self._rounds = 0
 
     def update(self, x, pass_index: int = 0) -> None:
-        self._check_pass(pass_index)
         _, lo, hi = float32_values(x, self.method)
+        self.update_extremes(lo, hi, pass_index)
+
+    @classmethod
+    def reads_extremes(cls, pass_index: int) -> bool:
+        return pass_index == 0
+
+    def update_extremes(self, lo: float, hi: float, pass_index: int = 0) -> None:
+        self._check_pass(pass_index)
         self._lo = min(self._lo, lo)
         self._hi = max(self._hi, hi)
         self._rounds += 1

@@ -53,6 +53,11 @@ class Observer(Protocol):
 
     def update(self, x: np.ndarray, pass_index: int = 0) -> None: ...
 
+    @classmethod
+    def reads_extremes(cls, pass_index: int) -> bool: ...
+
+    def update_extremes(self, lo: float, hi: float, pass_index: int = 0) -> None: ...
+
     def merge(self, other: "Observer") -> "Observer": ...
 
     def begin_pass(self, pass_index: int) -> None: ...
@@ -177,6 +182,16 @@ class BaseObserver:
         return type(self)()
 
     # -- protocol ---------------------------------------------------------------------------
+    @classmethod
+    def reads_extremes(cls, pass_index: int) -> bool:
+        """Whether pass ``pass_index`` needs only each round's global min and max of a tensor (finite,
+        of a float32 tensor): the statistics pass then reduces inside the model run
+        (:mod:`ptq_core.stats.extremes`) and calls :meth:`update_extremes` instead of :meth:`update`."""
+        return False
+
+    def update_extremes(self, lo: float, hi: float, pass_index: int = 0) -> None:
+        raise ValueError(f"{self.method} pass {pass_index} needs the tensor itself, not its min and max")
+
     def begin_pass(self, pass_index: int) -> None:
         if pass_index != 0:
             raise ValueError(f"{self.method} has {self.passes} pass(es); no pass {pass_index}")
