@@ -19,7 +19,9 @@ preprocessed by each model's own convention through ``[data_preprocess_param]``;
 guard on (the default: on a CPU without VNNI it keeps most convolutions FP32) and once off (every layer
 the target allows int8). Each cell: layers int8, size ratio, mean output cosine on the 8 evaluation crops.
 
-The ORT / NNCF columns of the issue's matrix are not here yet.
+The same models through ONNX Runtime's ``quantize_static`` / ``quantize_dynamic`` (with and without
+``quant_pre_process``) and NNCF in the same run (benchmarks/zoo_peers.py), and every cell's latency
+against FP32 (batch 1, one thread, interleaved medians).
 Writes benchmarks/results/zoo.md and .json.
 """
 
@@ -138,19 +140,28 @@ def photo_crops(folder: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-def full_quant(name: str, model: Path, input_name: str, height: int, width: int, prep: str) -> list[dict]:
-    """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
-    import onnxruntime as ort
-
+def photo_data(input_name: str, height: int, width: int, prep: str) -> tuple[str, list[dict], list[dict]]:
+    """The ``[data_preprocess_param]`` section for the 24 calibration crops, and the crops' tensors as
+    ptqflow reads them (calibration, then the 8 evaluation crops): peers calibrate on the same tensors."""
     from ptq_core.config import parse_config
     from ptq_core.data.image_preprocess import preprocess_image
 
-    calib = photo_crops(WORK / "photos" / "calib", 24, seed=1)[0].parent
+    calib_files = photo_crops(WORK / "photos" / "calib", 24, seed=1)
     evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)
-    data = (f"[data_preprocess_param]\ncalibrate_path={input_name}:{calib}\ncalibrate_size=24\ninput_type=IMAGE\n"
-            + prep + f"resize_width={width}\nresize_height={height}\nresize_method=LINEAR\n")
+    data = (f"[data_preprocess_param]\ncalibrate_path={input_name}:{calib_files[0].parent}\ncalibrate_size=24\n"
+            "input_type=IMAGE\n" + prep + f"resize_width={width}\nresize_height={height}\nresize_method=LINEAR\n")
     p = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\n" + data).data
-    feeds = [{input_name: preprocess_image(e, p).transpose(2, 0, 1)[None].astype(np.float32)} for e in evals]
+
+    def tensors(files):
+        return [{input_name: preprocess_image(f, p).transpose(2, 0, 1)[None].astype(np.float32)} for f in files]
+
+    return data, tensors(calib_files), tensors(evals)
+
+
+def full_quant(name: str, model: Path, data: str, feeds: list[dict]) -> list[dict]:
+    """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
+    import onnxruntime as ort
+
     fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ref = [fp32.run(None, f) for f in feeds]
     rows = []
@@ -173,6 +184,47 @@ def full_quant(name: str, model: Path, input_name: str, height: int, width: int,
                 row["photo_cosine_min"] = float(np.min(cos))
             rows.append(row)
     return rows
+
+
+def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], evals: list[dict], audio) -> list[dict]:
+    """ORT's and NNCF's cells for one model; ptqflow's cells of it get accuracy on the same inputs and latency."""
+    import zoo_peers
+
+    silero = audio is not None
+    feeds = {"input": audio[None, :512], "state": np.zeros((2, 1, 128), np.float32)} if silero else evals[0]
+    if silero and "sr" in [i.name for i in harness.make_session(model).get_inputs()]:
+        feeds["sr"] = np.array(16000, np.int64)
+    ref = speech_probabilities(str(model), audio) if silero else None
+
+    def measure(row: dict, path: Path) -> None:
+        try:
+            row["latency_ratio"] = zoo_peers.latency_ratio(model, path, feeds)
+            if silero:
+                row["speech_prob_max_diff"] = float(np.abs(ref - speech_probabilities(str(path), audio)).max())
+            else:
+                row["photo_cosine"] = zoo_peers.photo_cosine(model, path, evals)
+        except Exception as exc:  # noqa: BLE001  (a model that does not run is the cell's finding)
+            row["rc"], row["error"] = 1, f"onnxruntime cannot run it: {str(exc).splitlines()[0][:200]}"
+
+    for row in rows:
+        if row["model"] == name and row["rc"] == 0 and "latency_ratio" not in row and (not silero or row["input_shape"]):
+            print(f"  {name} {row['mode']}: latency ...", flush=True)
+            measure(row, Path(row["path"]))
+    calib_paths = zoo_peers.save_feeds(calib, WORK / "peer_calib" / model.stem) if calib else []
+    out = []
+    for tool in zoo_peers.PEERS:
+        if silero and "dynamic" not in tool:
+            continue
+        print(f"  {name} {tool} ...", flush=True)
+        path = WORK / "out" / f"{model.stem}-peer-{tool.replace(' ', '_').replace('+', 'and')}.onnx"
+        res = zoo_peers.run_peer(tool, model, calib_paths, path)
+        row = {"model": name, "mode": tool, "input_shape": "", "tool": tool, "rc": 0 if res["ok"] else 1,
+               "error": res.get("error", ""), "tracebacks": 0, "raw_ort_lines": 0}
+        if res["ok"]:
+            row["size_ratio"] = path.stat().st_size / model.stat().st_size
+            measure(row, path)
+        out.append(row)
+    return out
 
 
 def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
@@ -221,9 +273,15 @@ def main() -> None:
                     got = speech_probabilities(row["path"], audio)
                     row["speech_prob_max_diff"] = float(np.abs(ref - got).max())
                 rows.append(row)
+    audio = silero_audio()
     for name, input_name, height, width, prep in CNNS:
-        rows += full_quant(name, models[name], input_name, height, width, prep)
-    env = harness.environment(("onnxruntime",))
+        data, calib, evals = photo_data(input_name, height, width, prep)
+        rows += full_quant(name, models[name], data, evals)
+        rows += peer_cells(name, models[name], rows, calib, evals, None)
+    for name, path in models.items():
+        if name.startswith("silero"):
+            rows += peer_cells(name, path, rows, [], [], audio)
+    env = harness.environment(("onnxruntime", "nncf"))
     md = render(rows, env, time.perf_counter() - t_start)
     (HERE / "results" / "zoo.md").write_text(md)
     (HERE / "results" / "zoo.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
@@ -231,20 +289,22 @@ def main() -> None:
 
 
 def render(rows: list[dict], env: dict, wall: float) -> str:
-    out = ["# Model zoo, data-free modes (issue 15, first part)", "",
+    out = ["# Model zoo: every mode, beside ORT and NNCF (issue 15)", "",
            "`.venv-bench/bin/python benchmarks/bench_zoo.py`", "",
            f"Machine: {env['cpu']}, {env['cores']} cores, onnxruntime {env['packages']['onnxruntime']}; "
            f"git {env['git']}, {env['date']}; wall {wall:.0f} s.", "",
            "| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
-           "output cosine | on | speech-prob max diff / photo cosine (mean, min) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "output cosine | on | speech-prob max diff / photo cosine (mean, min) | latency / FP32 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["model"], r["mode"], r["input_shape"], f"{r['rc']} {r['error']}".strip(), str(r["tracebacks"]),
                  str(r["raw_ort_lines"]), f"{r.get('quantized', '')} / {r.get('skipped', '')}",
                  f"{r['size_ratio']:.3f}x" if "size_ratio" in r else "",
                  f"{r['cosine']:.6f}" if "cosine" in r else "", r.get("cosine_on", ""),
                  f"{r['speech_prob_max_diff']:.4f}" if "speech_prob_max_diff" in r else
-                 f"{r['photo_cosine']:.5f}, {r['photo_cosine_min']:.5f}" if "photo_cosine" in r else ""]
+                 f"{r['photo_cosine']:.5f}" + (f", {r['photo_cosine_min']:.5f}" if "photo_cosine_min" in r else "")
+                 if "photo_cosine" in r else "",
+                 f"{r['latency_ratio']:.2f}x" if "latency_ratio" in r else ""]
         out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(out) + "\n"
 

@@ -130,15 +130,22 @@ def accumulate(model_path: str, tensors: tuple[str, ...], rounds: Iterable[Round
     """Fold ``rounds`` into one observer per tensor; ``start`` carries observers from a previous pass.
 
     A pass that needs only each tensor's min and max (``reads_extremes``) runs the reduced model of
-    :mod:`ptq_core.stats.extremes` instead of handing every activation back.
+    :mod:`ptq_core.stats.in_graph` instead of handing every activation back.
     """
     observers = {t: (start[t].spawn() if start else make_observer(method)) for t in tensors}
-    reduced = extremes_session(model_path, tensors) if observer_class(method).reads_extremes(pass_index) else None
+    kind = observer_class(method)
+    reduced = binned = None
+    if kind.reads_extremes(pass_index):
+        reduced = extremes_session(model_path, tensors)
+    elif kind.reads_bin_indices(pass_index) and tensors:
+        binned = bins_session(model_path, {t: observers[t].interval for t in tensors})
     for done, rnd in enumerate(rounds, start=1):
         if progress:
             progress(done)
         feeds = rnd.feeds()
-        if reduced is None or not _observe_extremes(reduced, feeds, observers, pass_index):
+        if binned is not None:
+            _observe_bins(binned, feeds, observers, rnd)
+        elif reduced is None or not _observe_extremes(reduced, feeds, observers, pass_index):
             _observe(run_round(model_path, tensors, feeds), observers, pass_index, rnd)
     return observers
 
@@ -183,9 +190,36 @@ def _observe_extremes(reduced, feeds: dict[str, np.ndarray], observers: dict, pa
     return True
 
 
+def _observe_bins(binned, feeds: dict[str, np.ndarray], observers: dict, rnd: Round) -> None:
+    session, layout, bins = binned
+    names = layout.outputs()
+    values = dict(zip(names, session.run(names, feeds)))
+    for tensor, name in layout.indices.items():
+        index = values.pop(name).reshape(-1)
+        observers[tensor].update_bin_counts(np.bincount(index, minlength=bins + 1), index.size)
+        del index
+    _observe({t: values.pop(t) for t in layout.raw}, observers, 1, rnd)
+
+
+def bins_session(model_path: str, intervals: dict[str, float]):
+    """This thread's session of the KL bins model beside ``model_path``, its layout and the bin count."""
+    from ptq_core.stats.in_graph import bins_model
+    from ptq_core.stats.kl_observer import KL_BINS
+
+    key = hashlib.sha256(repr(sorted((t, float(v)) for t, v in intervals.items())).encode()).hexdigest()[:12]
+    path = Path(model_path).with_name(f"{Path(model_path).stem}-extremes-bins-{key}.onnx")
+    with _LOCK:
+        layout = _REDUCED.get(str(path))
+        if layout is None:
+            model, layout = bins_model(onnx.load(model_path), intervals, KL_BINS)
+            model_file(path, lambda: model)
+            _REDUCED[str(path)] = layout
+    return _session(str(path)), layout, KL_BINS
+
+
 def extremes_session(model_path: str, tensors: tuple[str, ...]):
     """This thread's session of the reduced model beside ``model_path`` (built once, by content key)."""
-    from ptq_core.stats.extremes import extremes_model
+    from ptq_core.stats.in_graph import extremes_model
 
     key = hashlib.sha256("\n".join(tensors).encode()).hexdigest()[:12]
     path = Path(model_path).with_name(f"{Path(model_path).stem}-extremes-{key}.onnx")

@@ -44,6 +44,7 @@ class KLObserver(BaseObserver):
         self._interval: np.float32 | None = None  # set by begin_pass(1)
         self._counts: np.ndarray | None = None  # int64[KL_BINS], pass 1
         self._rounds1 = 0
+        self._values1 = 0  # values seen in pass 1, those in no bin (|x| <= DBL_EPSILON) included
         self._bin: int | None = None  # cached search result, not part of the state
 
     @property
@@ -89,6 +90,20 @@ class KLObserver(BaseObserver):
         self._hi = max(self._hi, hi)
         self._rounds0 += 1
 
+    @classmethod
+    def reads_bin_indices(cls, pass_index: int) -> bool:
+        return pass_index == 1
+
+    def update_bin_counts(self, counts: np.ndarray, values: int) -> None:
+        """Pass 1 from counts computed elsewhere (:mod:`ptq_core.stats.in_graph`): ``counts[1:]`` are the
+        bins, ``counts[0]`` the values in none (``|x| <= DBL_EPSILON``); ``values`` all the tensor's values."""
+        if self.phase != 1:
+            raise ValueError("KL observer: pass-1 update before begin_pass(1)")
+        self._counts += counts[1:KL_BINS + 1]
+        self._rounds1 += 1
+        self._values1 += int(values)
+        self._bin = None
+
     def update(self, x, pass_index: int = 0) -> None:
         if pass_index == 0:
             _, lo, hi = float32_values(x, self.method)
@@ -101,6 +116,7 @@ class KLObserver(BaseObserver):
         f, _, _ = float32_values(x, self.method)
         self._counts += histogram_counts(f, self._interval)
         self._rounds1 += 1
+        self._values1 += f.size
         self._bin = None
 
     def merge(self, other: "KLObserver") -> "KLObserver":
@@ -127,6 +143,7 @@ class KLObserver(BaseObserver):
         out._lo, out._hi, out._rounds0, out._interval = self._lo, self._hi, self._rounds0, self._interval
         out._counts = self._counts + other._counts
         out._rounds1 = self._rounds1 + other._rounds1
+        out._values1 = self._values1 + other._values1
         return out
 
     def _is_blank(self) -> bool:
@@ -163,12 +180,17 @@ class KLObserver(BaseObserver):
     def rounds(self) -> int:
         return self._rounds0
 
+    @property
+    def values(self) -> int:
+        """How many values the histogram pass saw: too few for 2048 bins and the search picks noise."""
+        return self._values1
+
     def to_state(self) -> dict:
         state = {"method": self.method, "min": np.float64(self._lo), "max": np.float64(self._hi),
                  "rounds0": np.int64(self._rounds0)}
         if self._interval is not None:
             state.update(interval=np.float32(self._interval), counts=self._counts.copy(),
-                         rounds1=np.int64(self._rounds1))
+                         rounds1=np.int64(self._rounds1), values1=np.int64(self._values1))
         return state
 
     def _load(self, state: dict) -> None:
@@ -183,6 +205,7 @@ class KLObserver(BaseObserver):
             self._interval = np.float32(state["interval"])
             self._counts = counts.copy()
             self._rounds1 = int(state["rounds1"])
+            self._values1 = int(state.get("values1", 0))
 
 
 def histogram_counts(f: np.ndarray, interval, bins: int = KL_BINS) -> np.ndarray:

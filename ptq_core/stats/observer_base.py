@@ -186,11 +186,17 @@ class BaseObserver:
     def reads_extremes(cls, pass_index: int) -> bool:
         """Whether pass ``pass_index`` needs only each round's global min and max of a tensor (finite,
         of a float32 tensor): the statistics pass then reduces inside the model run
-        (:mod:`ptq_core.stats.extremes`) and calls :meth:`update_extremes` instead of :meth:`update`."""
+        (:mod:`ptq_core.stats.in_graph`) and calls :meth:`update_extremes` instead of :meth:`update`."""
         return False
 
     def update_extremes(self, lo: float, hi: float, pass_index: int = 0) -> None:
         raise ValueError(f"{self.method} pass {pass_index} needs the tensor itself, not its min and max")
+
+    @classmethod
+    def reads_bin_indices(cls, pass_index: int) -> bool:
+        """Whether pass ``pass_index`` is a histogram over the frozen interval, which the statistics pass
+        then computes as bin indices inside the model run and hands over as counts."""
+        return False
 
     def begin_pass(self, pass_index: int) -> None:
         if pass_index != 0:

@@ -116,23 +116,41 @@ def observed_tensors(place: QdqPlacement) -> tuple[str, ...]:
 
 
 def activation_range(r: ActivationRange, observed: tuple[float, float] | None, target: Target,
-                     graph_input: bool = False) -> tuple[float, float]:
+                     keep_observed: bool = False) -> tuple[float, float]:
     """The (lo, hi) a tensor's params are encoded from; two deliberate departures from converter_lite's KL.
 
-    * A model input keeps its observed min/max: it is data the user normalized, and KL's search
-      misfires on bounded, spiky input distributions (a binarized text image put the digits
-      example's input threshold at 0.12 of a [-1, 1] range and its accuracy at 52 %).
+    * ``keep_observed`` tensors keep their observed min/max (:func:`keeps_observed_range` says which):
+      a model input is data the user normalized, and KL's search misfires on bounded, spiky input
+      distributions (a binarized text image put the digits example's input threshold at 0.12 of a
+      [-1, 1] range and its accuracy at 52 %); a bounded op's output and a tensor with too few values
+      for the histogram (an orientation classifier's probabilities were clipped to 0.065 of their range).
     * KL is symmetric in converter_lite; for a tensor that never went negative (post-ReLU) a
       symmetric range wastes half of an asymmetric grid, so we keep KL's threshold from 0.
     """
     lo, hi = r.lo, r.hi
     if observed is None:  # only observers that keep the observed range (KL) pass one
         return lo, hi
-    if graph_input:
+    if keep_observed:
         return observed
     if observed[0] >= 0 and not target.activation_symmetric:
         lo = 0.0
     return lo, hi
+
+
+#: ops whose output range is fixed by definition: clipping it only loses what the op guarantees
+BOUNDED_OUTPUT_OPS = frozenset({"Softmax", "Sigmoid", "HardSigmoid", "Tanh"})
+#: values per histogram bin (on average) below which KL's threshold is noise: 16 x 2048 values in all
+KL_MIN_VALUES_PER_BIN = 16
+
+
+def keeps_observed_range(observer, tensor: str, graph_inputs: set[str], producers: dict[str, str]) -> bool:
+    """Whether a KL tensor is encoded from its observed min/max instead of KL's threshold (departures.md)."""
+    from ptq_core.stats.kl_observer import KL_BINS
+
+    if tensor in graph_inputs or producers.get(tensor) in BOUNDED_OUTPUT_OPS:
+        return True
+    values = getattr(observer, "values", None)
+    return values is not None and values < KL_MIN_VALUES_PER_BIN * KL_BINS
 
 
 def check_weights(model: onnx.ModelProto, target, place) -> None:
@@ -154,13 +172,15 @@ def build_plan(model: onnx.ModelProto, cfg: QuantConfig, target: Target, place: 
     qmin, qmax = target.activation_qrange()
     activations: dict[str, ActivationQuant] = {}
     graph_inputs = {i.name for i in model.graph.input}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
     for t in place.tensors:
         source = place.source[t]
         obs = observers[source]
         r = obs.finalize(qmin, qmax, target.activation_symmetric)
         state = obs.to_state() if obs.keeps_observed_range else {}
         observed = (float(state["min"]), float(state["max"])) if state else None
-        lo, hi = activation_range(r, observed, target, source in graph_inputs)
+        keep = observed is not None and keeps_observed_range(obs, source, graph_inputs, producers)
+        lo, hi = activation_range(r, observed, target, keep)
         scale, zp = target.activation_params(lo, hi)
         activations[t] = ActivationQuant(t, scale, zp, target.activation_dtype)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -1,4 +1,4 @@
-"""Min/max statistics reduced inside the model run (ptq_core.stats.extremes) give the observers the same
+"""Min/max statistics reduced inside the model run (ptq_core.stats.in_graph) give the observers the same
 bits as the exposed tensors, never hand activations back, and still name a NaN anywhere in a tensor."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.errors import DataError
 from ptq_core.stats import collect
-from ptq_core.stats.extremes import extremes_model
+from ptq_core.stats.in_graph import extremes_model
 
 
 def _model() -> onnx.ModelProto:
@@ -104,3 +104,46 @@ def test_sum_that_overflows_on_finite_values_falls_back_to_the_tensors(tmp_path)
     path = _exposed(tmp_path, _model(), TENSORS)
     reduced = collect.accumulate(path, ("x",), _rounds(tmp_path, poison=(2, 3)), "MAX_MIN")
     assert reduced["x"].to_state()["max"] == np.float32(3e38) and reduced["x"].rounds == 6
+
+
+def test_kl_histogram_pass_counts_the_same_bins_inside_the_graph(tmp_path, monkeypatch):
+    path = _exposed(tmp_path, _model(), TENSORS)
+    rounds = _rounds(tmp_path)
+    first = collect.merge_all([collect.accumulate(path, TENSORS, rounds, "KL")])
+    for obs in first.values():
+        obs.begin_pass(1)
+    direct = {t: first[t].spawn() for t in TENSORS}
+    for rnd in rounds:
+        for name, x in collect.run_round(path, TENSORS, rnd.feeds()).items():
+            direct[name].update(x, 1)
+
+    def no_exposed_run(*args):
+        raise AssertionError("the exposed model ran")
+
+    monkeypatch.setattr(collect, "run_round", no_exposed_run)
+    binned = collect.accumulate(path, TENSORS, rounds, "KL", 1, first)
+    for t in TENSORS:
+        assert binned[t].to_state().keys() == direct[t].to_state().keys()
+        assert all(np.array_equal(binned[t].to_state()[k], direct[t].to_state()[k]) for k in direct[t].to_state())
+
+
+def test_values_on_bin_edges_fall_in_the_bins_numpy_gives_them(tmp_path):
+    from ptq_core.stats.in_graph import bins_model
+    from ptq_core.stats.kl_observer import KL_BINS, histogram_counts
+
+    interval = np.float32(0.0137)
+    rng = np.random.default_rng(2)
+    x = (rng.integers(-2100, 2100, 4096).astype(np.float32) * interval)  # on the edges, and past the last bin
+    x[:5] = [0.0, -0.0, 1e-17, -1e-300, np.float32(2.0) ** -52]  # values in no bin
+    x = np.concatenate([x, rng.normal(0, 5, 4096).astype(np.float32)]).reshape(1, 1, 1, -1)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    exposed = collect.expose_tensors(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), ("x",))
+    model, layout = bins_model(exposed, {"x": float(interval)}, KL_BINS)
+    from ptq_core.onnxgraph.session import make_session
+
+    (index,) = make_session(model, arena=False).run(layout.outputs(), {"x": x})
+    counts = np.bincount(index.reshape(-1), minlength=KL_BINS + 1)
+    assert np.array_equal(counts[1:], histogram_counts(x, interval))
+    assert counts[0] == 5
