@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
 
-.PHONY: demo test test-quick bench install clean serve prefect-schema
+.PHONY: demo test test-quick bench bench-zoo install clean serve prefect-schema
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(STAMP)
 	.venv-bench/bin/python benchmarks/bench_debug.py --flow-cost
 	HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_alwc_sensitivity.py
 	.venv/bin/python benchmarks/bench_large_model.py
+
+# the model zoo alone (issue 15): every wheel model in every mode, beside ORT's and NNCF's quantizers
+bench-zoo: $(STAMP)
+	bash benchmarks/setup_bench.sh
+	.venv-bench/bin/python benchmarks/bench_zoo.py
 
 # Local Prefect server + UI on 127.0.0.1:$(PORT) serving the quantize, sweep and (with WATCH=dir) watch-folder flows
 PORT ?= 4200

@@ -165,24 +165,27 @@ def full_quant(name: str, model: Path, data: str, feeds: list[dict]) -> list[dic
     fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ref = [fp32.run(None, f) for f in feeds]
     rows = []
-    for method in ("MAX_MIN", "KL"):
-        for guard in ("true", "false"):
-            tag = f"{model.stem}-full-{method}-guard-{guard}"
-            text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
-                    f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n"
-                    f"[ptqflow]\nlatency_guard={guard}\n")
-            print(f"  {name} FULL_QUANT {method} guard={guard} ...", flush=True)
-            row = {"model": name, "mode": f"FULL_QUANT {method}, guard {'on' if guard == 'true' else 'off'}",
-                   "input_shape": "", **convert(model, text, tag, "", "--inputDataFormat=NCHW")}
-            if row["rc"] == 0:
-                q = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
-                cos = []
-                for f, r in zip(feeds, ref):
-                    got = q.run(None, f)
-                    cos.append(np.mean([harness.cosine(a, b) for a, b in zip(r, got)]))
-                row["photo_cosine"] = float(np.mean(cos))
-                row["photo_cosine_min"] = float(np.min(cos))
-            rows.append(row)
+    # the two methods with the latency guard on (the default) and off, and the bound a user sets when the
+    # output must stay within 1 % of FP32 (max_drop keeps the most damaging layers FP32 until it does)
+    cells = [(m, g, None) for m in ("MAX_MIN", "KL") for g in ("true", "false")] + [("MAX_MIN", "true", 0.01)]
+    for method, guard, max_drop in cells:
+        tag = f"{model.stem}-full-{method}-guard-{guard}" + (f"-drop-{max_drop:g}" if max_drop else "")
+        text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
+                f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n"
+                f"[ptqflow]\nlatency_guard={guard}\n" + (f"max_drop={max_drop:g}\n" if max_drop else ""))
+        print(f"  {name} FULL_QUANT {method} guard={guard} max_drop={max_drop} ...", flush=True)
+        label = f"FULL_QUANT {method}, guard {'on' if guard == 'true' else 'off'}" + \
+            (f", max_drop={max_drop:g}" if max_drop else "")
+        row = {"model": name, "mode": label, "input_shape": "", **convert(model, text, tag, "", "--inputDataFormat=NCHW")}
+        if row["rc"] == 0:
+            q = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
+            cos = []
+            for f, r in zip(feeds, ref):
+                got = q.run(None, f)
+                cos.append(np.mean([harness.cosine(a, b) for a, b in zip(r, got)]))
+            row["photo_cosine"] = float(np.mean(cos))
+            row["photo_cosine_min"] = float(np.min(cos))
+        rows.append(row)
     return rows
 
 
