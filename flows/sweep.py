@@ -90,7 +90,7 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
         info = weight.analyse(model)
         inputs = shapes_from_images(base, info.inputs, inputs)  # dynamic dims the calibration images fix
         keys = [sweep_tasks.point_key(info, p.config, inputs) for p in points]
-        with _cluster_for(mode_of(base).calibrates, dask_address) as address:
+        with _cluster_for(any(mode_of(p.config).calibrates(p.config) for p in points), dask_address) as address:
             futures = [sweep_tasks.quantize_point.submit(model, str(path.resolve()), inputs, address, key)
                        for path, key in zip(cfg_paths, keys)]
             records = [f.result() for f in futures]

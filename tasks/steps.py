@@ -12,7 +12,7 @@ from ptq_core.onnxgraph.session import InputOptions
 
 def flow_steps(mode: Mode, dask_address: str | None):
     """The flow's implementation of ``mode``'s steps: each step a cached task."""
-    return {WEIGHT: weight.WeightTasks, DYNAMIC: dynamic.DynamicTasks,
+    return {WEIGHT: lambda: weight.WeightTasks(dask_address), DYNAMIC: dynamic.DynamicTasks,
             FULL: lambda: full.FullTasks(dask_address)}[mode]()
 
 

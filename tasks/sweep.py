@@ -24,7 +24,7 @@ from ptqflow._phases import ours
 def point_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions) -> str:
     """What a point's result depends on: model bytes, resolved settings, shapes and calibration bytes."""
     digest = None
-    if mode_of(cfg).calibrates:
+    if mode_of(cfg).calibrates(cfg):
         from ptqflow.tasks.full import data_digest
 
         digest = data_digest(cfg, info, inputs)

@@ -51,7 +51,12 @@ def _quant_key(ctx, params) -> str:
 
 
 def _data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None) -> str | None:
-    """auto_tune reads calibration sample 0, so the calibration files' bytes are part of the key."""
+    """auto_tune reads calibration sample 0 and GPTQ every sample, so the calibration files' bytes are
+    part of the key."""
+    if cfg.weight.quant_strategy == "GPTQ":
+        from ptqflow.tasks.full import data_digest
+
+        return data_digest(cfg, info, inputs or InputOptions())
     if not (cfg.common.bit_num == 0 and cfg.mixed.auto_tune and cfg.data.has_calibration):
         return None
     from ptq_core.data.calibration import sample_digest
@@ -74,8 +79,8 @@ def analyse(model_path: str) -> ModelInfo:
 
 @task(name="quantize_weights", cache_key_fn=_quant_key, persist_result=True)
 @ours
-def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None
-                     ) -> StoredResult:
+def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None,
+                     hessians: str | None = None) -> StoredResult:
     """Returns a small record; the plan itself (packed arrays) goes to a content-addressed file."""
     artifact = create_progress_artifact(progress=0.0, key=progress_key("weights", model_path, cfg),
                                         description=f"Weight quantization, layers done: {run_labels(model_path, cfg)[0]}")
@@ -88,7 +93,11 @@ def quantize_weights(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs:
             last[0] = now
             update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
 
-    plan, tuned, source = core.quantize_weights(model_path, cfg, info, inputs, progress)
+    if hessians is not None:
+        from ptq_core.modes.weight.gptq_calibration import load_hessians
+
+        hessians = load_hessians(hessians)
+    plan, tuned, source = core.quantize_weights(model_path, cfg, info, inputs, progress, hessians)
     key = content_key("plan", info.sha256, cfg.fingerprint(), inputs, _data_digest(cfg, info, inputs))
     return StoredResult(PlanFile(plan, tuned).save(cache_dir("plans") / f"{key}.pkl"), reference=source)
 
@@ -110,10 +119,28 @@ def summarize(model_path: str, output_path: str, cfg: QuantConfig, info: ModelIn
 class WeightTasks:
     """WEIGHT_QUANT's steps (``ptq_core.modes.registry``) as cached tasks; state holds file records."""
 
+    def __init__(self, dask_address: str | None = None) -> None:
+        self.dask_address = dask_address
+
+    def calibrate(self, job: Job, state: dict) -> dict:
+        """GPTQ's Hessians (their own cached task); nothing for round-to-nearest weights."""
+        if job.cfg.weight.quant_strategy != "GPTQ":
+            return {}
+        from ptqflow.tasks.full import FullTasks
+        from ptqflow.tasks.gptq import gptq_hessians
+
+        data = FullTasks(self.dask_address).calibrate(job, state)  # the cached, preprocessed calibration rounds
+        args = (job.model, job.cfg, job.info, job.inputs, data["digest"], data["rounds"], self.dask_address)
+        path = gptq_hessians(*args)
+        if not Path(path).exists():
+            path = gptq_hessians.with_options(refresh_cache=True)(*args)
+        return {"hessians": path}
+
     def quantize(self, job: Job, state: dict) -> dict:
-        record = quantize_weights(job.model, job.cfg, job.info, job.inputs)
+        args = (job.model, job.cfg, job.info, job.inputs, state.get("hessians"))
+        record = quantize_weights(*args)
         if not Path(record.plan_path).exists():  # a cache entry can outlive the file it points to
-            record = quantize_weights.with_options(refresh_cache=True)(job.model, job.cfg, job.info, job.inputs)
+            record = quantize_weights.with_options(refresh_cache=True)(*args)
         return {"plan_path": record.plan_path}
 
     def emit(self, job: Job, state: dict) -> dict:

@@ -107,7 +107,9 @@ SECTIONS: tuple[SectionSpec, ...] = (
                     doc="Per-channel variance/mean correction of dequantized weights (and the per-channel gain check)."),
             KeySpec("dequant_strategy", "enum", "DEFAULT", ("ON_THE_FLY",),
                     doc="ON_THE_FLY (Ascend runtime dequant); parsed, not supported for ONNX output."),
-            KeySpec("quant_strategy", "enum", "MAX_MIN", ("MAX_MIN", "GPTQ"), doc="Weight rounding strategy."),
+            KeySpec("quant_strategy", "enum", "MAX_MIN", ("MAX_MIN", "GPTQ"),
+                    doc="Weight rounding: MAX_MIN rounds to nearest; GPTQ (MatMul/Gemm, needs calibration data, "
+                        "bit_num 2-8) feeds each column's error forward (docs/gptq.md)."),
             KeySpec("max_segments", "int", 1, doc="FSE chunk count (Ascend); parsed, unused for ONNX."),
             KeySpec("update_mindir", "bool", True, doc="MindIR export detail; parsed, unused for ONNX."),
         ),

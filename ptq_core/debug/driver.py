@@ -230,7 +230,7 @@ def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.Mo
 def debug_rounds(cfg, origin: onnx.ModelProto, inputs, work_dir: Path) -> list:
     from ptq_core.modes.registry import mode_of
 
-    if mode_of(cfg).calibrates:
+    if mode_of(cfg).calibrates(cfg):
         from ptq_core.modes.full.pipeline import calibration_rounds
 
         return calibration_rounds(cfg, origin, inputs, Path(work_dir) / "shards")

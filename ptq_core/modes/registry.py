@@ -25,7 +25,7 @@ class Mode:
 
     quant_type: str
     steps: tuple[str, ...]  # run in order; the last one leaves ``state["summary"]``
-    calibrates: bool  # reads the calibration set (and a sweep shares one Dask cluster across points)
+    calibrates: Callable[[QuantConfig], bool]  # reads the calibration set (a sweep shares one Dask cluster)
     max_drop: bool  # ``--max-drop`` / ``[ptqflow] max_drop`` applies
     debug_reads_plan: bool  # debug reports read the plan (weights, dynamic) rather than calibration rounds
     uses_calibration_for_reference: bool  # calibration sample 0 is the reference input, when configured
@@ -36,9 +36,13 @@ class Mode:
 
 
 def _check_weight(cfg: QuantConfig) -> QuantConfig:
-    if cfg.weight.quant_strategy != "MAX_MIN":
-        raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy={cfg.weight.quant_strategy} is not yet "
-                          "supported by ptqflow; use MAX_MIN")
+    if cfg.weight.quant_strategy == "GPTQ":
+        if not 2 <= cfg.common.bit_num <= 8:
+            raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy=GPTQ needs [common_quant_param] "
+                              f"bit_num between 2 and 8, got {cfg.common.bit_num}")
+        if not cfg.data.has_calibration:
+            raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy=GPTQ needs calibration data: add "
+                              "[data_preprocess_param] calibrate_path, calibrate_size and input_type, as for FULL_QUANT")
     if cfg.weight.dequant_strategy == "ON_THE_FLY":
         raise ConfigError(f"{cfg.source}: [weight_quant_param] dequant_strategy=ON_THE_FLY targets Ascend's runtime "
                           "and has no ONNX equivalent; remove the key")
@@ -74,7 +78,9 @@ def _prepare_full(path: str):
 
 def _weight_settings(cfg: QuantConfig) -> str:
     bits = cfg.common.bit_num
-    return f"mixed bit {cfg.mixed.init_scale:g}" if bits == 0 else f"{bits} bit {'pc' if cfg.weight.per_channel else 'pl'}"
+    if bits == 0:
+        return f"mixed bit {cfg.mixed.init_scale:g}"
+    return f"{bits} bit {'pc' if cfg.weight.per_channel else 'pl'}{' GPTQ' if _gptq(cfg) else ''}"
 
 
 def _full_settings(cfg: QuantConfig) -> str:
@@ -82,13 +88,17 @@ def _full_settings(cfg: QuantConfig) -> str:
     return f"{cfg.full.activation_quant_method} {'pc' if cfg.full.per_channel else 'pl'}{target}"
 
 
-WEIGHT = Mode("WEIGHT_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
+def _gptq(cfg: QuantConfig) -> bool:
+    return cfg.weight.quant_strategy == "GPTQ"
+
+
+WEIGHT = Mode("WEIGHT_QUANT", ("calibrate", "quantize", "emit", "summarize"), calibrates=_gptq, max_drop=False,
               debug_reads_plan=True, uses_calibration_for_reference=True, check=_check_weight,
               prepared=_prepare_plain, settings=_weight_settings)
-FULL = Mode("FULL_QUANT", ("calibrate", "quantize", "emit", "summarize"), calibrates=True, max_drop=True,
+FULL = Mode("FULL_QUANT", ("calibrate", "quantize", "emit", "summarize"), calibrates=lambda cfg: True, max_drop=True,
             debug_reads_plan=False, uses_calibration_for_reference=True, check=_check_full, prepared=_prepare_full,
             settings=_full_settings, tags=lambda cfg: (f"target:{cfg.full.target_device}",))
-DYNAMIC = Mode("DYNAMIC_QUANT", ("quantize", "emit", "summarize"), calibrates=False, max_drop=False,
+DYNAMIC = Mode("DYNAMIC_QUANT", ("quantize", "emit", "summarize"), calibrates=lambda cfg: False, max_drop=False,
                debug_reads_plan=True, uses_calibration_for_reference=False, check=_check_dynamic,
                prepared=_prepare_plain, settings=lambda cfg: cfg.dynamic_quant_param.quant_strategy)
 MODES: dict[str, Mode] = {m.quant_type: m for m in (WEIGHT, FULL, DYNAMIC)}

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from ptq_core.errors import did_you_mean
+from ptq_core.stats.hessian_observer import HessianObserver
 from ptq_core.stats.kl_observer import KLObserver
 from ptq_core.stats.minmax_observers import MaxMinObserver, RemovalOutlierObserver
 from ptq_core.stats.observer_base import Observer
@@ -44,12 +45,15 @@ OBSERVERS: dict[str, type] = {
     "KL": KLObserver,
     "REMOVAL_OUTLIER": RemovalOutlierObserver,
 }
+#: every statistic the calibration pass can collect: the activation methods, and GPTQ's Hessians
+#: (docs/gptq.md), which ride on the same machinery but are no ``activation_quant_method``
+STATISTICS: dict[str, type] = {**OBSERVERS, "GPTQ_HESSIAN": HessianObserver}
 
 
 def observer_class(method: str) -> type:
     """The observer class of a converter_lite ``activation_quant_method`` name (its ``passes`` and so on)."""
     try:
-        return OBSERVERS[method]
+        return STATISTICS[method]
     except KeyError:
         raise ValueError(f"unknown activation_quant_method {method!r}; expected one of "
                          f"{', '.join(OBSERVERS)}{did_you_mean(str(method), OBSERVERS)}") from None
@@ -63,9 +67,9 @@ def make_observer(method: str) -> Observer:
 def observer_from_state(state: dict) -> Observer:
     """Rebuild an observer from :meth:`to_state` output."""
     method = state.get("method")
-    if method not in OBSERVERS:
+    if method not in STATISTICS:
         raise ValueError(f"observer state has unknown method {method!r}")
-    return OBSERVERS[method].from_state(state)
+    return STATISTICS[method].from_state(state)
 
 
 def merge_all(observers: Iterable[Observer]) -> Observer:

@@ -11,10 +11,16 @@ FULL_CFG = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n[data_prepr
             "target_device=NVGPU\n")
 
 
-def test_every_mode_ends_with_a_summary_and_only_full_quant_calibrates():
+def test_every_mode_ends_with_a_summary_and_only_full_quant_and_gptq_calibrate():
+    from ptq_core.config import parse_config
+
     assert set(MODES) == {"WEIGHT_QUANT", "FULL_QUANT", "DYNAMIC_QUANT"}
     assert all(m.steps[-1] == "summarize" for m in MODES.values())
-    assert [m.quant_type for m in MODES.values() if m.calibrates] == ["FULL_QUANT"]
+    plain = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n")
+    gptq = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n[weight_quant_param]\n"
+                        "quant_strategy=GPTQ\n")
+    assert [m.quant_type for m in MODES.values() if m.calibrates(plain)] == ["FULL_QUANT"]
+    assert WEIGHT.calibrates(gptq) and not DYNAMIC.calibrates(gptq)
     assert FULL.steps[0] == "calibrate" and FULL.max_drop and not (WEIGHT.max_drop or DYNAMIC.max_drop)
 
 

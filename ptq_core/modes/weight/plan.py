@@ -95,7 +95,8 @@ def _skip(site: WeightSite, reason: str) -> LayerDecision:
                          bytes_stored=site.size * 4)
 
 
-def _filter_reason(site: WeightSite, cfg: QuantConfig) -> str | None:
+def skip_reason(site: WeightSite, cfg: QuantConfig) -> str | None:
+    """Why a weight stays float under the common filters (skip_quant_node, sizes), or None."""
     common = cfg.common
     if site.node in common.skip_quant_node:
         return "skip_quant_node"
@@ -120,6 +121,20 @@ def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig, block_e
     return enc, params.zero_point.astype(np.float32), scale, mean, fixed.cosine
 
 
+def _gptq(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: QuantConfig, hessian: np.ndarray):
+    """GPTQ's codes (docs/gptq.md) in the layout and storage of fixed-bit codes; no variance correction."""
+    from ptq_core.modes.weight.gptq import gptq
+    from ptq_core.quant import code_dtype, cosine, qrange
+
+    rows = np.moveaxis(w, site.axis, 0)  # [output channels, input features]: a MatMul/Gemm weight is 2-D
+    coded = gptq(rows.astype(np.float64), hessian, bits, per_row=axis is not None)
+    codes = np.moveaxis(coded.codes, 0, site.axis).astype(code_dtype(*qrange(bits)))
+    keep = slice(None) if axis is not None else slice(0, 1)
+    zp, scale = coded.zero_point[keep, 0], coded.scale[keep, 0]
+    enc = encode_fixed(codes, bits, zp, enable_encode=cfg.common.enable_encode)
+    return enc, zp.astype(np.float32), scale.astype(np.float32), None, cosine(w, np.moveaxis(coded.dequantized(), 0, site.axis))
+
+
 def _mixed(w: np.ndarray, result: MixedBitResult, block_elements: int = BLOCK_ELEMENTS):
     codes = mixed_codes(w, result)
     enc = encode_split(codes)
@@ -139,8 +154,12 @@ def plan_weight_quant(
     init_scale: float | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     base_dir: str | Path | None = None,
+    hessians: dict[str, np.ndarray] | None = None,
 ) -> WeightPlan:
     """Decide and quantize every weight site of ``model`` under ``cfg`` (WEIGHT_QUANT).
+
+    ``hessians`` (``quant_strategy=GPTQ``): weight tensor -> the Hessian of its input, for GPTQ's rounding
+    (docs/gptq.md); the weights without one are rounded to nearest and say why.
 
     Weights left on disk (``prepare_model(..., load_data=False)``) are read one at a time from
     ``base_dir``, the model's folder, so memory holds one FP32 weight plus the packed results.
@@ -153,7 +172,7 @@ def plan_weight_quant(
     for index, site in enumerate(sites):
         if progress:
             progress(index, len(sites), site.node)
-        reason = _filter_reason(site, cfg)
+        reason = skip_reason(site, cfg)
         if reason:
             plan.decisions.append(_skip(site, reason))
             continue
@@ -163,7 +182,7 @@ def plan_weight_quant(
             continue
         w = initializer_array(model, site.tensor, base_dir, site.graph).astype(np.float32, copy=False)
         check_finite_weight(w, site.tensor, site.node, site.op_type)
-        coded = _code_site(w, site, cfg, target)
+        coded = _code_site(w, site, cfg, target, hessians)
         if isinstance(coded, str):  # the per-channel gain check said no
             plan.decisions.append(_skip(site, coded))
             continue
@@ -194,8 +213,9 @@ class _Coded:
     step: float | None = None
 
 
-def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float) -> _Coded | str:
-    """The codes of one weight: mixed bit (``bit_num=0``) or fixed bits; a string says why it stays float."""
+def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
+               hessians: dict[str, np.ndarray] | None = None) -> _Coded | str:
+    """The codes of one weight: mixed bit (``bit_num=0``), GPTQ or fixed bits; a string says why it stays float."""
     bits = cfg.common.bit_num
     shared_matmul = site.users > 1 and site.op_type in ("MatMul", "Gemm")
     per_channel = cfg.weight.per_channel and not shared_matmul
@@ -206,6 +226,14 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float)
         if result is not None:
             return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
         return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
+    if hessians is not None:
+        from ptq_core.modes.weight.gptq_calibration import why_not_gptq
+
+        if site.graph or site.tensor not in hessians:
+            return _Coded(*_fixed(w, bits, axis, cfg), bits, f"{bits}-bit {granularity} ({why_not_gptq(site)})", axis,
+                          granularity)
+        return _Coded(*_gptq(w, site, bits, axis, cfg, hessians[site.tensor]), bits, f"{bits}-bit {granularity} GPTQ",
+                      axis, granularity)
     if per_channel and cfg.weight.bias_correction:
         per_ch = site.size // max(1, site.channels)
         if not passes_gain_check(bits, per_ch):

@@ -25,8 +25,10 @@ from ptq_core.summary import reference_inputs, summarize
 
 
 def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None = None,
-                     progress: Progress | None = None) -> tuple[WeightPlan, TuneResult | None, str | None]:
-    """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine."""
+                     progress: Progress | None = None, hessians: dict | None = None
+                     ) -> tuple[WeightPlan, TuneResult | None, str | None]:
+    """Plan weight quantization; with bit_num=0 and auto_tune, search init_scale against output cosine;
+    with ``hessians`` (``quant_strategy=GPTQ``), GPTQ's rounding where a weight has one."""
     check_skip_nodes(info, cfg.common.skip_quant_node, cfg.source)
     tuning = cfg.common.bit_num == 0 and cfg.mixed.auto_tune
     # without auto_tune, weights are read one at a time; shared with the next sweep point (read only here)
@@ -44,7 +46,8 @@ def quantize_weights(model_path: str | Path, cfg: QuantConfig, info: ModelInfo, 
         tuned = auto_tune(evaluate, budget=max(4, cfg.mixed.max_iterations // 4))
         plan = plan_weight_quant(model, cfg, init_scale=tuned.init_scale, progress=progress)
         return plan, tuned, ref.source
-    return plan_weight_quant(model, cfg, progress=progress, base_dir=Path(model_path).parent), None, None
+    return plan_weight_quant(model, cfg, progress=progress, base_dir=Path(model_path).parent,
+                             hessians=hessians), None, None
 
 
 def emit_model(model_path: str | Path, plan: WeightPlan, output: str | Path) -> Path:
@@ -76,8 +79,17 @@ def load_external(model: onnx.ModelProto, base_dir: Path, skip: set[str] = froze
 class WeightSteps:
     """WEIGHT_QUANT in this process: the plan stays in memory between steps."""
 
+    def calibrate(self, job: Job, state: dict) -> dict:
+        """GPTQ's Hessians (docs/gptq.md); nothing for round-to-nearest weights."""
+        if job.cfg.weight.quant_strategy != "GPTQ":
+            return {}
+        from ptq_core.modes.weight.gptq_calibration import collect_hessians
+
+        return {"hessians": collect_hessians(job.model, job.cfg, job.inputs, job.work_dir)}
+
     def quantize(self, job: Job, state: dict) -> dict:
-        plan, tuned, _ = quantize_weights(job.model, job.cfg, job.info, job.inputs, job.progress)
+        plan, tuned, _ = quantize_weights(job.model, job.cfg, job.info, job.inputs, job.progress,
+                                          state.get("hessians"))
         return {"plan": plan, "tuned": tuned}
 
     def emit(self, job: Job, state: dict) -> dict:
