@@ -117,6 +117,7 @@ class PtqflowParam:
     rotation_block: int = 16  # DYNAMIC_QUANT: Hadamard block on each MatMul's reduction axis (ptq_core.modes.dynamic.rotation)
     int8_form: str = "portable"  # int8 weights read by onnxruntime's u8 x s8 kernels (ptq_core.onnxgraph.cpu)
     cross_layer_equalization: str = "auto"  # FULL_QUANT per_channel=false: §8.8 (ptq_core.modes.full.equalization); auto|true|false
+    group_size: int = 0  # WEIGHT_QUANT: params per group of input features (ptq_core.modes.weight.grouped); 0 = per channel
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int, co
     the chain is as short as the math allows: plain int8/int16 storage is cast straight to float
     (no int32 detour), and the zero point is folded into the per-channel offset (no Sub).
     """
+    if qw.layout is not None:  # group-wise params (ptq_core.modes.weight.grouped)
+        return _grouped_chain(qw, prefix, output, opset)
     if codes is not None:  # the codes come out of the shared entropy group
         nodes, inits = [], []
     elif qw.encoded.kind == "raw":
@@ -59,6 +61,18 @@ def _dequant_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int, co
         inits.append(_channel_tensor(f"{prefix}a", offset, rank, qw.axis))
         nodes.append(helper.make_node("Add", [f"{prefix}m", f"{prefix}a"], [output]))
     return nodes, inits
+
+
+def _grouped_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
+    from ptq_core.modes.weight.grouped import decode_chain
+
+    if qw.encoded.kind == "raw":
+        nodes, inits, codes = [], [numpy_helper.from_array(qw.encoded.arrays["data"].reshape(
+            qw.layout.rows, qw.layout.padded), f"{prefix}r")], f"{prefix}r"
+    else:
+        nodes, inits, codes = decode_nodes(qw.encoded, prefix, opset)
+    more_nodes, more_inits = decode_chain(codes, qw.scale, qw.zero_point, qw.layout, prefix, output)
+    return nodes + more_nodes, inits + more_inits
 
 
 def _unique(base: str, taken: set[str]) -> str:

@@ -12,7 +12,8 @@ the same result up to float rounding, in a fraction of the time) with the lazy u
 
 Group-wise params (``group_size`` > 0, ptqflow's addition): each group of columns gets its own scale and
 zero point per row, computed when GPTQ reaches the group's first column from the weights as updated by
-then; a last group may be shorter.
+then; a last group may be shorter. A group's scale is a float16 value (rounded up, so the group's range
+still fits) and its zero point a code: that is how they are stored (ptq_core.modes.weight.grouped).
 
 Pure NumPy, float64 throughout. The Hessian comes from :mod:`ptq_core.stats.hessian_observer`.
 """
@@ -56,6 +57,38 @@ def row_params(w: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndar
     return encode_range(w.min(axis=1), w.max(axis=1), qmin, qmax, symmetric=False)
 
 
+#: how far a group's range may shrink (clipping its extremes) when that lowers its rounding error
+SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
+def _half_params(lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    exact = np.clip((hi - lo) / (qmax - qmin), 2.0 ** -14, 65504.0)
+    half = exact.astype(np.float16)
+    half = np.where(half.astype(np.float64) < exact, np.nextafter(half, np.float16(np.inf)), half)
+    scale = half.astype(np.float64)
+    return scale, np.clip(round_half_away(qmin - lo / scale), qmin, qmax).astype(np.int64)
+
+
+def group_params(w: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row asymmetric params of a group of columns: the scale a float16 value (rounded up, within
+    float16's normal range), the zero point a code. The range is [min(w, 0), max(w, 0)] shrunk by the
+    factor of ``SHRINK`` that gives the group's codes the least squared error: at 3-4 bits, clipping a
+    group's one or two extreme values costs less than the coarser steps of its full range."""
+    lo, hi = np.minimum(w.min(axis=1), 0.0), np.maximum(w.max(axis=1), 0.0)
+    best = best_err = None
+    for factor in SHRINK:
+        scale, zp = _half_params(lo * factor, hi * factor, qmin, qmax)
+        q = quantize_column(w, scale[:, None], zp[:, None], qmin, qmax)
+        err = np.sum(((q - zp[:, None]) * scale[:, None] - w) ** 2, axis=1)
+        if best is None:
+            best, best_err = (scale, zp), err
+            continue
+        better = err < best_err
+        best = (np.where(better, scale, best[0]), np.where(better, zp, best[1]))
+        best_err = np.where(better, err, best_err)
+    return best
+
+
 def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         q = round_half_away(w / scale + zp)
@@ -71,9 +104,10 @@ def rtn(w: np.ndarray, bits: int, group_size: int = 0) -> GroupedCodes:
     scale = np.empty((rows, len(starts)))
     zp = np.empty((rows, len(starts)), np.int64)
     codes = np.empty((rows, cols), np.int32)
+    params = group_params if group_size else row_params
     for g, start in enumerate(starts):
         part = w[:, start:start + width].astype(np.float64)
-        scale[:, g], zp[:, g] = row_params(part, qmin, qmax)
+        scale[:, g], zp[:, g] = params(part, qmin, qmax)
         codes[:, start:start + width] = quantize_column(part, scale[:, g:g + 1], zp[:, g:g + 1], qmin, qmax)
     return GroupedCodes(codes, scale, zp, group_size, qmin, qmax)
 
@@ -90,13 +124,19 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DAMPING) -> tup
 
 
 def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0, block: int = BLOCK,
-         damping: float = DAMPING, per_row: bool = True) -> GroupedCodes:
+         damping: float = DAMPING, per_row: bool = True, act_order: bool = False) -> GroupedCodes:
     """GPTQ codes of ``w`` [rows, columns] given the columns' Hessian [columns, columns]; ``per_row=False``
-    gives every row the params of the whole tensor (per-layer weights)."""
+    gives every row the params of the whole tensor (per-layer weights). ``act_order`` quantizes the
+    columns in order of falling Hessian diagonal (the inputs that carry most energy first, while the
+    most columns are left to absorb their error); groups then keep their natural columns and take their
+    params from the original weights ("static groups"), so the stored layout is the same."""
     qmin, qmax = code_range(bits)
     W = np.array(w, dtype=np.float64)
     rows, cols = W.shape
-    U, dead = inverse_hessian_factor(hessian, damping)
+    h = np.asarray(hessian, np.float64)
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(cols)
+    U, dead = inverse_hessian_factor(h[np.ix_(order, order)], damping)
+    W = W[:, order]
     W[:, dead] = 0.0
     width = group_size or cols
     groups = -(-cols // width)
@@ -108,6 +148,11 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0, blo
         else:
             s, z = row_params(W.reshape(1, -1), qmin, qmax)
             scale[:, 0], zp[:, 0] = s[0], z[0]
+    elif act_order:
+        natural = np.empty_like(W)
+        natural[:, order] = W
+        for g in range(groups):
+            scale[:, g], zp[:, g] = group_params(natural[:, g * width:(g + 1) * width], qmin, qmax)
     codes = np.empty((rows, cols), np.int32)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -115,11 +160,11 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0, blo
         E1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            c = i1 + i
+            c = int(order[i1 + i])  # the column's place in the weight
             g = c // width
-            if group_size and c % group_size == 0:
+            if group_size and not act_order and c % group_size == 0:
                 ahead = np.concatenate([W1[:, i:], W[:, i2:]], axis=1)[:, :group_size]
-                scale[:, g], zp[:, g] = row_params(ahead, qmin, qmax)
+                scale[:, g], zp[:, g] = group_params(ahead, qmin, qmax)
             q = quantize_column(W1[:, i], scale[:, g], zp[:, g], qmin, qmax)
             codes[:, c] = q
             err = (W1[:, i] - (q - zp[:, g]) * scale[:, g]) / U1[i, i]
@@ -127,3 +172,31 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0, blo
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     return GroupedCodes(codes, scale, zp, group_size, qmin, qmax)
+
+
+def output_errors(w: np.ndarray, coded: GroupedCodes, hessian: np.ndarray) -> np.ndarray:
+    """Each row's ``(w - q) H (w - q)ᵀ``: its output's squared error summed over the calibration inputs (× 2/n)."""
+    d = np.asarray(w, np.float64) - coded.dequantized()
+    return np.einsum("ij,jk,ik->i", d, np.asarray(hessian, np.float64), d)
+
+
+def gptq_or_nearest(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0,
+                    per_row: bool = True) -> GroupedCodes:
+    """GPTQ's codes, except in rows where rounding to nearest leaves less output error on the calibration
+    inputs (GPTQ is greedy: with clipped group ranges at 2-3 bits it can lose a row). Rows are independent
+    (each is one output channel with its own params), so the choice is made row by row."""
+    # per channel: converter_lite's algorithm as it is; group-wise (ptqflow's addition): in act order
+    ours = gptq(w, hessian, bits, group_size=group_size, per_row=per_row, act_order=bool(group_size))
+    if not per_row and not group_size:
+        return ours  # one scale for the whole tensor: rounding to nearest uses the same
+    nearest = rtn(np.asarray(w, np.float64), bits, group_size) if group_size else _rtn_per_row(w, bits, ours)
+    keep = output_errors(w, ours, hessian) <= output_errors(w, nearest, hessian)
+    pick = keep[:, None]
+    return GroupedCodes(np.where(pick, ours.codes, nearest.codes), np.where(pick, ours.scale, nearest.scale),
+                        np.where(pick, ours.zero_point, nearest.zero_point), group_size, ours.qmin, ours.qmax)
+
+
+def _rtn_per_row(w: np.ndarray, bits: int, like: GroupedCodes) -> GroupedCodes:
+    """Rounding to nearest with GPTQ's own per-row params (converter_lite's, from the original weights)."""
+    codes = quantize_column(np.asarray(w, np.float64), like.scale, like.zero_point, like.qmin, like.qmax)
+    return GroupedCodes(codes.astype(np.int32), like.scale, like.zero_point, 0, like.qmin, like.qmax)

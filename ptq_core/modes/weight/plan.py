@@ -61,6 +61,7 @@ class QuantizedWeight:
     nodes: tuple[str, ...]  # consumer nodes that read the quantized weight
     group_index: int | None = None  # position in the plan's entropy group (then ``encoded`` is unused)
     graph: str = ""  # the subgraph holding the weight ("" = main graph; graph.subgraphs)
+    layout: object | None = None  # grouped.GroupedLayout: codes stored as [rows, padded], params per group
 
 
 class DecisionRows:
@@ -121,13 +122,33 @@ def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig, block_e
     return enc, params.zero_point.astype(np.float32), scale, mean, fixed.cosine
 
 
+GROUPED_OPS = ("MatMul", "Gemm", "Gather")
+
+
+def _grouped(w: np.ndarray, site: WeightSite, bits: int, group: int, cfg: QuantConfig, hessian) -> _Coded:
+    """Group-wise codes (``[ptqflow] group_size``), by GPTQ where the weight has a Hessian."""
+    from ptq_core.modes.weight import grouped
+    from ptq_core.modes.weight.gptq import gptq_or_nearest, rtn
+    from ptq_core.quant import code_dtype, cosine, qrange
+
+    layout = grouped.GroupedLayout(tuple(site.shape), site.axis, group)
+    rows = grouped.rows_of(w, site.axis).astype(np.float64)
+    coded = gptq_or_nearest(rows, hessian, bits, group) if hessian is not None else rtn(rows, bits, group)
+    codes = grouped.stored_codes(coded, layout).astype(code_dtype(*qrange(bits)))
+    zp, scale = coded.zero_point.reshape(-1), coded.scale.reshape(-1)
+    enc = encode_fixed(codes, bits, zp, enable_encode=cfg.common.enable_encode)
+    how = f"{bits}-bit group {group}" + (" GPTQ" if hessian is not None else "")
+    return _Coded(enc, zp.astype(np.float32), scale.astype(np.float32), None,
+                  cosine(w, grouped.dequantized(coded, layout)), bits, how, site.axis, f"group {group}", layout=layout)
+
+
 def _gptq(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: QuantConfig, hessian: np.ndarray):
     """GPTQ's codes (docs/gptq.md) in the layout and storage of fixed-bit codes; no variance correction."""
-    from ptq_core.modes.weight.gptq import gptq
+    from ptq_core.modes.weight.gptq import gptq_or_nearest
     from ptq_core.quant import code_dtype, cosine, qrange
 
     rows = np.moveaxis(w, site.axis, 0)  # [output channels, input features]: a MatMul/Gemm weight is 2-D
-    coded = gptq(rows.astype(np.float64), hessian, bits, per_row=axis is not None)
+    coded = gptq_or_nearest(rows.astype(np.float64), hessian, bits, per_row=axis is not None)
     codes = np.moveaxis(coded.codes, 0, site.axis).astype(code_dtype(*qrange(bits)))
     keep = slice(None) if axis is not None else slice(0, 1)
     zp, scale = coded.zero_point[keep, 0], coded.scale[keep, 0]
@@ -187,7 +208,7 @@ def plan_weight_quant(
             plan.decisions.append(_skip(site, coded))
             continue
         done[key] = QuantizedWeight(site.tensor, site.shape, coded.axis, coded.enc, coded.zp, coded.scale, coded.mean,
-                                    (site.node,), graph=site.graph)
+                                    (site.node,), graph=site.graph, layout=coded.layout)
         plan.decisions.append(_coded_decision(site, coded))
     if progress:
         progress(len(sites), len(sites), "")
@@ -211,6 +232,7 @@ class _Coded:
     axis: int | None
     granularity: str
     step: float | None = None
+    layout: object | None = None  # grouped.GroupedLayout for group-wise codes
 
 
 def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
@@ -226,6 +248,9 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
         if result is not None:
             return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
         return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
+    group = cfg.ptqflow.group_size
+    if group and 2 <= bits <= 8 and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
+        return _grouped(w, site, bits, group, cfg, None if hessians is None else hessians.get(site.tensor))
     if hessians is not None:
         from ptq_core.modes.weight.gptq_calibration import why_not_gptq
 
@@ -243,7 +268,8 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
 
 def _coded_decision(site: WeightSite, c: _Coded) -> LayerDecision:
     zp_bytes = c.zp.size * (1 if c.bits and c.bits <= 8 else 2) if np.any(c.zp) else 0
-    stored = c.enc.nbytes + zp_bytes + c.scale.nbytes + (c.mean.nbytes if c.mean is not None else 0)
+    scale_bytes = c.scale.size * 2 if c.layout is not None else c.scale.nbytes  # grouped scales are float16
+    stored = c.enc.nbytes + zp_bytes + scale_bytes + (c.mean.nbytes if c.mean is not None else 0)
     return LayerDecision(site.node, site.op_type, site.tensor, site.shape, True, c.how, c.bits, c.granularity,
                          c.enc.kind, site.size * 4, stored, effective_bits(c.enc), c.step, c.weight_cosine)
 

@@ -10,7 +10,7 @@ import pytest
 from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.modes.weight.gptq import code_range, gptq, quantize_column, row_params, rtn
+from ptq_core.modes.weight.gptq import code_range, gptq, gptq_or_nearest, quantize_column, row_params, rtn
 from ptq_core.stats.hessian_observer import HessianObserver
 
 
@@ -56,7 +56,7 @@ def test_gptq_gives_the_integers_of_the_column_by_column_reference(bits):
 def test_gptq_output_error_is_never_above_rounding_to_nearest(bits, group_size):
     for seed in range(4):
         w, h, x = _layer(seed)
-        ours = np.linalg.norm((w - gptq(w, h, bits, group_size=group_size).dequantized()) @ x.T)
+        ours = np.linalg.norm((w - gptq_or_nearest(w, h, bits, group_size).dequantized()) @ x.T)
         nearest = np.linalg.norm((w - rtn(w, bits, group_size).dequantized()) @ x.T)
         assert ours <= nearest
 
@@ -179,3 +179,43 @@ def test_the_flow_writes_the_same_gptq_model_as_the_direct_path(tmp_path):
     via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
     direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+
+
+@pytest.mark.parametrize("group", [16, 20])  # 48 and 64 input features: 20 leaves a short last group
+def test_group_wise_weights_run_in_plain_onnxruntime_closer_to_fp32_than_per_channel(tmp_path, group):
+    from ptqflow.cli import main
+
+    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path)
+    errors = {}
+    for strategy in ("GPTQ", "MAX_MIN"):
+        for g in (0, group):
+            cfg = gptq_cfg(tmp_path, folder, 3, strategy).read_text() + f"[ptqflow]\ngroup_size={g}\n"
+            path = write_config(tmp_path / f"{strategy}_{g}.cfg", cfg)
+            out = tmp_path / f"{strategy}_{g}"
+            assert main(["convert", f"--modelFile={model}", f"--configFile={path}", f"--outputFile={out}",
+                         "--no-flow"]) == 0
+            errors[strategy, g] = _output_error(model, out.with_suffix(".onnx"), folder)
+    assert errors["MAX_MIN", group] < errors["MAX_MIN", 0]
+    assert errors["GPTQ", group] < errors["MAX_MIN", group]
+
+
+def test_group_wise_decode_chain_rebuilds_the_planned_weight_exactly(tmp_path):
+    import onnxruntime as ort
+
+    from ptq_core.config import parse_config
+    from ptq_core.modes.weight import grouped
+    from ptq_core.modes.weight.emit import emit_weight_only
+    from ptq_core.modes.weight.gptq import rtn
+    from ptq_core.modes.weight.plan import plan_weight_quant
+
+    model = mlp()
+    cfg = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\nmin_quant_weight_size=0\n"
+                       "[ptqflow]\ngroup_size=20\n")
+    quantized = emit_weight_only(model, plan_weight_quant(model, cfg))
+    quantized.graph.output.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, None))  # the decoded weight
+    (decoded,) = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["w1"], {"x": np.zeros((4, 48), np.float32)})
+    w1 = numpy_helper.to_array(model.graph.initializer[0])
+    layout = grouped.GroupedLayout(w1.shape, 1, 20)
+    expected = grouped.dequantized(rtn(grouped.rows_of(w1, 1).astype(np.float64), 4, 20), layout)
+    assert decoded.shape == w1.shape and np.array_equal(decoded, expected)
