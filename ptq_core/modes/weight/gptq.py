@@ -27,6 +27,8 @@ import numpy as np
 from ptq_core.quant import encode_range, round_half_away
 
 DAMPING = 0.01
+#: the ops whose weight GPTQ rounds (input B, contraction over the activation's last axis)
+GPTQ_OPS = ("MatMul", "Gemm")
 BLOCK = 128
 
 
@@ -200,3 +202,12 @@ def _rtn_per_row(w: np.ndarray, bits: int, like: GroupedCodes) -> GroupedCodes:
     """Rounding to nearest with GPTQ's own per-row params (converter_lite's, from the original weights)."""
     codes = quantize_column(np.asarray(w, np.float64), like.scale, like.zero_point, like.qmin, like.qmax)
     return GroupedCodes(codes.astype(np.int32), like.scale, like.zero_point, 0, like.qmin, like.qmax)
+
+
+def why_not_gptq(site) -> str:
+    """The summary's reason a weight (a ``WeightSite``) was rounded to nearest under quant_strategy=GPTQ."""
+    if site.graph:
+        return "GPTQ: weights inside If/Loop/Scan bodies are rounded to nearest"
+    if site.op_type not in GPTQ_OPS:
+        return f"GPTQ applies to MatMul and Gemm; {site.op_type} rounded to nearest"
+    return "GPTQ: the weight is not input B of a MatMul/Gemm fed by an activation; rounded to nearest"

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ptq_core.modes.weight.gptq import GPTQ_OPS
 from ptq_core.onnxgraph.sites import WeightSite
 
-GPTQ_OPS = ("MatMul", "Gemm")
 METHOD = "GPTQ_HESSIAN"
 
 
@@ -38,14 +38,6 @@ def gptq_inputs(model: onnx.ModelProto, sites: list[WeightSite]) -> dict[str, tu
             continue
         wanted.setdefault(site.tensor, []).append(node.input[0])
     return {w: tuple(a) for w, a in wanted.items() if w not in refused}
-
-
-def why_not_gptq(site: WeightSite) -> str:
-    if site.graph:
-        return "GPTQ: weights inside If/Loop/Scan bodies are rounded to nearest"
-    if site.op_type not in GPTQ_OPS:
-        return f"GPTQ applies to MatMul and Gemm; {site.op_type} rounded to nearest"
-    return "GPTQ: the weight is not input B of a MatMul/Gemm fed by an activation; rounded to nearest"
 
 
 def combined_hessians(wanted: dict[str, tuple[str, ...]], observers: dict) -> dict[str, np.ndarray]:

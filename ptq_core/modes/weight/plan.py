@@ -252,7 +252,7 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
     if group and 2 <= bits <= 8 and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
         return _grouped(w, site, bits, group, cfg, None if hessians is None else hessians.get(site.tensor))
     if hessians is not None:
-        from ptq_core.modes.weight.gptq_calibration import why_not_gptq
+        from ptq_core.modes.weight.gptq import why_not_gptq
 
         if site.graph or site.tensor not in hessians:
             return _Coded(*_fixed(w, bits, axis, cfg), bits, f"{bits}-bit {granularity} ({why_not_gptq(site)})", axis,
