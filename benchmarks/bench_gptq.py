@@ -39,16 +39,20 @@ SHAPE = ";".join(f"{k}:1,{models.MINILM_SEQ_LEN}" for k in models.MINILM_INPUTS)
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
     """Wall time and peak RSS (this process tree) of one command."""
+    import tempfile
+
     t0 = time.perf_counter()
-    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    out = proc.stdout.read()
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty tool would fill a pipe and stall
+        proc = psutil.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        log.seek(0)
+        out = log.read()
     return {"ok": proc.returncode == 0, "wall_s": time.perf_counter() - t0, "peak_mb": peak / 2**20,
             "log": out[-2000:]}
 

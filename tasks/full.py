@@ -33,7 +33,7 @@ def data_digest(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions) -> str:
     return sample_digest(cfg, specs, inputs.data_format)
 
 
-def _locked(key_fn) -> CacheKeyFnPolicy:
+def locked_policy(key_fn) -> CacheKeyFnPolicy:
     """A content-key policy whose concurrent runs with one key wait for each other (sweep points run in
     parallel): the first computes, the others then read its cache record instead of repeating the work."""
     locks = cache_dir("locks")
@@ -45,7 +45,7 @@ def _shards_key(ctx, params) -> str:
     return content_key("calibration_shards", params["digest"])
 
 
-@task(name="preprocess_calibration", cache_policy=_locked(_shards_key), persist_result=True)
+@task(name="preprocess_calibration", cache_policy=locked_policy(_shards_key), persist_result=True)
 @ours
 def preprocess_calibration(model_path: str, cfg: QuantConfig, inputs: InputOptions, digest: str) -> list[collect.Round]:
     """Decode and preprocess the calibration set once into content-addressed .npy shards."""
@@ -61,7 +61,7 @@ def _stats_key(ctx, params) -> str:
                        params["digest"], sorted(params["tensors"]))
 
 
-@task(name="collect_statistics", cache_policy=_locked(_stats_key), persist_result=True)
+@task(name="collect_statistics", cache_policy=locked_policy(_stats_key), persist_result=True)
 @ours
 def collect_statistics(model_sha: str, digest: str, exposed_path: str, tensors: tuple[str, ...],
                        rounds: list[collect.Round], method: str, collector) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prefect import task
 from ptqflow.tasks.caching import content_key
 from ptqflow.tasks.dask_stats import collect_distributed, dask_client
+from ptqflow.tasks.full import locked_policy
 
 from ptq_core.config import QuantConfig
 from ptq_core.modes.weight.gptq_calibration import collect_hessians, save_hessians
@@ -23,8 +24,12 @@ def hessians_key(info: ModelInfo, cfg: QuantConfig, inputs: InputOptions, digest
                        c.min_quant_weight_size, c.min_quant_weight_channel)
 
 
-@task(name="gptq_hessians", cache_key_fn=lambda ctx, p: hessians_key(p["info"], p["cfg"], p["inputs"], p["digest"]),
-      persist_result=True)
+def _key(ctx, params) -> str:
+    return hessians_key(params["info"], params["cfg"], params["inputs"], params["digest"])
+
+
+# locked like the statistics task: a sweep's points run at once, and the first computes for all of them
+@task(name="gptq_hessians", cache_policy=locked_policy(_key), persist_result=True)
 @ours
 def gptq_hessians(model_path: str, cfg: QuantConfig, info: ModelInfo, inputs: InputOptions, digest: str,
                   rounds: list[collect.Round], dask_address: str | None = None) -> str:

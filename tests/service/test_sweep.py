@@ -197,3 +197,27 @@ def test_a_point_that_quantized_no_layer_says_why():
     summary = Summary("m.onnx", "o.onnx", "FULL_QUANT", 8, kept, 100, 30, 0.99, "calibration sample 0")
     assert point_layers(summary) == {"layers_quantized": 0, "layers_kept_float": 2,
                                      "note": "no layer quantized: int8 kernel not faster here"}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_gptq_sweep_over_bits_and_group_size_collects_the_hessians_once(tmp_path):
+    import pyarrow.parquet as pq
+    from prefect_runs import state_counts, task_states
+    from ptqflow.flows.sweep import sweep
+    from test_gptq import calibration, gptq_cfg, mlp
+
+    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path)
+    cfg = gptq_cfg(tmp_path, folder, 4)
+    grid = tmp_path / "g.json"
+    grid.write_text('{"common_quant_param.bit_num": [3, 4], "ptqflow.group_size": [0, 16]}')
+    out = tmp_path / "out"
+    state = sweep(str(model), str(cfg), str(grid), str(out), return_state=True)
+    counts = state_counts(task_states(state.state_details.flow_run_id))
+    assert counts["sweep_point"] == {"Completed": 4}
+    assert counts["gptq_hessians"].get("Completed", 0) == 1  # the bit width and group size are not in its key
+    assert counts["gptq_hessians"]["Cached"] == 3
+    table = pq.read_table(out / "sweep.parquet").to_pylist()
+    by_point = {(r["common_quant_param.bit_num"], r["ptqflow.group_size"]): r for r in table}
+    assert by_point["3", "16"]["cosine"] > by_point["3", "0"]["cosine"]  # groups keep 3 bits closer to FP32
+    assert by_point["3", "0"]["size_bytes"] < by_point["4", "0"]["size_bytes"]
+    assert any(r["pareto"] for r in table)
