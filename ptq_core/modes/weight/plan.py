@@ -125,6 +125,12 @@ def _fixed(w: np.ndarray, bits: int, axis: int | None, cfg: QuantConfig, block_e
 GROUPED_OPS = ("MatMul", "Gemm", "Gather")
 
 
+def _hessian_fits(hessian: np.ndarray, site: WeightSite) -> bool:
+    """The Hessian is over the weight's input features (an activation whose last axis is not the
+    contraction, e.g. a broadcast MatMul, gives one of another size)."""
+    return len(site.shape) == 2 and hessian.shape == (site.shape[1 - site.axis],) * 2
+
+
 def _grouped(w: np.ndarray, site: WeightSite, bits: int, group: int, cfg: QuantConfig, hessian) -> _Coded:
     """Group-wise codes (``[ptqflow] group_size``), by GPTQ where the weight has a Hessian."""
     from ptq_core.modes.weight import grouped
@@ -248,6 +254,8 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
         if result is not None:
             return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
         return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
+    if hessians is not None and site.tensor in hessians and not _hessian_fits(hessians[site.tensor], site):
+        hessians = {k: v for k, v in hessians.items() if k != site.tensor}  # rounded to nearest, saying why
     group = cfg.ptqflow.group_size
     if group and 2 <= bits <= 8 and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
         return _grouped(w, site, bits, group, cfg, None if hessians is None else hessians.get(site.tensor))
