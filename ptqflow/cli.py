@@ -310,10 +310,15 @@ def _precheck_model(model_file: str, cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ptqflow.runner import delegate
+    try:
+        from ptqflow.runner import delegate
 
-    code = delegate(sys.argv[1:] if argv is None else argv)  # the resident server's warm runner, if it can
-    return code if code is not None else run_here(argv)
+        code = delegate(sys.argv[1:] if argv is None else argv)  # the resident server's warm runner, if it can
+        return code if code is not None else run_here(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) outside _run's own handler: start-up, hand-over, settle
+        terminated = getattr(exc, "exit_code", None)
+        print(f"ptq: {'terminated' if terminated else 'interrupted'}; nothing was written", file=sys.stderr)
+        return terminated or 130
 
 
 def run_here(argv: list[str] | None = None) -> int:
