@@ -29,7 +29,8 @@ from ptq_core.errors import PtqError
 
 _ERROR_NAMES = ("PtqError", "ConfigError", "ModelError", "DataError")
 #: Prefect's crash reports for a run we interrupted on purpose; the CLI's own line says it.
-_INTERRUPT_TEXTS = ("aborted by a termination signal", "KeyboardInterrupt", "Terminated()")
+_INTERRUPT_TEXTS = ("aborted by a termination signal", "aborted by an interrupt signal", "KeyboardInterrupt",
+                   "Terminated()")
 
 
 class Terminated(KeyboardInterrupt):
