@@ -82,3 +82,13 @@ def readers(nodes) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
             if name:
                 result[name].append((node, i))
     return result
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken``, which it joins."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name

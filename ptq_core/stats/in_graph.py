@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptq_core.onnxgraph.walk import unique_name
 from ptq_core.quant import DBL_EPSILON
 
 REDUCTIONS = ("ReduceMin", "ReduceMax", "ReduceSum")
@@ -101,15 +102,6 @@ class BinsLayout:
         return list(self.indices.values()) + list(self.raw)
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}{k}"
-    taken.add(name)
-    return name
-
-
 def bins_model(exposed: onnx.ModelProto, intervals: dict[str, float], bins: int) -> tuple[onnx.ModelProto, BinsLayout]:
     """``exposed`` computing, right after each float32 tensor's producer, its values' KL bin indices."""
     types = {o.name: o.type.tensor_type.elem_type for o in exposed.graph.output}
@@ -118,7 +110,7 @@ def bins_model(exposed: onnx.ModelProto, intervals: dict[str, float], bins: int)
     out = onnx.ModelProto()
     out.CopyFrom(exposed)
     graph = out.graph
-    consts = {key: _unique(f"ptq_bins_{key}", taken) for key in ("top", "one", "zero", "eps")}
+    consts = {key: unique_name(f"ptq_bins_{key}", taken) for key in ("top", "one", "zero", "eps")}
     graph.initializer.extend([numpy_helper.from_array(np.float32(bins - 1), consts["top"]),
                               numpy_helper.from_array(np.int32(1), consts["one"]),
                               numpy_helper.from_array(np.int32(0), consts["zero"]),
@@ -128,7 +120,7 @@ def bins_model(exposed: onnx.ModelProto, intervals: dict[str, float], bins: int)
         if types.get(tensor) != TensorProto.FLOAT or not np.float32(interval) > DBL_EPSILON:
             raw.append(tensor)
             continue
-        n = {k: _unique(f"{tensor}::bins_{k}", taken) for k in ("itv", "abs", "div", "min", "int", "inc", "big", "sel", "out")}
+        n = {k: unique_name(f"{tensor}::bins_{k}", taken) for k in ("itv", "abs", "div", "min", "int", "inc", "big", "sel", "out")}
         graph.initializer.append(numpy_helper.from_array(np.float32(interval), n["itv"]))
         chains[tensor] = [
             helper.make_node("Abs", [tensor], [n["abs"]]),

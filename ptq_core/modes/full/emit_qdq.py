@@ -39,9 +39,9 @@ from ptq_core.modes.full.targets import (
     ORT_QDQ_TRANSPARENT_OPS,
     REMOVABLE_ACTIVATIONS,
 )
-from ptq_core.modes.weight.emit import PRODUCER, _unique
+from ptq_core.modes.weight.emit import PRODUCER
 from ptq_core.onnxgraph.load import set_metadata, upgrade_opset
-from ptq_core.onnxgraph.walk import all_names, producers
+from ptq_core.onnxgraph.walk import all_names, producers, unique_name
 
 PREFIX = "ptq_"
 
@@ -82,7 +82,7 @@ class _QdqWriter:
         self.replaced: set[str] = set()  # float initializers now behind a DQ
 
     def fresh(self, base: str) -> str:
-        return _unique(base, self.taken)
+        return unique_name(base, self.taken)
 
     def write(self) -> None:
         self.check_plan()

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
 from ptq_core.onnxgraph.load import default_opset, upgrade_opset
-from ptq_core.onnxgraph.walk import all_names, node_label, subgraphs
+from ptq_core.onnxgraph.walk import all_names, node_label, subgraphs, unique_name
 from ptq_core.quant import broadcast_shape
 from ptq_core.storage.decode_ops import decode_nodes
 
@@ -75,15 +75,6 @@ def _grouped_chain(qw: QuantizedWeight, prefix: str, output: str, opset: int):
     return nodes + more_nodes, inits + more_inits
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProto:
     """Return a copy of ``model`` whose planned weights are stored packed and decoded by constant ops."""
     out = onnx.ModelProto()
@@ -116,7 +107,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
         # short prefixes: the decode chain repeats its prefix in every name it creates
         prefix = f"{base}{index}_"
         if qw.graph:  # a weight an If/Loop/Scan body holds: decoded in the main graph, read from outer scope
-            output = _unique(f"{qw.tensor}_dequant", taken)
+            output = unique_name(f"{qw.tensor}_dequant", taken)
             codes = group_outputs[qw.group_index] if qw.group_index is not None else None
             nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
             new_nodes.extend(nodes)
@@ -126,7 +117,7 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
         # the chain takes over the weight's own name when every reader is decoded (the float initializer
         # goes): no renamed inputs, and no second long name stored twice per weight
         takes_name = readers.get(qw.tensor, set()) <= set(qw.nodes) and qw.tensor not in outputs
-        output = qw.tensor if takes_name else _unique(f"{qw.tensor}_dequant", taken)
+        output = qw.tensor if takes_name else unique_name(f"{qw.tensor}_dequant", taken)
         codes = group_outputs[qw.group_index] if qw.group_index is not None else None
         nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
         new_nodes.extend(nodes)
