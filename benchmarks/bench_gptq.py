@@ -162,9 +162,7 @@ def main() -> None:
         rows.append({k: v for k, v in row.items() if k != "log" or not row["ok"]})
     env = harness.environment(("onnxruntime", "nncf", "numpy"))
     md = render(rows, env, time.perf_counter() - t_start)
-    (HERE / "results" / "gptq.md").write_text(md)
-    (HERE / "results" / "gptq.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(md)
+    harness.write_results("gptq", md, {"env": env, "rows": rows})
 
 
 def render(rows: list[dict], env: dict, wall: float) -> str:

@@ -27,7 +27,6 @@ Writes benchmarks/results/zoo.md and .json.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -286,9 +285,7 @@ def main() -> None:
             rows += peer_cells(name, path, rows, [], [], audio)
     env = harness.environment(("onnxruntime", "nncf"))
     md = render(rows, env, time.perf_counter() - t_start)
-    (HERE / "results" / "zoo.md").write_text(md)
-    (HERE / "results" / "zoo.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(md)
+    harness.write_results("zoo", md, {"env": env, "rows": rows})
 
 
 def render(rows: list[dict], env: dict, wall: float) -> str:

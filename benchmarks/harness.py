@@ -251,3 +251,13 @@ def environment(packages: tuple[str, ...]) -> dict:
     return {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), "packages": vers,
             "git": commit + (" (tool sources modified)" if dirty else ""),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_results(name: str, md: str, data: dict) -> None:
+    """``benchmarks/results/<name>.md`` and ``.json`` (the table and the data behind it), and the table on stdout."""
+    import json
+
+    results = Path(__file__).resolve().parent / "results"
+    (results / f"{name}.md").write_text(md)
+    (results / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
+    print(md)

@@ -24,7 +24,7 @@ from ptq_core.files import write_atomic
 from ptq_core.stats.observers import make_observer, observer_class
 
 _SESSIONS: dict[tuple[str, int], object] = {}
-_REDUCED: dict[str, object] = {}  # reduced model path -> its ExtremesLayout
+_IN_GRAPH: dict[str, object] = {}  # in-graph statistics model path -> its layout
 _LOCK = threading.Lock()
 
 
@@ -99,12 +99,12 @@ def _session(model_path: str):
 
 def forget_sessions(model_path: str) -> None:
     """Drop this process's sessions of ``model_path`` once its pass is over (their weights and buffers)."""
-    reduced = str(Path(model_path).with_name(f"{Path(model_path).stem}-extremes-"))
+    reduced = _in_graph_path(model_path)
     with _LOCK:
         for key in [k for k in _SESSIONS if k[0] == model_path or k[0].startswith(reduced)]:
             del _SESSIONS[key]
-        for key in [k for k in _REDUCED if k.startswith(reduced)]:
-            del _REDUCED[key]
+        for key in [k for k in _IN_GRAPH if k.startswith(reduced)]:
+            del _IN_GRAPH[key]
 
 
 @dataclass(frozen=True)
@@ -206,30 +206,36 @@ def bins_session(model_path: str, intervals: dict[str, float]):
     from ptq_core.stats.in_graph import bins_model
     from ptq_core.stats.kl_observer import KL_BINS
 
-    key = hashlib.sha256(repr(sorted((t, float(v)) for t, v in intervals.items())).encode()).hexdigest()[:12]
-    path = Path(model_path).with_name(f"{Path(model_path).stem}-extremes-bins-{key}.onnx")
-    with _LOCK:
-        layout = _REDUCED.get(str(path))
-        if layout is None:
-            model, layout = bins_model(onnx.load(model_path), intervals, KL_BINS)
-            model_file(path, lambda: model)
-            _REDUCED[str(path)] = layout
-    return _session(str(path)), layout, KL_BINS
+    key = repr(sorted((t, float(v)) for t, v in intervals.items()))
+    session, layout = _in_graph_session(model_path, "bins", key,
+                                        lambda exposed: bins_model(exposed, intervals, KL_BINS))
+    return session, layout, KL_BINS
 
 
 def extremes_session(model_path: str, tensors: tuple[str, ...]):
-    """This thread's session of the reduced model beside ``model_path`` (built once, by content key)."""
+    """This thread's session of the reduced (min/max) model beside ``model_path``, and its layout."""
     from ptq_core.stats.in_graph import extremes_model
 
-    key = hashlib.sha256("\n".join(tensors).encode()).hexdigest()[:12]
-    path = Path(model_path).with_name(f"{Path(model_path).stem}-extremes-{key}.onnx")
+    return _in_graph_session(model_path, "extremes", "\n".join(tensors),
+                             lambda exposed: extremes_model(exposed, tensors))
+
+
+def _in_graph_session(model_path: str, kind: str, key: str, build):
+    """A statistics model ``build(exposed model)`` makes, written once beside ``model_path`` under a content
+    key (``_in_graph_path``), with its layout remembered, and this thread's session of it."""
+    path = _in_graph_path(model_path, f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.onnx")
     with _LOCK:
-        built = _REDUCED.get(str(path))
-        if built is None:
-            model, layout = extremes_model(onnx.load(model_path), tensors)
-            model_file(path, lambda: model)
-            built = _REDUCED[str(path)] = layout
-    return _session(str(path)), built
+        layout = _IN_GRAPH.get(path)
+        if layout is None:
+            model, layout = build(onnx.load(model_path))
+            model_file(Path(path), lambda: model)
+            _IN_GRAPH[path] = layout
+    return _session(path), layout
+
+
+def _in_graph_path(model_path: str, suffix: str = "") -> str:
+    """Where the in-graph statistics models of ``model_path`` go; ``forget_sessions`` drops them by prefix."""
+    return str(Path(model_path).with_name(f"{Path(model_path).stem}-ingraph-{suffix}"))
 
 
 def merge_all(parts: list[dict]) -> dict:
