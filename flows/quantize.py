@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -43,6 +45,20 @@ def run_tags(model: str, config: str, max_drop: float | None = None):
     return tags(*_labels(str(model), str(config), max_drop)[1])
 
 
+@contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Tasks started inside carry no tags; the run keeps its own (the dashboard filters runs by them).
+
+    Prefect asks the server for tag concurrency slots before every tagged task, and a task inherits the
+    tags its flow was started under: a round trip per task, which took 2 s before the emit step that
+    follows the long quantize step (docs/flows.md). ptqflow sets no tag concurrency limits.
+    """
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
 @flow(name="quantize", persist_result=True, flow_run_name=_run_name)
 def quantize(model: str, config: str, output: str, input_shape: str = "", input_data_format: str | None = None,
              dask_address: str | None = None, max_drop: float | None = None, optimize: str | None = None) -> Summary:
@@ -52,18 +68,20 @@ def quantize(model: str, config: str, output: str, input_shape: str = "", input_
     so cached steps that depend on it rerun. ``optimize`` is converter_lite's ``--optimize``.
     """
     start = time.perf_counter()
-    inputs = InputOptions.from_flags(input_shape, input_data_format)
-    model = str(Path(model).resolve())
-    cfg = apply_optimize(apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop), optimize)
-    check_output(output, model)
-    info = weight.analyse(model)
-    inputs = shapes_from_images(cfg, info.inputs, inputs)  # dynamic dims the calibration images fix
-    state = run_flow_steps(model, cfg, info, output, inputs, dask_address)
-    summary = state["summary"]
-    if cfg.common.debug_info_save_path:
-        # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set
-        summary = replace(summary, debug=debug.debug_reports(model, summary.output, cfg, inputs, state.get("rounds"),
-                                                             state.get("plan_path"), dask_address))
+    with untagged_tasks():
+        inputs = InputOptions.from_flags(input_shape, input_data_format)
+        model = str(Path(model).resolve())
+        cfg = apply_optimize(apply_max_drop(weight.resolve_config(str(Path(config).resolve())), max_drop), optimize)
+        check_output(output, model)
+        info = weight.analyse(model)
+        inputs = shapes_from_images(cfg, info.inputs, inputs)  # dynamic dims the calibration images fix
+        state = run_flow_steps(model, cfg, info, output, inputs, dask_address)
+        summary = state["summary"]
+        if cfg.common.debug_info_save_path:
+            # rounds and plan from the steps just run: asking the tasks again would re-hash the calibration set
+            summary = replace(summary, debug=debug.debug_reports(model, summary.output, cfg, inputs,
+                                                                 state.get("rounds"), state.get("plan_path"),
+                                                                 dask_address))
     summary = replace(summary, wall_time_s=time.perf_counter() - start)
     publish(summary)
     return summary

@@ -172,6 +172,23 @@ def test_a_run_is_named_after_model_mode_and_settings_and_tagged(tmp_path):
     assert {"mode:WEIGHT_QUANT", "model:mlp_small"} <= set(run.tags)
 
 
+def test_a_tagged_runs_tasks_carry_no_tags_so_no_task_waits_for_tag_concurrency_slots(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from ptqflow.flows.quantize import quantize, run_tags
+
+    model = save(mlp_model(hidden=64, inp=32, seed=6), tmp_path / "mlp_tags.onnx")
+    cfg = write_config(tmp_path / "w.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=6\n")
+    with run_tags(model, cfg):
+        state = quantize(str(model), str(cfg), str(tmp_path / "out"), return_state=True)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        run = client.read_flow_run(run_id)
+    assert "mode:WEIGHT_QUANT" in run.tags
+    assert len(tasks) >= 3 and all(not t.tags for t in tasks)
+
+
 def test_the_summary_artifact_leads_with_the_verdict_in_human_units_and_the_log_says_it_too(tmp_path, caplog):
     import logging
 

@@ -59,6 +59,14 @@ def test_two_concurrent_first_runs_start_one_server(home):
     assert f"http://127.0.0.1:{port}" in status.stdout
 
 
+def test_runs_on_the_resident_server_send_no_heartbeats_that_nothing_reads(home):
+    code = ("from ptqflow.resident import in_use\nfrom prefect.settings import get_current_settings\n"
+            "with in_use():\n    print('heartbeat', get_current_settings().flows.heartbeat_frequency)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env_for(home), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "heartbeat None" in out.stdout
+
+
 def test_flow_runs_reuse_the_resident_server_and_say_where_its_dashboard_is(home, tmp_path):
     first = state(home)
     model = save(mixed_ops_model(), tmp_path / "m.onnx")
