@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_here(argv: list[str] | None = None) -> int:
     """``ptq`` in this process (the warm runner's child calls this too)."""
+    from ptq_core.heap import limit_heap_arenas
+
+    limit_heap_arenas()
     from ptqflow._guard import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # a kill unwinds like Ctrl-C: clusters closed, temp files removed

@@ -150,6 +150,10 @@ def serve() -> int:
     """Import once, then fork a child per request until SIGTERM (from the supervisor) or a code change."""
     import gc
 
+    from ptq_core.heap import limit_heap_arenas
+
+    limit_heap_arenas()  # before the imports start threads; the children inherit it
+
     import ptqflow.cli  # noqa: F401  (the CLI's own environment defaults first)
     import ptqflow.flows.quantize  # noqa: F401
     import ptqflow.flows.sweep  # noqa: F401

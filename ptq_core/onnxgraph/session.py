@@ -187,18 +187,3 @@ def output_cosine(reference: list[np.ndarray], candidate: list[np.ndarray]) -> f
     return float(np.mean(values)) if values else 1.0
 
 
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``) between phases.
-
-    onnxruntime and NumPy free their buffers into glibc's per-thread arenas, which keep them: the pages
-    of one phase's sessions and tensors would otherwise stay resident under the next phase's peak.
-    A no-op where the C library has no such call.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

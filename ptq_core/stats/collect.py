@@ -230,7 +230,18 @@ def _in_graph_session(model_path: str, kind: str, key: str, build):
             model, layout = build(onnx.load(model_path))
             model_file(Path(path), lambda: model)
             _IN_GRAPH[path] = layout
+    _drop_other_passes(_in_graph_path(model_path), path)
     return _session(path), layout
+
+
+def _drop_other_passes(prefix: str, keep: str) -> None:
+    """This thread's sessions of the other statistics models of one exposed model: a pass's model replaces
+    the one before it (KL's min/max sessions, about 40 MB each on a text recognizer, stayed alive through
+    its histogram pass and held the statistics phase's peak)."""
+    me = threading.get_ident()
+    with _LOCK:
+        for key in [k for k in _SESSIONS if k[1] == me and k[0] != keep and k[0].startswith(prefix)]:
+            del _SESSIONS[key]
 
 
 def _in_graph_path(model_path: str, suffix: str = "") -> str:

@@ -127,6 +127,20 @@ def test_kl_histogram_pass_counts_the_same_bins_inside_the_graph(tmp_path, monke
         assert all(np.array_equal(binned[t].to_state()[k], direct[t].to_state()[k]) for k in direct[t].to_state())
 
 
+def test_a_pass_drops_the_previous_passs_session_in_its_thread(tmp_path):
+    import threading
+
+    path = _exposed(tmp_path, _model(), TENSORS)
+    rounds = _rounds(tmp_path)
+    first = collect.merge_all([collect.accumulate(path, TENSORS, rounds, "KL")])
+    for obs in first.values():
+        obs.begin_pass(1)
+    collect.accumulate(path, TENSORS, rounds, "KL", 1, first)
+    mine = [p for p, thread in collect._SESSIONS if thread == threading.get_ident() and p.startswith(path[:-5])]
+    assert len(mine) == 1 and "-ingraph-bins-" in mine[0]
+    collect.forget_sessions(path)
+
+
 def test_values_on_bin_edges_fall_in_the_bins_numpy_gives_them(tmp_path):
     from ptq_core.stats.in_graph import bins_model
     from ptq_core.stats.kl_observer import KL_BINS, histogram_counts

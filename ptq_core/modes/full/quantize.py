@@ -43,7 +43,8 @@ from ptq_core.modes.full.prepare import (
 )
 from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS
 from ptq_core.onnxgraph import cache as model_cache
-from ptq_core.onnxgraph.session import InputOptions, release_free_memory
+from ptq_core.heap import release_free_memory
+from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.stats import collect
 from ptq_core.stats.kl_observer import search_thresholds
 
