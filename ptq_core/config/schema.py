@@ -109,7 +109,8 @@ SECTIONS: tuple[SectionSpec, ...] = (
                     doc="ON_THE_FLY (Ascend runtime dequant); parsed, not supported for ONNX output."),
             KeySpec("quant_strategy", "enum", "MAX_MIN", ("MAX_MIN", "GPTQ"),
                     doc="Weight rounding: MAX_MIN rounds to nearest; GPTQ (MatMul/Gemm, needs calibration data, "
-                        "bit_num 2-8) feeds each column's error forward (docs/gptq.md)."),
+                        "bit_num 2-8, or 0: GPTQ on each tensor's mixed-bit step) feeds each column's error "
+                        "forward (docs/gptq.md)."),
             KeySpec("max_segments", "int", 1, doc="FSE chunk count (Ascend); parsed, unused for ONNX."),
             KeySpec("update_mindir", "bool", True, doc="MindIR export detail; parsed, unused for ONNX."),
         ),
@@ -194,7 +195,8 @@ SECTIONS = SECTIONS + (
             KeySpec("group_size", "int", 0, lo=0, hi=4096,
                     doc="WEIGHT_QUANT at 2-8 bits: a scale and zero point per group of this many input features of "
                         "each MatMul/Gemm output channel (and of each Gather row), for plain rounding and GPTQ alike; "
-                        "scales stored as float16. 0 (default): one per channel. Typical: 32, 64, 128."),
+                        "scales stored as float16. 0 (default): one per channel. Typical: 32, 64, 128. Refused with other "
+                        "bit_num values (mixed bit keeps one step per tensor)."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),

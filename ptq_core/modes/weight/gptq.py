@@ -21,6 +21,7 @@ Pure NumPy, float64 throughout. The Hessian comes from :mod:`ptq_core.stats.hess
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -156,24 +157,58 @@ def gptq(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0, blo
         for g in range(groups):
             scale[:, g], zp[:, g] = group_params(natural[:, g * width:(g + 1) * width], qmin, qmax)
     codes = np.empty((rows, cols), np.int32)
+
+    def quantize(i: int, column: np.ndarray, W1: np.ndarray, i2: int) -> np.ndarray:
+        c = int(order[i])  # the column's place in the weight
+        g = c // width
+        if group_size and not act_order and c % group_size == 0:
+            ahead = np.concatenate([W1[:, i - (i2 - W1.shape[1]):], W[:, i2:]], axis=1)[:, :group_size]
+            scale[:, g], zp[:, g] = group_params(ahead, qmin, qmax)
+        q = quantize_column(column, scale[:, g], zp[:, g], qmin, qmax)
+        codes[:, c] = q
+        return (q - zp[:, g]) * scale[:, g]
+
+    feed_errors_forward(W, U, block, quantize)
+    return GroupedCodes(codes, scale, zp, group_size, qmin, qmax)
+
+
+def feed_errors_forward(W: np.ndarray, U: np.ndarray, block: int,
+                        quantize: Callable[[int, np.ndarray, np.ndarray, int], np.ndarray]) -> None:
+    """GPTQ's column loop over ``W`` [rows, columns] (in the order quantized) with ``U`` the upper Cholesky
+    factor of H⁻¹: ``quantize(i, column, block_weights, block_end)`` rounds column ``i`` and returns its
+    dequantized values; its error is spread over the columns after it, lazily between blocks. ``W`` is
+    updated in place."""
+    cols = W.shape[1]
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1 = W[:, i1:i2].copy()
         E1 = np.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            c = int(order[i1 + i])  # the column's place in the weight
-            g = c // width
-            if group_size and not act_order and c % group_size == 0:
-                ahead = np.concatenate([W1[:, i:], W[:, i2:]], axis=1)[:, :group_size]
-                scale[:, g], zp[:, g] = group_params(ahead, qmin, qmax)
-            q = quantize_column(W1[:, i], scale[:, g], zp[:, g], qmin, qmax)
-            codes[:, c] = q
-            err = (W1[:, i] - (q - zp[:, g]) * scale[:, g]) / U1[i, i]
+            err = (W1[:, i] - quantize(i1 + i, W1[:, i], W1, i2)) / U1[i, i]
             W1[:, i:] -= np.outer(err, U1[i, i:])
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    return GroupedCodes(codes, scale, zp, group_size, qmin, qmax)
+
+
+def gptq_on_step(w: np.ndarray, hessian: np.ndarray, step: float, block: int = BLOCK,
+                 damping: float = DAMPING) -> np.ndarray:
+    """Mixed bit's codes (``bit_num=0``) by GPTQ: the tensor's one step from the mixed-bit search, codes
+    ``floor(x / step + 0.5)`` unbounded as mixed bit rounds them, each column's error fed forward.
+    Returns int32 codes [rows, columns]; they decode as ``codes * step``."""
+    W = np.array(w, dtype=np.float64)
+    U, dead = inverse_hessian_factor(np.asarray(hessian, np.float64), damping)
+    W[:, dead] = 0.0
+    codes = np.empty(W.shape, np.int32)
+    s = np.float32(step)
+
+    def quantize(i: int, column: np.ndarray, W1: np.ndarray, i2: int) -> np.ndarray:
+        q = np.floor(column.astype(np.float32) / s + np.float32(0.5))
+        codes[:, i] = q
+        return q.astype(np.float64) * float(s)
+
+    feed_errors_forward(W, U, block, quantize)
+    return codes
 
 
 def output_errors(w: np.ndarray, coded: GroupedCodes, hessian: np.ndarray) -> np.ndarray:

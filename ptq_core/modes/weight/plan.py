@@ -162,8 +162,30 @@ def _gptq(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: Qua
     return enc, zp.astype(np.float32), scale.astype(np.float32), None, cosine(w, np.moveaxis(coded.dequantized(), 0, site.axis))
 
 
-def _mixed(w: np.ndarray, result: MixedBitResult, block_elements: int = BLOCK_ELEMENTS):
-    codes = mixed_codes(w, result)
+def _mixed_gptq(w: np.ndarray, site: WeightSite, result: MixedBitResult, hessian: np.ndarray):
+    """Mixed bit with GPTQ's rounding: the step the search found, GPTQ's codes on that grid in the rows where
+    they leave less output error on the calibration inputs than rounding to nearest on it (docs/gptq.md).
+    Decoded as ``codes * step``: no whole-tensor variance correction, which would move what GPTQ minimised."""
+    from ptq_core.modes.weight.gptq import gptq_on_step
+
+    rows = np.moveaxis(w, site.axis, 0).astype(np.float64)
+    step = np.float32(result.scale)
+    ours = gptq_on_step(rows, hessian, result.scale)
+    nearest = np.floor(rows.astype(np.float32) / step + np.float32(0.5)).astype(np.int32)
+    h = np.asarray(hessian, np.float64)
+
+    def errors(codes: np.ndarray) -> np.ndarray:
+        d = rows - codes * float(step)
+        return np.einsum("ij,jk,ik->i", d, h, d)
+
+    codes = np.where((errors(ours) <= errors(nearest))[:, None], ours, nearest)
+    plain = MixedBitResult(result.scale, 1.0, 0.0, result.error, result.iterations, result.converged)
+    return _mixed(w, plain, np.moveaxis(codes, 0, site.axis))
+
+
+def _mixed(w: np.ndarray, result: MixedBitResult, codes: np.ndarray | None = None,
+           block_elements: int = BLOCK_ELEMENTS):
+    codes = mixed_codes(w, result) if codes is None else codes
     enc = encode_split(codes)
     scale = np.array([result.scale * result.var_corr], np.float32)
     mean = np.array([result.mean_corr], np.float32) if result.mean_corr != 0 else None
@@ -249,13 +271,20 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
     per_channel = cfg.weight.per_channel and not shared_matmul
     axis = site.axis if per_channel else None
     granularity = "per-channel" if per_channel else "per-layer"
-    if bits == 0:
-        result = search_step(w, target)
-        if result is not None:
-            return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
-        return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
     if hessians is not None and site.tensor in hessians and not _hessian_fits(hessians[site.tensor], site):
         hessians = {k: v for k, v in hessians.items() if k != site.tensor}  # rounded to nearest, saying why
+    if bits == 0:
+        result = search_step(w, target)
+        if result is None:
+            return _Coded(*_fixed(w, 8, axis, cfg), 0, "mixed-bit search failed; 8-bit fallback", axis, granularity)
+        if hessians is None:
+            return _Coded(*_mixed(w, result), 0, "mixed bit", None, "per-layer", result.scale)
+        if site.graph or site.tensor not in hessians:
+            from ptq_core.modes.weight.gptq import why_not_gptq
+
+            return _Coded(*_mixed(w, result), 0, f"mixed bit ({why_not_gptq(site)})", None, "per-layer", result.scale)
+        return _Coded(*_mixed_gptq(w, site, result, hessians[site.tensor]), 0, "mixed bit GPTQ", None, "per-layer",
+                      result.scale)
     group = cfg.ptqflow.group_size
     if group and 2 <= bits <= 8 and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
         return _grouped(w, site, bits, group, cfg, None if hessians is None else hessians.get(site.tensor))

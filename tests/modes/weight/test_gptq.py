@@ -10,7 +10,15 @@ import pytest
 from modelgen import save, write_config
 from onnx import TensorProto, helper, numpy_helper
 
-from ptq_core.modes.weight.gptq import code_range, gptq, gptq_or_nearest, quantize_column, row_params, rtn
+from ptq_core.modes.weight.gptq import (
+    code_range,
+    gptq,
+    gptq_on_step,
+    gptq_or_nearest,
+    quantize_column,
+    row_params,
+    rtn,
+)
 from ptq_core.stats.hessian_observer import HessianObserver
 
 
@@ -59,6 +67,31 @@ def test_gptq_output_error_is_never_above_rounding_to_nearest(bits, group_size):
         ours = np.linalg.norm((w - gptq_or_nearest(w, h, bits, group_size).dequantized()) @ x.T)
         nearest = np.linalg.norm((w - rtn(w, bits, group_size).dequantized()) @ x.T)
         assert ours <= nearest
+
+
+def reference_gptq_on_step(w: np.ndarray, h: np.ndarray, step: float, damping: float = 0.01) -> np.ndarray:
+    """Mixed bit's grid (one step, codes floor(x/step + 0.5), unbounded) in the same OBQ form."""
+    W, H = w.astype(np.float64).copy(), h.astype(np.float64).copy()
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices_from(H)] += damping * np.mean(np.diag(H))
+    Hinv = np.linalg.inv(H)
+    s = np.float32(step)
+    codes = np.empty(W.shape, np.int64)
+    for c in range(W.shape[1]):
+        q = np.floor(W[:, c].astype(np.float32) / s + np.float32(0.5))
+        codes[:, c] = q
+        err = (W[:, c] - q * float(s)) / Hinv[c, c]
+        W[:, c:] -= np.outer(err, Hinv[c, c:])
+        Hinv = Hinv - np.outer(Hinv[:, c], Hinv[c, :]) / Hinv[c, c]
+    return codes
+
+
+def test_gptq_on_a_mixed_bit_step_gives_the_integers_of_the_column_by_column_reference():
+    for seed, step in ((0, 0.05), (1, 0.2), (2, 0.013)):
+        w, h, _ = _layer(seed)
+        assert np.array_equal(gptq_on_step(w, h, step, block=7), reference_gptq_on_step(w, h, step))
 
 
 def test_group_sizes_that_do_not_divide_the_columns_leave_a_short_last_group():
@@ -146,6 +179,32 @@ def test_gptq_from_the_cli_rounds_matmul_and_gemm_transb_closer_to_fp32_than_nea
     out = capsys.readouterr().out
     assert out.count("GPTQ") >= 2  # both layers' rows say how they were rounded
     assert _output_error(model, tmp_path / "GPTQ.onnx", folder) < _output_error(model, tmp_path / "MAX_MIN.onnx", folder)
+
+
+def test_mixed_bit_with_gptq_leaves_less_output_error_than_mixed_bit_alone(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path)
+    for strategy in ("GPTQ", "MAX_MIN"):
+        cfg = write_config(tmp_path / f"m{strategy}.cfg", gptq_cfg(tmp_path, folder, 0, strategy).read_text()
+                           + "[mixed_bit_weight_quant_param]\ninit_scale=0.06\n")
+        assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / strategy}",
+                     "--no-flow"]) == 0
+    assert capsys.readouterr().out.count("mixed bit GPTQ") >= 2
+    assert _output_error(model, tmp_path / "GPTQ.onnx", folder) < _output_error(model, tmp_path / "MAX_MIN.onnx", folder)
+
+
+def test_group_size_with_mixed_bit_is_refused_naming_both_keys(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    model = save(mlp(), tmp_path / "mlp.onnx")
+    cfg = write_config(tmp_path / "g.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
+                                           "[ptqflow]\ngroup_size=32\n")
+    assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
+                 "--no-flow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "group_size=32" in err[0] and "bit_num" in err[0] and "mixed bit" in err[0]
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_a_weight_two_matmuls_read_takes_both_inputs_into_its_hessian(tmp_path):
