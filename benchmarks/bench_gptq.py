@@ -1,6 +1,7 @@
 """GPTQ and group-wise low-bit weights on all-MiniLM-L6-v2, beside ONNX Runtime's and NNCF's (issue 18).
 
     HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_gptq.py
+    HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_gptq.py --only "mixed bit"   # those cells alone
 
 MiniLM is exported as in bench_weight_quant.py. Scored on 256 pydoc sentences (seq 128): mean-pooled
 embedding cosine against FP32, mean and worst. Calibration: 64 or 256 *other* pydoc sentences, as BIN
@@ -124,6 +125,12 @@ def peer(fp32: Path, kind: str, block: int, calib: dict[str, Path], n: int) -> d
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="", help="run the cells whose label contains this text; results go to "
+                                                "gptq_<text>.md instead of gptq.md")
+    args = ap.parse_args()
     t_start = time.perf_counter()
     (WORK / "out").mkdir(parents=True, exist_ok=True)
     fp32 = models.export_minilm(HERE / "work" / "int8")
@@ -140,10 +147,14 @@ def main() -> None:
              ("ptqflow", "3-bit round to nearest, group 64", lambda: ours(fp32, 3, "MAX_MIN", 64, calib[64], 64)),
              ("ptqflow", "3-bit GPTQ, group 64, 64 sentences", lambda: ours(fp32, 3, "GPTQ", 64, calib[64], 64)),
              ("ptqflow", "3-bit GPTQ, group 64, 256 sentences", lambda: ours(fp32, 3, "GPTQ", 64, calib[256], 256)),
+             ("ptqflow", "mixed bit (init_scale 0.02), round to nearest", lambda: ours(fp32, 0, "MAX_MIN", 0, calib[64], 64)),
+             ("ptqflow", "mixed bit (init_scale 0.02), GPTQ, 64 sentences",
+              lambda: ours(fp32, 0, "GPTQ", 0, calib[64], 64)),
              ("ORT", "MatMulNBits 4-bit RTN, block 32, MatMul+Gather", lambda: peer(fp32, "rtn", 32, calib[64], 64)),
              ("ORT", "MatMulNBits 4-bit RTN, block 128, MatMul+Gather", lambda: peer(fp32, "rtn", 128, calib[64], 64)),
              ("ORT", "MatMulNBits 4-bit GPTQ, block 32, 64 sentences", lambda: peer(fp32, "gptq", 32, calib[64], 64)),
              ("NNCF", "compress_weights INT4_ASYM, group 64, all layers", lambda: peer(fp32, "nncf", 64, calib[64], 64))]
+    cells = [c for c in cells if args.only in c[1]]
     rows = []
     for tool, label, run in cells:
         print(f"{tool}: {label} ...", flush=True)
@@ -162,12 +173,14 @@ def main() -> None:
         rows.append({k: v for k, v in row.items() if k != "log" or not row["ok"]})
     env = harness.environment(("onnxruntime", "nncf", "numpy"))
     md = render(rows, env, time.perf_counter() - t_start)
-    harness.write_results("gptq", md, {"env": env, "rows": rows})
+    name = "gptq" + ("_" + "".join(ch if ch.isalnum() else "_" for ch in args.only).strip("_") if args.only else "")
+    harness.write_results(name, md, {"env": env, "rows": rows})
 
 
 def render(rows: list[dict], env: dict, wall: float) -> str:
     out = ["# GPTQ and group-wise low-bit weights: all-MiniLM-L6-v2 (issue 18)", "",
-           "`HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_gptq.py`", "",
+           "`HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_gptq.py"
+           + "".join(f" {a!r}" if " " in a else f" {a}" for a in sys.argv[1:]) + "`", "",
            f"Machine: {env['cpu']}, {env['cores']} cores; onnxruntime {env['packages'].get('onnxruntime')}, "
            f"nncf {env['packages'].get('nncf')}; git {env['git']}, {env['date']}; wall {wall:.0f} s.", "",
            "Embedding cosine vs FP32 on 256 held-out sentences (seq 128); calibration on 64 or 256 other "

@@ -1,5 +1,5 @@
 """Screenshots of what a user watches, at 1400x1000 in headless Chromium: the flow run page, the summary
-artifact and the debug page of a FULL_QUANT conversion of the digits demo with debug on.
+artifact, the per-layer table and the debug page of a FULL_QUANT conversion of the digits demo with debug on.
 
     .venv/bin/python docs/screenshots/take.py      # writes docs/screenshots/*.png
 
@@ -66,6 +66,8 @@ def main() -> None:
         profile = work / "chromium"
         shoot(chromium, run_page_url(server.url, run_id), HERE / "flow-run.png", profile)
         shoot(chromium, f"{server.url}/artifacts/artifact/{summary_artifact.id}", HERE / "summary-artifact.png", profile)
+        layers = next(a for a in artifacts if a.key == "quantize-layers")
+        shoot(chromium, f"{server.url}/artifacts/artifact/{layers.id}", HERE / "layers-table.png", profile)
         shoot(chromium, Path(summary.debug["page"]).as_uri(), HERE / "debug-page.png", profile)
     finally:
         server.stop()
