@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PTQFLOW_HOME ?= $(CURDIR)/.ptqflow
 
-.PHONY: demo test test-quick bench bench-zoo install clean serve prefect-schema
+.PHONY: demo test test-quick test-interrupts bench bench-zoo install clean serve prefect-schema
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 # the quick loop (about half a minute): no Prefect servers, Dask clusters, CLI processes or multi-second tests
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Ctrl-C at 20 random moments of a conversion (the suite interrupts 6): one line and exit 130 each, within 5 s
+test-interrupts: $(STAMP)
+	PTQ_INTERRUPT_MOMENTS=20 $(BIN)/python -m pytest -q tests/service/test_interrupt.py -k random_moments
 
 bench: $(STAMP)
 	bash benchmarks/setup_bench.sh

@@ -7,15 +7,16 @@ are glibc's; elsewhere (musl, macOS) they do nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 HEAP_ARENAS = 2  # the local Dask cluster's worker threads (ptqflow.tasks.dask_stats.local_cluster)
 _M_ARENA_MAX = -8
 
 
 def _libc():
+    """The C library's symbols as this process has them loaded (no ``find_library``, which runs
+    ``ldconfig`` in a subprocess on every call)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(None)
     except OSError:
         return None
 

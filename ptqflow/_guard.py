@@ -71,13 +71,41 @@ def _arm_deadline(code: int) -> None:
     threading.Thread(target=deadline, name="ptq-deadline", daemon=True).start()
 
 
+#: loggers of the libraries that wind down after an interrupt (with their children)
+_WINDING_DOWN = ("prefect", "tornado", "distributed", "asyncio")
+
+
+def _hush_libraries() -> None:
+    """After an interrupt the CLI's one line is the whole report: what Prefect's workers and Dask's event
+    loop log while they wind down is noise (Prefect's "EventsWorker - Still processing items", a callback
+    of distributed's ``sync`` failing with a NameError when the interrupt lands inside it: both seen in
+    tests/service/test_interrupt.py). The run's state in the API still says it was interrupted."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _WINDING_DOWN]
+    for name in {*_WINDING_DOWN, *names, *_prefect_service_loggers()}:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _prefect_service_loggers() -> set[str]:
+    """Prefect's queue services (EventsWorker, APILogWorker, ...) log under their bare class names."""
+    services = sys.modules.get("prefect._internal.concurrency.services")
+    base = getattr(services, "_QueueServiceBase", None)
+    names, todo = set(), [base] if base is not None else []
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
 def _on_sigterm(signum, frame) -> None:
     _arm_deadline(Terminated.exit_code)
+    _hush_libraries()
     raise Terminated()
 
 
 def _on_sigint(signum, frame) -> None:
     _arm_deadline(130)
+    _hush_libraries()
     raise KeyboardInterrupt()
 
 

@@ -316,9 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         code = delegate(sys.argv[1:] if argv is None else argv)  # the resident server's warm runner, if it can
         return code if code is not None else run_here(argv)
     except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) outside _run's own handler: start-up, hand-over, settle
-        terminated = getattr(exc, "exit_code", None)
-        print(f"ptq: {'terminated' if terminated else 'interrupted'}; nothing was written", file=sys.stderr)
-        return terminated or 130
+        return interrupted(exc)
+
+
+def interrupted(exc: KeyboardInterrupt) -> int:
+    """The one line an interrupt outside a run's own handler gets, and its exit code."""
+    terminated = getattr(exc, "exit_code", None)
+    print(f"ptq: {'terminated' if terminated else 'interrupted'}; nothing was written", file=sys.stderr)
+    return terminated or 130
 
 
 def run_here(argv: list[str] | None = None) -> int:

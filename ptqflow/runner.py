@@ -225,13 +225,19 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> int:
 
     _phases.reset(request.get("age_s"))  # wall time counts from the caller's start, not the fork
     report.reset_consoles()  # widths and colours for the caller's terminal, not the runner's log
-    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    try:
+        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    except OSError:  # the ptq process is gone already (Ctrl-C during the hand-over): run nothing, say nothing
+        return 130
     threading.Thread(target=_stop_when_caller_dies, args=(conn,), daemon=True).start()
     code = 1
     try:
-        from ptqflow.cli import run_here
+        from ptqflow.cli import interrupted, run_here
 
-        code = run_here(request["argv"])
+        try:
+            code = run_here(request["argv"])
+        except KeyboardInterrupt as exc:  # relayed before run_here's own handlers were in place
+            code = interrupted(exc)
     finally:
         with contextlib.suppress(Exception):
             atexit._run_exitfuncs()  # Prefect's log and event workers drain here, as at a normal exit
