@@ -119,12 +119,20 @@ def publish(summary: Summary) -> None:
         logger.info("%s: %s", label, text)
 
 
+#: the layer table's columns, those a user scans first leftmost: at 1400 px the UI shows about eight, and
+#: ``detail`` (the longest text) goes last
+LAYER_COLUMNS = ("node", "op", "status", "bits", "weight_cosine", "bytes_fp32", "bytes_stored", "shape", "encoding",
+                 "effective_bits", "step", "tensor", "detail")
+
+
 def layer_table(rows: list[dict]) -> list[dict]:
     """The dashboard's layer table: a float layer's bits read "fp32", and columns empty in every row (the
     mixed-bit step outside mixed bit, weight cosine where nothing measured it) are left out."""
+    from ptqflow.report import lead_columns
+
     rows = [{**r, "bits": r["bits"] if r["status"] == "quantized" else "fp32"} for r in rows]
     empty = {k for k in (rows[0] if rows else {}) if all(r.get(k) is None for r in rows)}
-    return [{k: v for k, v in r.items() if k not in empty} for r in rows]
+    return [{k: v for k, v in r.items() if k not in empty} for r in lead_columns(rows, LAYER_COLUMNS)]
 
 
 def worst_layers(rows: list[dict], n: int = 10) -> list[dict]:

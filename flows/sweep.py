@@ -19,6 +19,7 @@ from typing import Iterator
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
+from ptqflow.flows.quantize import untagged_tasks
 from ptqflow.tasks import sweep as sweep_tasks
 from ptqflow.tasks import weight
 
@@ -42,6 +43,36 @@ from ptq_core.sweep import (
 DEFAULT_PARALLEL = 2
 
 
+def sweep_labels(model: str, config: str, grid) -> tuple[str, tuple[str, ...]]:
+    """A sweep run's name and tags (``digits_cnn sweep bit_num (3 points)``; the base config's mode, model and
+    target tags, and ``sweep``), so that the dashboard tells it apart from its points and from other sweeps."""
+    from ptq_core.config import load_config
+    from ptq_core.modes.registry import run_labels
+
+    stem = Path(model).stem
+    try:
+        grid_obj = load_grid(grid)
+        _, tags = run_labels(model, load_config(config))
+    except Exception:  # a grid or config the flow itself will refuse in one line: the labels must not fail first
+        return f"{stem} sweep", ("sweep", f"model:{stem}")
+    keys = ", ".join(name.split(".", 1)[1] for name in grid_obj.names)
+    return f"{stem} sweep {keys} ({len(grid_obj.points())} points)", (*tags, "sweep")
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return sweep_labels(params["model"], params["config"], params["grid"])[0]
+
+
+def sweep_tags(model: str, config: str, grid):
+    """``prefect.tags`` for a sweep run, entered by whoever starts the flow (the CLI, the screenshots)."""
+    from prefect import tags
+
+    return tags(*sweep_labels(str(model), str(config), grid)[1])
+
+
 @contextmanager
 def _cluster_for(calibrates: bool, address: str | None) -> Iterator[str | None]:
     """FULL_QUANT without an address: one loopback LocalCluster for the whole sweep, not one per point,
@@ -61,7 +92,8 @@ def _cluster_for(calibrates: bool, address: str | None) -> Iterator[str | None]:
         cluster.close()
 
 
-@flow(name="sweep", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_PARALLEL))
+@flow(name="sweep", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_PARALLEL),
+      flow_run_name=_run_name)
 def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shape: str = "",
           input_data_format: str | None = None, dask_address: str | None = None, tolerance: float = 0.002,
           pick: str = "size", latency_runs: int = 20) -> dict:
@@ -70,6 +102,13 @@ def sweep(model: str, config: str, grid: str | dict, output_dir: str, input_shap
     ``grid`` is a path to a .json/.toml file, inline JSON, or a dict mapping ``section.key`` to values.
     Writes ``output_dir``/point_<k>.onnx and .cfg, sweep.parquet, pareto.svg and best.cfg.
     """
+    with untagged_tasks():  # the run keeps its tags; its many tasks would each ask for tag concurrency slots
+        return _sweep(model, config, grid, output_dir, input_shape, input_data_format, dask_address, tolerance, pick,
+                      latency_runs)
+
+
+def _sweep(model: str, config: str, grid, output_dir: str, input_shape: str, input_data_format: str | None,
+           dask_address: str | None, tolerance: float, pick: str, latency_runs: int) -> dict:
     start = time.perf_counter()
     check_pick(pick)
     grid_obj = load_grid(grid)
@@ -143,7 +182,10 @@ def _measure_points(points, records, cfg_paths, out_dir: Path, info, inputs, lat
 
 def _publish(rows, grid_obj, model: str, best, best_point, best_cfg, out_dir: Path, pick: str, tolerance: float):
     """The sweep's table and picked point as Prefect artifacts, for the dashboard."""
-    create_table_artifact(key="sweep-pareto", table=rows,
+    from ptqflow.report import lead_columns
+
+    lead = ("point", *grid_obj.names, "cosine", "compression_ratio", "pareto", "best")
+    create_table_artifact(key="sweep-pareto", table=lead_columns(rows, lead),
                           description=f"Sweep of {Path(model).name} over {', '.join(grid_obj.names)}")
     create_markdown_artifact(key="sweep-best", markdown="\n".join([
         f"**Best point {best.index}** ({best_point.label}) by `{pick}` within cosine tolerance {tolerance}:",

@@ -283,12 +283,12 @@ def _sweep(args) -> int:
         report.notice(notice)
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from ptqflow.flows.sweep import sweep
+    from ptqflow.flows.sweep import sweep, sweep_tags
     from ptqflow.resident import in_use
 
     flow = sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
     _started_a_flow()
-    with in_use():
+    with in_use(), sweep_tags(args.model_file, args.config_file, args.grid):
         result = flow(str(args.model_file), str(args.config_file), args.grid, str(args.output_dir), args.input_shape,
                       args.input_data_format, args.dask_address, args.tolerance, args.pick, args.latency_runs)
     report.print_sweep(result)

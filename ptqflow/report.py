@@ -123,6 +123,13 @@ def summary_lines(summary: Summary) -> list[tuple[str, str]]:
     return rows
 
 
+def lead_columns(rows: list[dict], lead) -> list[dict]:
+    """``rows`` with the ``lead`` columns first (those present, in that order), the rest after as they were:
+    the dashboard's table view shows about eight columns at 1400 px and cuts the rest."""
+    first = [k for k in lead if rows and k in rows[0]]
+    return [{**{k: r[k] for k in first}, **{k: v for k, v in r.items() if k not in first}} for r in rows]
+
+
 def verdict(summary: Summary) -> str:
     """One line first: how much smaller, how close to FP32, how many layers int8."""
     t = summary.totals()

@@ -90,7 +90,10 @@ def debug_reports(model_path: str, output_path: str, cfg, inputs: InputOptions, 
 
 def publish_debug(result: driver.DebugResult, top: int = 25) -> None:
     """The ranked table and the page's summary as Prefect artifacts."""
-    create_table_artifact(key="debug-ranking", table=result.ranking[:top],
+    from ptqflow.report import lead_columns
+
+    lead = ("node", "op", "quantized", "score", "output_cosine", "cosine_drop", "clip")
+    create_table_artifact(key="debug-ranking", table=lead_columns(result.ranking[:top], lead),
                           description=f"Nodes ranked by quantization damage ({result.folder})")
     create_markdown_artifact(key="debug-summary", markdown=result.summary_markdown + f"\n\nPage: `{result.page}`",
                              description=f"Debug report summary ({result.folder})")

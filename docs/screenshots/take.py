@@ -1,5 +1,5 @@
 """Screenshots of what a user watches, at 1400x1000 in headless Chromium: the flow run page, the summary
-artifact, the per-layer table and the debug page of a FULL_QUANT conversion of the digits demo with debug on.
+artifact, the per-layer table, the debug ranking, a sweep's Pareto table and the debug page of a FULL_QUANT conversion of the digits demo with debug on.
 
     .venv/bin/python docs/screenshots/take.py      # writes docs/screenshots/*.png
 
@@ -66,8 +66,22 @@ def main() -> None:
         profile = work / "chromium"
         shoot(chromium, run_page_url(server.url, run_id), HERE / "flow-run.png", profile)
         shoot(chromium, f"{server.url}/artifacts/artifact/{summary_artifact.id}", HERE / "summary-artifact.png", profile)
-        layers = next(a for a in artifacts if a.key == "quantize-layers")
-        shoot(chromium, f"{server.url}/artifacts/artifact/{layers.id}", HERE / "layers-table.png", profile)
+        for key, png in (("quantize-layers", "layers-table.png"), ("debug-ranking", "debug-ranking.png")):
+            table = next(a for a in artifacts if a.key == key)
+            shoot(chromium, f"{server.url}/artifacts/artifact/{table.id}", HERE / png, profile)
+        from ptqflow.flows.sweep import sweep, sweep_tags
+
+        weight_cfg = ROOT / "examples/configs/weight_fixed_bit.cfg"
+        grid = {"common_quant_param.bit_num": [4, 6, 8]}
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), sweep_tags(model, weight_cfg, grid):
+            swept = sweep(str(model), str(weight_cfg), grid, str(work / "sweep"),
+                          return_state=True)
+            sweep_id = swept.state_details.flow_run_id
+            with get_client(sync_client=True) as client:
+                pareto = next(a for a in client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[sweep_id])))
+                    if a.key == "sweep-pareto")
+        shoot(chromium, f"{server.url}/artifacts/artifact/{pareto.id}", HERE / "sweep-pareto.png", profile)
         shoot(chromium, Path(summary.debug["page"]).as_uri(), HERE / "debug-page.png", profile)
     finally:
         server.stop()

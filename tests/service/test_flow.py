@@ -214,6 +214,22 @@ def test_the_layer_table_says_fp32_for_float_layers_and_drops_empty_columns():
                                  {"node": "b", "status": "skipped", "bits": "fp32", "weight_cosine": 0.99}]
 
 
+def test_the_dashboard_tables_put_the_columns_a_user_scans_first_and_long_text_last():
+    from ptqflow.flows.quantize import layer_table
+    from ptqflow.report import lead_columns
+
+    row = {"tensor": "w", "detail": "int8 per-channel", "shape": "2x2", "encoding": "int8", "effective_bits": 8.0,
+           "node": "a", "op": "Conv", "status": "quantized", "bits": 8, "weight_cosine": 0.99, "bytes_fp32": 16,
+           "bytes_stored": 4}
+    keys = list(layer_table([row])[0])
+    assert keys[:7] == ["node", "op", "status", "bits", "weight_cosine", "bytes_fp32", "bytes_stored"]
+    assert keys[-1] == "detail"
+    swept = lead_columns([{"size_bytes": 1, "point": 0, "best": True, "x.y": "4", "cosine": 0.9}], ("point", "x.y",
+                                                                                                  "cosine", "pareto",
+                                                                                                  "best"))
+    assert list(swept[0]) == ["point", "x.y", "cosine", "best", "size_bytes"]
+
+
 def test_progress_cards_are_keyed_per_stage_model_and_settings():
     from ptqflow.tasks.caching import progress_key
 

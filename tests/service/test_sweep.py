@@ -98,8 +98,16 @@ def test_weight_sweep_writes_outputs_and_analyses_the_model_once(tmp_path):
     grid = tmp_path / "g.json"
     grid.write_text('{"mixed_bit_weight_quant_param.init_scale": [0.01, 0.03, 0.08]}')
     out = tmp_path / "out"
-    state = sweep(str(model), str(cfg), str(grid), str(out), return_state=True)
+    from prefect.client.orchestration import get_client
+    from ptqflow.flows.sweep import sweep_tags
+
+    with sweep_tags(model, cfg, str(grid)):
+        state = sweep(str(model), str(cfg), str(grid), str(out), return_state=True)
     result = state.result()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "m sweep init_scale (3 points)"
+    assert {"sweep", "mode:WEIGHT_QUANT", "model:m"} <= set(run.tags)
     counts = state_counts(task_states(state.state_details.flow_run_id, expect=1 + 1 + 3 * 6 + 3))
     assert counts["sweep_point"] == {"Completed": 3}
     assert counts["analyse_model"].get("Completed", 0) == 1  # the flow's own call; every point's is Cached
