@@ -281,6 +281,8 @@ def in_use() -> Iterator[ServerState | None]:
 
     prefect_db.seed()  # Prefect's temporary server needs a database too
     if not enabled():
+        if not os.environ.get("PREFECT_API_URL"):
+            temporary_server_in_its_own_session()
         yield None
         return
     state = start()
@@ -300,6 +302,30 @@ def in_use() -> Iterator[ServerState | None]:
                 yield state
         finally:
             _touch()
+
+
+class _PopenInItsOwnSession:
+    """``subprocess`` as Prefect's server module sees it, except that ``Popen`` starts a new session."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802  (subprocess's name)
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)
+
+
+def temporary_server_in_its_own_session() -> None:
+    """Prefect's temporary per-run server (``PTQFLOW_RESIDENT_SERVER=0``) starts in a session of its own, as
+    the resident server does: a terminal's Ctrl-C goes to the foreground process group, and a server in it
+    stopped too, so the interrupted run's last API calls were retried against nothing until the 20-s
+    deadline (and uvicorn printed "Aborted!"). The run still stops it when it ends, and the watchdog if
+    the run is killed (both by process, not by group)."""
+    import prefect.server.api.server as server_module
+
+    if not isinstance(server_module.subprocess, _PopenInItsOwnSession):
+        server_module.subprocess = _PopenInItsOwnSession()
 
 
 # ---------------------------------------------------------------------------------------------

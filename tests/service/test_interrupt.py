@@ -119,6 +119,26 @@ def _no_process_left(pgid: int, timeout: float = 20) -> None:
     assert left == [], f"processes outlived the run: {left}"
 
 
+def _no_temporary_server_left(job, timeout: float = 20) -> None:
+    """Prefect's temporary server runs in a session of its own (ptqflow.resident), so the process-group check
+    does not see it: look for it by its command and this job's home."""
+    def ours() -> list[int]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if "prefect.server.api.server:create_app" in " ".join(p.info["cmdline"] or []) and \
+                        p.environ().get("PTQFLOW_HOME") == job["env"]["PTQFLOW_HOME"]:
+                    found.append(p.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    deadline = time.time() + timeout
+    while ours() and time.time() < deadline:
+        time.sleep(0.2)
+    assert ours() == [], "Prefect's temporary server outlived the run"
+
+
 def _nothing_written(job) -> None:
     out_dir = job["out"].parent
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
@@ -150,6 +170,7 @@ def test_sigterm_then_sigkill_during_calibration_leave_nothing_and_a_rerun_resum
     assert popen.returncode == 143, err
     assert "terminated" in err and "Traceback" not in err
     _no_process_left(popen.pid)
+    _no_temporary_server_left(job)
     _nothing_written(job)
     shards = _shards(job)
     assert len(shards) == N_SAMPLES  # preprocessing had finished and is cached
@@ -160,6 +181,7 @@ def test_sigterm_then_sigkill_during_calibration_leave_nothing_and_a_rerun_resum
     popen.send_signal(signal.SIGKILL)
     popen.communicate(timeout=60)
     _no_process_left(popen.pid)
+    _no_temporary_server_left(job)
     _nothing_written(job)
 
     # 3. the rerun completes, reusing the preprocessed shards and the cached task
@@ -293,6 +315,20 @@ def test_ctrl_c_at_random_moments_of_a_conversion_is_one_line_and_exit_130_withi
         while _runner_children(job) and time.time() < deadline:  # the warm runner's child for this run ends too
             time.sleep(0.1)
         assert _runner_children(job) == [], delay
+
+
+def test_prefects_temporary_server_starts_in_a_session_of_its_own_out_of_a_terminals_ctrl_c():
+    import prefect.server.api.server as server_module
+
+    from ptqflow.resident import temporary_server_in_its_own_session
+
+    temporary_server_in_its_own_session()
+    child = server_module.subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert os.getsid(child.pid) == child.pid != os.getsid(0)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_after_an_interrupt_the_winding_down_libraries_log_nothing():
