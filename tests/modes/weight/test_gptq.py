@@ -194,17 +194,23 @@ def test_mixed_bit_with_gptq_leaves_less_output_error_than_mixed_bit_alone(tmp_p
     assert _output_error(model, tmp_path / "GPTQ.onnx", folder) < _output_error(model, tmp_path / "MAX_MIN.onnx", folder)
 
 
-def test_group_size_with_mixed_bit_is_refused_naming_both_keys(tmp_path, capsys):
+def _refusal(tmp_path, capsys, config_text: str) -> str:
+    """The one line a config is refused with (exit 2, nothing written)."""
     from ptqflow.cli import main
 
     model = save(mlp(), tmp_path / "mlp.onnx")
-    cfg = write_config(tmp_path / "g.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
-                                           "[ptqflow]\ngroup_size=32\n")
+    cfg = write_config(tmp_path / "refused.cfg", config_text)
     assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
                  "--no-flow"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "group_size=32" in err[0] and "bit_num" in err[0] and "mixed bit" in err[0]
-    assert not (tmp_path / "q.onnx").exists()
+    assert len(err) == 1 and not (tmp_path / "q.onnx").exists()
+    return err[0]
+
+
+def test_group_size_with_mixed_bit_is_refused_naming_both_keys(tmp_path, capsys):
+    line = _refusal(tmp_path, capsys, "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
+                                      "[ptqflow]\ngroup_size=32\n")
+    assert "group_size=32" in line and "bit_num" in line and "mixed bit" in line
 
 
 def test_a_weight_two_matmuls_read_takes_both_inputs_into_its_hessian(tmp_path):
@@ -217,16 +223,9 @@ def test_a_weight_two_matmuls_read_takes_both_inputs_into_its_hessian(tmp_path):
 
 
 def test_gptq_without_calibration_data_is_refused_naming_the_section(tmp_path, capsys):
-    from ptqflow.cli import main
-
-    model = save(mlp(), tmp_path / "mlp.onnx")
-    cfg = write_config(tmp_path / "g.cfg", "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n"
-                                           "[weight_quant_param]\nquant_strategy=GPTQ\n")
-    assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
-                 "--no-flow"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "[data_preprocess_param]" in err[0] and "GPTQ" in err[0]
-    assert not (tmp_path / "q.onnx").exists()
+    line = _refusal(tmp_path, capsys, "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\n"
+                                      "[weight_quant_param]\nquant_strategy=GPTQ\n")
+    assert "[data_preprocess_param]" in line and "GPTQ" in line
 
 
 @pytest.mark.usefixtures("prefect_harness")
