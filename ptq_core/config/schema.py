@@ -193,10 +193,11 @@ SECTIONS = SECTIONS + (
                         "quantize with and without it and keep the model closer to FP32 on the first 32 calibration "
                         "rounds (twice the work); true: always, as converter_lite does; false: never."),
             KeySpec("group_size", "int", 0, lo=0, hi=4096,
-                    doc="WEIGHT_QUANT at 2-8 bits: a scale and zero point per group of this many input features of "
+                    doc="WEIGHT_QUANT at 2-8 bits or mixed bit: a scale and zero point per group of this many input features of "
                         "each MatMul/Gemm output channel (and of each Gather row), for plain rounding and GPTQ alike; "
-                        "scales stored as float16. 0 (default): one per channel. Typical: 32, 64, 128. Refused with other "
-                        "bit_num values (mixed bit keeps one step per tensor)."),
+                        "scales stored as float16. 0 (default): one per channel. Typical: 32, 64, 128. With bit_num=0 (mixed "
+                        "bit): a step per group for init_scale's relative error in each group. Refused with other "
+                        "bit_num values."),
         ),
         doc="ptqflow's own settings (converter_lite ignores unknown sections, so a config stays portable).",
     ),

@@ -43,10 +43,10 @@ def _check_weight(cfg: QuantConfig) -> QuantConfig:
         if not cfg.data.has_calibration:
             raise ConfigError(f"{cfg.source}: [weight_quant_param] quant_strategy=GPTQ needs calibration data: add "
                               "[data_preprocess_param] calibrate_path, calibrate_size and input_type, as for FULL_QUANT")
-    if cfg.ptqflow.group_size and not 2 <= cfg.common.bit_num <= 8:
-        what = "mixed bit (0) picks one step per tensor" if cfg.common.bit_num == 0 else f"got {cfg.common.bit_num}"
+    if cfg.ptqflow.group_size and not (2 <= cfg.common.bit_num <= 8 or cfg.common.bit_num == 0):
         raise ConfigError(f"{cfg.source}: [ptqflow] group_size={cfg.ptqflow.group_size} needs [common_quant_param] "
-                          f"bit_num between 2 and 8; {what}. Set group_size=0 or a fixed bit_num")
+                          f"bit_num between 2 and 8, or 0 (mixed bit), got {cfg.common.bit_num}. Set group_size=0 "
+                          "or another bit_num")
     if cfg.weight.dequant_strategy == "ON_THE_FLY":
         raise ConfigError(f"{cfg.source}: [weight_quant_param] dequant_strategy=ON_THE_FLY targets Ascend's runtime "
                           "and has no ONNX equivalent; remove the key")

@@ -191,21 +191,26 @@ def feed_errors_forward(W: np.ndarray, U: np.ndarray, block: int,
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
 
 
-def gptq_on_step(w: np.ndarray, hessian: np.ndarray, step: float, block: int = BLOCK,
-                 damping: float = DAMPING) -> np.ndarray:
-    """Mixed bit's codes (``bit_num=0``) by GPTQ: the tensor's one step from the mixed-bit search, codes
-    ``floor(x / step + 0.5)`` unbounded as mixed bit rounds them, each column's error fed forward.
-    Returns int32 codes [rows, columns]; they decode as ``codes * step``."""
+def gptq_on_step(w: np.ndarray, hessian: np.ndarray, step, block: int = BLOCK, damping: float = DAMPING,
+                 group_size: int = 0) -> np.ndarray:
+    """Mixed bit's codes (``bit_num=0``) by GPTQ: the tensor's one step from the mixed-bit search (or, with
+    ``group_size``, a step per row and group: ``step`` [rows, groups]), codes ``floor(x / step + 0.5)``
+    unbounded as mixed bit rounds them, each column's error fed forward. Returns int32 codes
+    [rows, columns]; they decode as ``codes * step``."""
     W = np.array(w, dtype=np.float64)
     U, dead = inverse_hessian_factor(np.asarray(hessian, np.float64), damping)
     W[:, dead] = 0.0
     codes = np.empty(W.shape, np.int32)
-    s = np.float32(step)
+    steps = np.broadcast_to(np.asarray(step, np.float32).reshape(-1, 1) if np.ndim(step) == 0 else
+                            np.asarray(step, np.float32), (W.shape[0], max(1, -(-W.shape[1] // (group_size or
+                                                                                               W.shape[1])))))
+    width = group_size or W.shape[1]
 
     def quantize(i: int, column: np.ndarray, W1: np.ndarray, i2: int) -> np.ndarray:
+        s = steps[:, i // width]
         q = np.floor(column.astype(np.float32) / s + np.float32(0.5))
         codes[:, i] = q
-        return q.astype(np.float64) * float(s)
+        return q.astype(np.float64) * s.astype(np.float64)
 
     feed_errors_forward(W, U, block, quantize)
     return codes

@@ -89,6 +89,35 @@ def search_step(w: np.ndarray, target: float, max_iterations: int = 100, toleran
     return None
 
 
+def group_steps(rows: np.ndarray, group_size: int, target: float, iterations: int = 40) -> np.ndarray:
+    """Mixed bit per group (``bit_num=0`` with ``[ptqflow] group_size``, ptqflow's addition): for each row and
+    each group of ``group_size`` columns, the step whose codes ``floor(x / step + 0.5)`` leave a relative L2
+    error of at most ``target`` in that group, found by bisection on log2(step) for all groups at once and
+    stored as a float16 value (rounded down, within float16's normal range). Returns [rows, groups]."""
+    r, cols = rows.shape
+    groups = -(-cols // group_size)
+    x = np.zeros((r, groups * group_size), np.float32)
+    x[:, :cols] = rows
+    x = x.reshape(r, groups, group_size)
+    energy = np.einsum("rgk,rgk->rg", x, x, dtype=np.float64)
+    amax = np.maximum(np.abs(x).max(axis=2).astype(np.float64), 1e-30)
+    lo, hi = np.log2(amax * 1e-6), np.log2(amax * 4.0)
+
+    def error(step: np.ndarray) -> np.ndarray:
+        s = step.astype(np.float32)[:, :, None]
+        d = x - np.floor(x / s + np.float32(0.5)) * s
+        return np.sqrt(np.einsum("rgk,rgk->rg", d, d, dtype=np.float64) / np.maximum(energy, 1e-30))
+
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        over = error(np.exp2(mid)) > target
+        hi, lo = np.where(over, mid, hi), np.where(over, lo, mid)
+    step = np.clip(np.exp2(lo), 2.0 ** -14, 65504.0).astype(np.float16)
+    step = np.where(step.astype(np.float64) > np.exp2(lo), np.nextafter(step, np.float16(0)), step)
+    step = np.where(energy < 1e-10, np.float16(1.0), np.maximum(step, np.float16(2.0 ** -14)))
+    return step.astype(np.float32)
+
+
 def mixed_codes(w: np.ndarray, result: MixedBitResult) -> np.ndarray:
     """The unbounded integer codes for the chosen step (int32; converter_lite stores int16)."""
     return _codes(np.asarray(w, np.float32), result.scale).astype(np.int32)

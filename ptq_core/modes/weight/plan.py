@@ -162,6 +162,38 @@ def _gptq(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: Qua
     return enc, zp.astype(np.float32), scale.astype(np.float32), None, cosine(w, np.moveaxis(coded.dequantized(), 0, site.axis))
 
 
+def _grouped_mixed(w: np.ndarray, site: WeightSite, group: int, target: float, hessian) -> _Coded:
+    """Mixed bit per group (docs/gptq.md): a float16 step per row and group for a relative error of about
+    ``target`` in each group, unbounded codes stored by the mixed-bit coder, by GPTQ where the weight has a
+    Hessian (row by row never worse than rounding on the same steps)."""
+    from ptq_core.modes.weight import grouped
+    from ptq_core.modes.weight.gptq import GroupedCodes, gptq_on_step
+    from ptq_core.modes.weight.mixed_bit import group_steps
+    from ptq_core.quant import cosine
+
+    layout = grouped.GroupedLayout(tuple(site.shape), site.axis, group)
+    rows = grouped.rows_of(w, site.axis).astype(np.float32)
+    steps = group_steps(rows, group, target)
+    index = np.arange(layout.columns) // group
+    codes = np.floor(rows / steps[:, index] + np.float32(0.5)).astype(np.int32)
+    how = f"mixed bit group {group}"
+    if hessian is not None and _hessian_fits(hessian, site) and not site.graph and site.op_type in ("MatMul", "Gemm"):
+        ours = gptq_on_step(rows.astype(np.float64), hessian, steps, group_size=group)
+        h = np.asarray(hessian, np.float64)
+
+        def errors(c: np.ndarray) -> np.ndarray:
+            d = rows.astype(np.float64) - c * steps[:, index].astype(np.float64)
+            return np.einsum("ij,jk,ik->i", d, h, d)
+
+        codes = np.where((errors(ours) <= errors(codes))[:, None], ours, codes)
+        how += " GPTQ"
+    zero = np.zeros(steps.shape, np.int64)
+    coded = GroupedCodes(codes, steps.astype(np.float64), zero, group, int(codes.min()), int(codes.max()))
+    enc = encode_split(grouped.stored_codes(coded, layout))
+    return _Coded(enc, zero.reshape(-1).astype(np.float32), steps.reshape(-1), None,
+                  cosine(w, grouped.dequantized(coded, layout)), 0, how, site.axis, f"group {group}", layout=layout)
+
+
 def _mixed_gptq(w: np.ndarray, site: WeightSite, result: MixedBitResult, hessian: np.ndarray):
     """Mixed bit with GPTQ's rounding: the step the search found, GPTQ's codes on that grid in the rows where
     they leave less output error on the calibration inputs than rounding to nearest on it (docs/gptq.md).
@@ -273,6 +305,9 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
     granularity = "per-channel" if per_channel else "per-layer"
     if hessians is not None and site.tensor in hessians and not _hessian_fits(hessians[site.tensor], site):
         hessians = {k: v for k, v in hessians.items() if k != site.tensor}  # rounded to nearest, saying why
+    group = cfg.ptqflow.group_size
+    if bits == 0 and group and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
+        return _grouped_mixed(w, site, group, target, None if hessians is None else hessians.get(site.tensor))
     if bits == 0:
         result = search_step(w, target)
         if result is None:
@@ -285,7 +320,6 @@ def _code_site(w: np.ndarray, site: WeightSite, cfg: QuantConfig, target: float,
             return _Coded(*_mixed(w, result), 0, f"mixed bit ({why_not_gptq(site)})", None, "per-layer", result.scale)
         return _Coded(*_mixed_gptq(w, site, result, hessians[site.tensor]), 0, "mixed bit GPTQ", None, "per-layer",
                       result.scale)
-    group = cfg.ptqflow.group_size
     if group and 2 <= bits <= 8 and len(site.shape) == 2 and site.op_type in GROUPED_OPS:
         return _grouped(w, site, bits, group, cfg, None if hessians is None else hessians.get(site.tensor))
     if hessians is not None:

@@ -207,10 +207,42 @@ def _refusal(tmp_path, capsys, config_text: str) -> str:
     return err[0]
 
 
-def test_group_size_with_mixed_bit_is_refused_naming_both_keys(tmp_path, capsys):
-    line = _refusal(tmp_path, capsys, "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n"
+def test_group_size_with_a_width_it_does_not_serve_is_refused_naming_both_keys(tmp_path, capsys):
+    line = _refusal(tmp_path, capsys, "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=12\n"
                                       "[ptqflow]\ngroup_size=32\n")
-    assert "group_size=32" in line and "bit_num" in line and "mixed bit" in line
+    assert "group_size=32" in line and "bit_num" in line and "got 12" in line
+
+
+def test_group_wise_mixed_bit_steps_keep_each_groups_relative_error_near_init_scale():
+    from ptq_core.modes.weight.mixed_bit import group_steps
+
+    rows = np.random.default_rng(3).normal(size=(12, 50)).astype(np.float32) * np.linspace(0.01, 3, 50)
+    steps = group_steps(rows, 16, 0.05)
+    assert steps.shape == (12, 4) and np.array_equal(steps, steps.astype(np.float16).astype(np.float32))
+    index = np.arange(50) // 16
+    codes = np.floor(rows / steps[:, index] + np.float32(0.5))
+    for g in range(4):
+        cols = index == g
+        d = rows[:, cols] - codes[:, cols] * steps[:, g:g + 1]
+        err = np.sqrt((d.astype(np.float64) ** 2).sum(axis=1) / (rows[:, cols].astype(np.float64) ** 2).sum(axis=1))
+        assert np.all(err <= 0.05) and np.median(err) > 0.035
+
+
+def test_group_wise_mixed_bit_runs_in_onnxruntime_and_gptq_leaves_less_output_error(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path)
+    errors = {}
+    for strategy in ("GPTQ", "MAX_MIN"):
+        cfg = write_config(tmp_path / f"gm{strategy}.cfg", gptq_cfg(tmp_path, folder, 0, strategy).read_text()
+                           + "[mixed_bit_weight_quant_param]\ninit_scale=0.06\n[ptqflow]\ngroup_size=16\n")
+        out = tmp_path / f"gm{strategy}"
+        assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={out}",
+                     "--no-flow"]) == 0
+        errors[strategy] = _output_error(model, out.with_suffix(".onnx"), folder)
+    printed = capsys.readouterr().out
+    assert printed.count("mixed bit group 16 GPTQ") >= 2 and "mixed bit group 16" in printed
+    assert errors["GPTQ"] < errors["MAX_MIN"]
 
 
 def test_a_weight_two_matmuls_read_takes_both_inputs_into_its_hessian(tmp_path):
@@ -257,7 +289,8 @@ def test_group_wise_weights_run_in_plain_onnxruntime_closer_to_fp32_than_per_cha
     assert errors["GPTQ", group] < errors["MAX_MIN", group]
 
 
-def test_group_wise_decode_chain_rebuilds_the_planned_weight_exactly(tmp_path):
+@pytest.mark.parametrize("bits", [4, 0])
+def test_group_wise_decode_chain_rebuilds_the_planned_weight_exactly(tmp_path, bits):
     import onnxruntime as ort
 
     from ptq_core.config import parse_config
@@ -267,13 +300,21 @@ def test_group_wise_decode_chain_rebuilds_the_planned_weight_exactly(tmp_path):
     from ptq_core.modes.weight.plan import plan_weight_quant
 
     model = mlp()
-    cfg = parse_config("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=4\nmin_quant_weight_size=0\n"
+    cfg = parse_config(f"[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num={bits}\nmin_quant_weight_size=0\n"
                        "[ptqflow]\ngroup_size=20\n")
-    quantized = emit_weight_only(model, plan_weight_quant(model, cfg))
+    plan = plan_weight_quant(model, cfg)
+    quantized = emit_weight_only(model, plan)
     quantized.graph.output.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, None))  # the decoded weight
     (decoded,) = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["w1"], {"x": np.zeros((4, 48), np.float32)})
     w1 = numpy_helper.to_array(model.graph.initializer[0])
     layout = grouped.GroupedLayout(w1.shape, 1, 20)
-    expected = grouped.dequantized(rtn(grouped.rows_of(w1, 1).astype(np.float64), 4, 20), layout)
+    if bits:
+        expected = grouped.dequantized(rtn(grouped.rows_of(w1, 1).astype(np.float64), 4, 20), layout)
+    else:  # mixed bit per group: codes * step, the steps float16 values
+        from ptq_core.modes.weight.mixed_bit import group_steps
+
+        rows = grouped.rows_of(w1, 1).astype(np.float32)
+        steps = group_steps(rows, 20, cfg.mixed.init_scale)[:, np.arange(rows.shape[1]) // 20]
+        expected = np.moveaxis(np.floor(rows / steps + np.float32(0.5)) * steps, 0, 1)
     assert decoded.shape == w1.shape and np.array_equal(decoded, expected)
