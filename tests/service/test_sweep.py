@@ -214,7 +214,8 @@ def test_gptq_sweep_over_bits_and_group_size_collects_the_hessians_once(tmp_path
     from ptqflow.flows.sweep import sweep
     from test_gptq import calibration, gptq_cfg, mlp
 
-    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path)
+    # data of its own: the Hessians another test collected from the default data would be served from the cache
+    model, folder = save(mlp(), tmp_path / "mlp.onnx"), calibration(tmp_path, seed=9)
     cfg = gptq_cfg(tmp_path, folder, 4)
     grid = tmp_path / "g.json"
     grid.write_text('{"common_quant_param.bit_num": [3, 4], "ptqflow.group_size": [0, 16]}')

@@ -201,9 +201,8 @@ def gptq_on_step(w: np.ndarray, hessian: np.ndarray, step, block: int = BLOCK, d
     U, dead = inverse_hessian_factor(np.asarray(hessian, np.float64), damping)
     W[:, dead] = 0.0
     codes = np.empty(W.shape, np.int32)
-    steps = np.broadcast_to(np.asarray(step, np.float32).reshape(-1, 1) if np.ndim(step) == 0 else
-                            np.asarray(step, np.float32), (W.shape[0], max(1, -(-W.shape[1] // (group_size or
-                                                                                               W.shape[1])))))
+    steps = np.asarray(step, np.float32)
+    steps = np.full((W.shape[0], 1), steps) if steps.ndim == 0 else steps
     width = group_size or W.shape[1]
 
     def quantize(i: int, column: np.ndarray, W1: np.ndarray, i2: int) -> np.ndarray:
@@ -216,10 +215,15 @@ def gptq_on_step(w: np.ndarray, hessian: np.ndarray, step, block: int = BLOCK, d
     return codes
 
 
-def output_errors(w: np.ndarray, coded: GroupedCodes, hessian: np.ndarray) -> np.ndarray:
-    """Each row's ``(w - q) H (w - q)ᵀ``: its output's squared error summed over the calibration inputs (× 2/n)."""
-    d = np.asarray(w, np.float64) - coded.dequantized()
+def row_errors(d: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Each row's ``d H dᵀ`` for a weight error ``d`` [rows, columns]: its output's squared error summed over
+    the calibration inputs (× 2/n)."""
     return np.einsum("ij,jk,ik->i", d, np.asarray(hessian, np.float64), d)
+
+
+def output_errors(w: np.ndarray, coded: GroupedCodes, hessian: np.ndarray) -> np.ndarray:
+    """Each row's ``(w - q) H (w - q)ᵀ`` for GPTQ's or rounding's codes."""
+    return row_errors(np.asarray(w, np.float64) - coded.dequantized(), hessian)
 
 
 def gptq_or_nearest(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int = 0,

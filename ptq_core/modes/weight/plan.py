@@ -167,7 +167,7 @@ def _grouped_mixed(w: np.ndarray, site: WeightSite, group: int, target: float, h
     ``target`` in each group, unbounded codes stored by the mixed-bit coder, by GPTQ where the weight has a
     Hessian (row by row never worse than rounding on the same steps)."""
     from ptq_core.modes.weight import grouped
-    from ptq_core.modes.weight.gptq import GroupedCodes, gptq_on_step
+    from ptq_core.modes.weight.gptq import GroupedCodes, gptq_on_step, row_errors
     from ptq_core.modes.weight.mixed_bit import group_steps
     from ptq_core.quant import cosine
 
@@ -179,13 +179,9 @@ def _grouped_mixed(w: np.ndarray, site: WeightSite, group: int, target: float, h
     how = f"mixed bit group {group}"
     if hessian is not None and _hessian_fits(hessian, site) and not site.graph and site.op_type in ("MatMul", "Gemm"):
         ours = gptq_on_step(rows.astype(np.float64), hessian, steps, group_size=group)
-        h = np.asarray(hessian, np.float64)
-
-        def errors(c: np.ndarray) -> np.ndarray:
-            d = rows.astype(np.float64) - c * steps[:, index].astype(np.float64)
-            return np.einsum("ij,jk,ik->i", d, h, d)
-
-        codes = np.where((errors(ours) <= errors(codes))[:, None], ours, codes)
+        full = steps[:, index].astype(np.float64)
+        keep = row_errors(rows - ours * full, hessian) <= row_errors(rows - codes * full, hessian)
+        codes = np.where(keep[:, None], ours, codes)
         how += " GPTQ"
     zero = np.zeros(steps.shape, np.int64)
     coded = GroupedCodes(codes, steps.astype(np.float64), zero, group, int(codes.min()), int(codes.max()))
@@ -198,19 +194,14 @@ def _mixed_gptq(w: np.ndarray, site: WeightSite, result: MixedBitResult, hessian
     """Mixed bit with GPTQ's rounding: the step the search found, GPTQ's codes on that grid in the rows where
     they leave less output error on the calibration inputs than rounding to nearest on it (docs/gptq.md).
     Decoded as ``codes * step``: no whole-tensor variance correction, which would move what GPTQ minimised."""
-    from ptq_core.modes.weight.gptq import gptq_on_step
+    from ptq_core.modes.weight.gptq import gptq_on_step, row_errors
 
     rows = np.moveaxis(w, site.axis, 0).astype(np.float64)
     step = np.float32(result.scale)
     ours = gptq_on_step(rows, hessian, result.scale)
     nearest = np.floor(rows.astype(np.float32) / step + np.float32(0.5)).astype(np.int32)
-    h = np.asarray(hessian, np.float64)
-
-    def errors(codes: np.ndarray) -> np.ndarray:
-        d = rows - codes * float(step)
-        return np.einsum("ij,jk,ik->i", d, h, d)
-
-    codes = np.where((errors(ours) <= errors(nearest))[:, None], ours, nearest)
+    keep = row_errors(rows - ours * float(step), hessian) <= row_errors(rows - nearest * float(step), hessian)
+    codes = np.where(keep[:, None], ours, nearest)
     plain = MixedBitResult(result.scale, 1.0, 0.0, result.error, result.iterations, result.converged)
     return _mixed(w, plain, np.moveaxis(codes, 0, site.axis))
 

@@ -22,25 +22,37 @@ from ptq_core.modes.weight.gptq import (
 from ptq_core.stats.hessian_observer import HessianObserver
 
 
-def reference_gptq(w: np.ndarray, h: np.ndarray, bits: int, damping: float = 0.01) -> np.ndarray:
+def _reference_obq(w: np.ndarray, h: np.ndarray, round_column, damping: float = 0.01) -> np.ndarray:
     """The algorithm as first written (OBQ form): one column at a time, the explicit inverse Hessian
-    updated by Gaussian elimination after each column; no Cholesky factor, no blocks."""
-    qmin, qmax = code_range(bits)
+    updated by Gaussian elimination after each column; no Cholesky factor, no blocks. ``round_column(W, c)``
+    gives column c's codes and their dequantized values."""
     W, H = w.astype(np.float64).copy(), h.astype(np.float64).copy()
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H[np.diag_indices_from(H)] += damping * np.mean(np.diag(H))
     Hinv = np.linalg.inv(H)
-    scale, zp = row_params(W, qmin, qmax)
     codes = np.empty(W.shape, np.int64)
     for c in range(W.shape[1]):
-        q = quantize_column(W[:, c], scale, zp, qmin, qmax)
-        codes[:, c] = q
-        err = (W[:, c] - (q - zp) * scale) / Hinv[c, c]
+        codes[:, c], deq = round_column(W, c)
+        err = (W[:, c] - deq) / Hinv[c, c]
         W[:, c:] -= np.outer(err, Hinv[c, c:])
         Hinv = Hinv - np.outer(Hinv[:, c], Hinv[c, :]) / Hinv[c, c]
     return codes
+
+
+def reference_gptq(w: np.ndarray, h: np.ndarray, bits: int) -> np.ndarray:
+    """Fixed bits, per-row params from the weights before any error feedback."""
+    qmin, qmax = code_range(bits)
+    W = w.astype(np.float64).copy()
+    W[:, np.diag(h) == 0] = 0.0
+    scale, zp = row_params(W, qmin, qmax)
+
+    def round_column(W, c):
+        q = quantize_column(W[:, c], scale, zp, qmin, qmax)
+        return q, (q - zp) * scale
+
+    return _reference_obq(w, h, round_column)
 
 
 def _layer(seed: int, rows: int = 24, cols: int = 40, n: int = 200):
@@ -69,23 +81,15 @@ def test_gptq_output_error_is_never_above_rounding_to_nearest(bits, group_size):
         assert ours <= nearest
 
 
-def reference_gptq_on_step(w: np.ndarray, h: np.ndarray, step: float, damping: float = 0.01) -> np.ndarray:
-    """Mixed bit's grid (one step, codes floor(x/step + 0.5), unbounded) in the same OBQ form."""
-    W, H = w.astype(np.float64).copy(), h.astype(np.float64).copy()
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H[np.diag_indices_from(H)] += damping * np.mean(np.diag(H))
-    Hinv = np.linalg.inv(H)
+def reference_gptq_on_step(w: np.ndarray, h: np.ndarray, step: float) -> np.ndarray:
+    """Mixed bit's grid (one step, codes floor(x/step + 0.5), unbounded)."""
     s = np.float32(step)
-    codes = np.empty(W.shape, np.int64)
-    for c in range(W.shape[1]):
+
+    def round_column(W, c):
         q = np.floor(W[:, c].astype(np.float32) / s + np.float32(0.5))
-        codes[:, c] = q
-        err = (W[:, c] - q * float(s)) / Hinv[c, c]
-        W[:, c:] -= np.outer(err, Hinv[c, c:])
-        Hinv = Hinv - np.outer(Hinv[:, c], Hinv[c, :]) / Hinv[c, c]
-    return codes
+        return q, q * float(s)
+
+    return _reference_obq(w, h, round_column)
 
 
 def test_gptq_on_a_mixed_bit_step_gives_the_integers_of_the_column_by_column_reference():
@@ -140,10 +144,10 @@ def mlp(shared: bool = False) -> onnx.ModelProto:
     return model
 
 
-def calibration(tmp_path, n: int = 8):
+def calibration(tmp_path, n: int = 8, seed: int = 8):
     folder = tmp_path / "calib"
     folder.mkdir()
-    rng = np.random.default_rng(8)
+    rng = np.random.default_rng(seed)
     scales = rng.uniform(0.1, 3.0, 48).astype(np.float32)
     for i in range(n):
         (folder / f"{i:02d}.bin").write_bytes((rng.normal(0, 1, (4, 48)).astype(np.float32) * scales).tobytes())
