@@ -286,6 +286,8 @@ def full_facts(cfg: QuantConfig, info: ModelInfo, inputs: InputOptions | None, p
     layout = layout_fact(cfg, info.inputs, inputs or InputOptions())
     if layout:
         facts.append(("calibration layout", layout))
+    if plan.branch_note:
+        facts.append(("If branches", plan.branch_note))
     equalized, note = plan.equalized, plan.equalization_note
     if equalized:
         pairs = sum(1 for c in equalized if len(c) == 2)

@@ -74,4 +74,5 @@ class FullQuantPlan:
     # node -> (bytes stored, weight cosine)
     stored_weights: dict[str, tuple[int, float]] = field(default_factory=dict)
     equalized: tuple[tuple[str, ...], ...] = ()  # cross-layer equalization chains (ptq_core.modes.full.equalization)
+    branch_note: str = ""  # If bodies: which branch was quantized, which stays FP32 (ptq_core.onnxgraph.branches)
     equalization_note: str = ""  # cross_layer_equalization=auto: whether it was kept, and the evidence

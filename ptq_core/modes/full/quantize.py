@@ -43,6 +43,7 @@ from ptq_core.modes.full.prepare import (
 )
 from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS
 from ptq_core.onnxgraph import cache as model_cache
+from ptq_core.onnxgraph.branches import restore_branches, specialize
 from ptq_core.heap import release_free_memory
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.stats import collect
@@ -126,6 +127,12 @@ class FullRun:
         if self.cfg.ptqflow.max_drop is not None:
             plan, diffs, quantized, max_drop = self.keep_within_max_drop(plan, diffs, quantized)
         quantized = self.store_and_compact(plan, quantized)
+        if self.branches.inlined:
+            from ptq_core.onnxgraph.load import upgrade_opset
+
+            untouched = upgrade_opset(model_cache.prepared_model(self.model_path, True))
+            quantized = restore_branches(quantized, self.frame, self.branches.inlined, untouched)
+        plan.branch_note = self.branches.text(set(plan.nodes))
         from ptq_core.modes.full.latency_guard import GuardRecord
 
         guard = None if self.speed is None else GuardRecord.of(self.speed)
@@ -136,6 +143,8 @@ class FullRun:
         """The prepared FP32 graph, the Q/DQ placement and, where asked, equalized weights."""
         cfg = self.cfg
         self.model = model_cache.full_model(self.model_path)  # a private copy; optimized once per sweep
+        self.frame = self.model
+        self.model, self.branches = specialize(self.model, (r.feeds() for r in self.rounds))
         self.target, self.place = placement(self.model, cfg)
         check_weights(self.model, self.target, self.place)
         self.chains = []
