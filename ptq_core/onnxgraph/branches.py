@@ -14,7 +14,7 @@ of the main graph. A model that keeps its whole network inside an ``If`` (silero
    was (FP32): no calibration round took it, so nothing could calibrate it, and the model still serves
    every input the original did.
 
-An ``If`` whose condition differs between rounds is left whole, and said so (docs/hostile-inputs.md).
+An ``If`` whose condition differs between rounds is left whole, and said so (docs/modes.md).
 """
 
 from __future__ import annotations
