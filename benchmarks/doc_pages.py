@@ -122,3 +122,23 @@ def document_pngs(folder: Path, n: int, seed: int, rotate: bool = False) -> list
             Image.fromarray(page).save(path)
         paths.append(path)
     return paths
+
+
+def text_line_pngs(folder: Path, n: int, seed: int, flip: bool = False) -> list[Path]:
+    """n rendered text lines (models.render_line: dark text on a light ground, heights 32-56 px) as PNGs;
+    ``flip`` turns every odd line by 180 degrees, the two classes PP-OCR's direction classifier tells apart."""
+    from PIL import Image
+
+    from models import render_line, text_lines
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, text in enumerate(text_lines(n, seed=seed)):
+        path = folder / f"{i:03d}.png"
+        if not path.exists():
+            line = render_line(text, height=int(32 + 8 * (i % 4)), seed=seed * 1000 + i)[:, :, ::-1]  # BGR -> RGB
+            if flip and i % 2:
+                line = line[::-1, ::-1]
+            Image.fromarray(np.ascontiguousarray(line)).save(path)
+        paths.append(path)
+    return paths
