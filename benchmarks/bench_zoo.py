@@ -45,8 +45,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402
-import numpy as np  # noqa: E402
+import harness
+import numpy as np
 
 PTQ = Path(sys.executable).parent / "ptq"
 WORK = HERE / "work" / "zoo"
@@ -110,7 +110,7 @@ def extra_models() -> dict[str, Path]:
     import models
 
     found = {f"rapidocr:{k}": p for k, p in models.rapidocr_models().items()}
-    found["minilm:all-MiniLM-L6-v2"] = models.export_minilm(WORK / "minilm")
+    found["minilm:all-MiniLM-L6-v2"] = models.export_minilm(HERE / "work" / "int8")  # bench_int8_portability's copy
     return found
 
 
@@ -212,6 +212,13 @@ def photo_data(input_name: str, height: int, width: int, prep: str, kind: str = 
     return data, tensors(calib_files), tensors(evals)
 
 
+def iter_cells(cells: list, rows: list[dict]):
+    """``cells``, then ("MAX_MIN", "true", 0.005) when the last cell (max_drop 0.01) scored below 0.99."""
+    yield from cells
+    if rows and rows[-1].get("photo_cosine", 1.0) < 0.99:
+        yield "MAX_MIN", "true", 0.005
+
+
 def full_quant(name: str, model: Path, data: str, feeds: list[dict], shapes: str = "") -> list[dict]:
     """FULL_QUANT cells of one CNN: methods x latency guard, cosine on held-out crops."""
     import onnxruntime as ort
@@ -220,9 +227,10 @@ def full_quant(name: str, model: Path, data: str, feeds: list[dict], shapes: str
     ref = [fp32.run(None, f) for f in feeds]
     rows = []
     # the two methods with the latency guard on (the default) and off, and the bound a user sets when the
-    # output must stay within 1 % of FP32 (max_drop keeps the most damaging layers FP32 until it does)
+    # output must stay within 1 % of FP32 (max_drop keeps the most damaging layers FP32 until it does on the
+    # calibration images); where the held-out images still miss 0.99, the tighter bound 0.005 as well
     cells = [(m, g, None) for m in ("MAX_MIN", "KL") for g in ("true", "false")] + [("MAX_MIN", "true", 0.01)]
-    for method, guard, max_drop in cells:
+    for method, guard, max_drop in iter_cells(cells, rows):
         tag = f"{model.stem}-full-{method}-guard-{guard}" + (f"-drop-{max_drop:g}" if max_drop else "")
         text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
                 f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n"
@@ -402,10 +410,10 @@ def main() -> None:
 def render(rows: list[dict], env: dict, wall: float) -> str:
     out = ["# Model zoo: every mode, beside ORT and NNCF (issue 15)", "",
            "`.venv-bench/bin/python benchmarks/bench_zoo.py`", "",
-           f"Machine: {env['cpu']}, {env['cores']} cores, onnxruntime {env['packages']['onnxruntime']}; "
-           f"git {env['git']}, {env['date']}; wall {wall:.0f} s.", "",
-           "| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
-           "output cosine | on | speech-prob max diff / photo cosine (mean, min) | latency / FP32 |",
+           (f"Machine: {env['cpu']}, {env['cores']} cores, onnxruntime {env['packages']['onnxruntime']}; "
+           f"git {env['git']}, {env['date']}; wall {wall:.0f} s."), "",
+           ("| model | mode | --inputShape | exit | tracebacks | raw ORT lines | quantized / skipped | size ratio | "
+           "output cosine | on | speech-prob max diff / photo cosine (mean, min) | latency / FP32 |"),
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["model"], r["mode"], r["input_shape"], f"{r['rc']} {r['error']}".strip(), str(r["tracebacks"]),

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from models import _OCR_WORDS, _font
 
 
@@ -127,9 +126,8 @@ def document_pngs(folder: Path, n: int, seed: int, rotate: bool = False) -> list
 def text_line_pngs(folder: Path, n: int, seed: int, flip: bool = False) -> list[Path]:
     """n rendered text lines (models.render_line: dark text on a light ground, heights 32-56 px) as PNGs;
     ``flip`` turns every odd line by 180 degrees, the two classes PP-OCR's direction classifier tells apart."""
-    from PIL import Image
-
     from models import render_line, text_lines
+    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

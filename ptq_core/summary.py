@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
@@ -70,6 +71,7 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
         return run(sessions[0], feeds)
 
     failures: list[str] = []
+    silent: list[tuple[str, float]] = []  # inputs on which every FP32 output is ~0: a cosine says nothing there
     for cand in candidates(lambda: model_cache.prepared_model(model_path, load_data=False), info.inputs,
                            inputs.shape_map):
         try:
@@ -77,10 +79,26 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
         except ModelError as exc:
             failures.append(str(exc).removeprefix("onnxruntime failed to run the model: "))
             continue
+        largest = silent_outputs(before)
+        if largest is not None:
+            silent.append((cand.source, largest))
+            continue
         return output_cosine(before, run(make_session(str(output_path), lean=lean), cand.feeds)), cand.source
+    if silent:
+        return None, (f"not measured: on {silent[0][0]} every FP32 output is ~0 (largest |value| "
+                      f"{silent[0][1]:.3g}), so a cosine would say nothing; calibration data gives one")
     hint = needs_shape_hint(info.inputs, inputs.shape_map)
     return None, (f"not measured: the FP32 model ran on none of {len(failures)} generated input sets "
                   f"(onnxruntime: {failures[0][:160]})" + (f"; give --inputShape={hint}" if hint else ""))
+
+
+def silent_outputs(outputs: list[np.ndarray]) -> float | None:
+    """The largest |value| when every float output's squared norm is below DBL_EPSILON (where the tool's
+    cosine gives converter_lite's edge-case 0 or 1: a text detector's probability map on noise); else None."""
+    floats = [np.asarray(o, np.float64) for o in outputs if np.issubdtype(np.asarray(o).dtype, np.floating)]
+    if not floats or any(float(np.sum(o * o)) >= np.finfo(np.float64).eps for o in floats):
+        return None
+    return max(float(np.max(np.abs(o))) if o.size else 0.0 for o in floats)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,28 @@ def test_a_model_no_generated_input_runs_is_written_and_the_summary_says_why(tmp
     assert proc.returncode == 0 and "output cosine vs FP32 0.99" in " ".join(proc.stdout.split())
 
 
+def silent_detector() -> onnx.ModelProto:
+    """A probability map that stays ~0 on anything but its own kind of input: Sigmoid(conv(x) - 40)."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (1, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-40.0], np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["z"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["z"], ["p"], name="prob")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_output_that_is_zero_on_generated_inputs_gives_no_cosine_and_says_why(tmp_path):
+    model = save(silent_detector(), tmp_path / "det.onnx")
+    proc = convert(model, write_config(tmp_path / "c.cfg", W8), tmp_path / "q")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "not measured" in text and "every FP32 output is ~0" in text and "0.000000" not in text
+
+
 def test_an_integer_selector_input_gets_the_value_the_graph_compares_it_with(tmp_path):
     from ptq_core.data.probe_inputs import compared_constants
 

@@ -31,7 +31,12 @@ def quantize_if_bodies(plan, quantized, cfg: QuantConfig):
 
     from ptq_core.modes.dynamic.emit import emit_dynamic
     from ptq_core.modes.dynamic.plan import plan_dynamic
-    from ptq_core.onnxgraph.branches import BRANCHES, inline_branches, restore_branches, weighted_ifs
+    from ptq_core.onnxgraph.branches import (
+        BRANCHES,
+        inline_branches,
+        restore_branches,
+        weighted_ifs,
+    )
 
     for name in [n.name for n in weighted_ifs(quantized, with_tables=True)]:
         for taken in (True, False):

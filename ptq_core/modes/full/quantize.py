@@ -10,14 +10,15 @@ and the phase clock; each phase is one method, in the order ``run`` calls them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 
 from ptq_core.config import QuantConfig
+from ptq_core.heap import release_free_memory
 from ptq_core.modes.full.emit_qdq import emit_qdq
 from ptq_core.modes.full.pipeline import (
     GUARD_METADATA,
@@ -44,7 +45,6 @@ from ptq_core.modes.full.prepare import (
 from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS
 from ptq_core.onnxgraph import cache as model_cache
 from ptq_core.onnxgraph.branches import restore_branches, specialize
-from ptq_core.heap import release_free_memory
 from ptq_core.onnxgraph.session import InputOptions
 from ptq_core.stats import collect
 from ptq_core.stats.kl_observer import search_thresholds

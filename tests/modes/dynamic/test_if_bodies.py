@@ -48,3 +48,15 @@ def test_both_branches_of_the_dynamic_model_stay_close_to_fp32(tmp_path, capsys,
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0].ravel()
             for p in (model, out))
     assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.999 and not np.array_equal(a, b)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_writes_the_same_dynamic_if_model_as_the_direct_path(tmp_path):
+    from ptqflow.api import convert as api_convert
+
+    model = save(two_rate_model(), tmp_path / "vad.onnx")
+    cfg = write_config(tmp_path / "d.cfg", DYNAMIC)
+    via_flow = api_convert(model, cfg, tmp_path / "flow", use_flow=True)
+    direct = api_convert(model, cfg, tmp_path / "direct", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+    assert sum(d.quantized for d in via_flow.layers) == 2

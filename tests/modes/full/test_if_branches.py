@@ -46,7 +46,7 @@ def ops(graph):
 
 
 def test_the_branch_every_calibration_round_takes_is_quantized_inside_its_if(tmp_path, capsys):
-    model, out, text = convert(tmp_path, [16000] * 8, capsys)
+    _model, out, text = convert(tmp_path, [16000] * 8, capsys)
     assert "by_rate/then_branch: 1 of 1 weight nodes int8" in text
     assert "by_rate/else_branch stays FP32 (no round takes it)" in text
     bodies = branches(out)
