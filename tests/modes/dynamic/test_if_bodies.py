@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from modelgen import save, write_config
 
-from tests.modes.weight.test_subgraph_weights import two_rate_model
+from tests.modes.weight.test_subgraph_weights import flow_and_direct, two_rate_model
 
 DYNAMIC = "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"
 
@@ -52,11 +52,6 @@ def test_both_branches_of_the_dynamic_model_stay_close_to_fp32(tmp_path, capsys,
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_flow_writes_the_same_dynamic_if_model_as_the_direct_path(tmp_path):
-    from ptqflow.api import convert as api_convert
-
-    model = save(two_rate_model(), tmp_path / "vad.onnx")
-    cfg = write_config(tmp_path / "d.cfg", DYNAMIC)
-    via_flow = api_convert(model, cfg, tmp_path / "flow", use_flow=True)
-    direct = api_convert(model, cfg, tmp_path / "direct", use_flow=False)
+    via_flow, direct = flow_and_direct(tmp_path, write_config(tmp_path / "d.cfg", DYNAMIC))
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert sum(d.quantized for d in via_flow.layers) == 2

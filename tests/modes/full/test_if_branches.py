@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from modelgen import save, write_config
 
-from tests.modes.weight.test_subgraph_weights import two_rate_model
+from tests.modes.weight.test_subgraph_weights import flow_and_direct, two_rate_model
 
 FULL = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n"
         "[data_preprocess_param]\ncalibrate_path=x:{x},sr:{sr}\ncalibrate_size=8\ninput_type=BIN\n"
@@ -92,11 +92,6 @@ def test_inlining_and_restoring_without_quantizing_gives_the_same_graph():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_flow_writes_the_same_if_model_as_the_direct_path(tmp_path):
-    from ptqflow.api import convert as api_convert
-
-    model = save(two_rate_model(), tmp_path / "vad.onnx")
-    cfg = calibration(tmp_path, [16000] * 8)
-    via_flow = api_convert(model, cfg, tmp_path / "flow", use_flow=True)
-    direct = api_convert(model, cfg, tmp_path / "direct", use_flow=False)
+    via_flow, direct = flow_and_direct(tmp_path, calibration(tmp_path, [16000] * 8))
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert "QuantizeLinear" in ops(branches(via_flow.output_path)["then_branch"])

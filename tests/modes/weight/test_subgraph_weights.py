@@ -80,13 +80,16 @@ def test_subgraph_sites_carry_their_graph_path_and_output_channel_axis():
         ("by_rate/then_branch/enc/then/mm", "by_rate/then_branch", 1)]
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_the_flow_writes_the_same_model_as_the_direct_path(tmp_path):
+def flow_and_direct(tmp_path, cfg):
+    """The two-rate model converted through the flow and without it, with ``cfg``: both summaries."""
     from ptqflow.api import convert
 
     model = save(two_rate_model(), tmp_path / "vad.onnx")
-    cfg = write_config(tmp_path / "w.cfg", W8)
-    via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
-    direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
+    return convert(model, cfg, tmp_path / "flow", use_flow=True), convert(model, cfg, tmp_path / "direct", use_flow=False)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_writes_the_same_model_as_the_direct_path(tmp_path):
+    via_flow, direct = flow_and_direct(tmp_path, write_config(tmp_path / "w.cfg", W8))
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert sum(d.quantized for d in via_flow.layers) == 2
