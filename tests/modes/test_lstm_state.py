@@ -67,3 +67,16 @@ def test_an_lstm_with_state_inputs_converts_in_every_mode(tmp_path, mode, capsys
     want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feeds)[0].ravel()
     got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0].ravel()
     assert np.dot(want, got) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_flow_writes_the_same_lstm_model_as_the_direct_path_in_every_mode(tmp_path, mode):
+    from ptqflow.api import convert
+
+    model = save(lstm_model(), tmp_path / "lstm.onnx")
+    cfg = write_config(tmp_path / "c.cfg", MODES[mode].format(calib=calib(tmp_path)))
+    via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
+    direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
+    assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+    assert any(d.quantized for d in via_flow.layers)
