@@ -88,10 +88,12 @@ def branches_taken(model: onnx.ModelProto, ifs: list[onnx.NodeProto], feeds_of_r
         if node is not None and node.name not in needed:
             needed[node.name] = node
             stack.extend(node.input)
-    part = helper.make_model(
-        helper.make_graph([n for n in model.graph.node if n.name in needed], "conditions", list(model.graph.input),
+    nodes = [n for n in model.graph.node if n.name in needed]
+    read = {t for n in nodes for t in n.input} | set(conds)
+    part = helper.make_model(  # only what the conditions read: not a copy of every weight
+        helper.make_graph(nodes, "conditions", list(model.graph.input),
                           [helper.make_tensor_value_info(c, onnx.TensorProto.BOOL, None) for c in conds],
-                          initializer=list(model.graph.initializer)),
+                          initializer=[t for t in model.graph.initializer if t.name in read]),
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
     session = make_session(part)
     needed = {i.name for i in session.get_inputs()}
@@ -197,6 +199,7 @@ def restore_branches(quantized: onnx.ModelProto, frame: onnx.ModelProto, inlined
         else:
             main.append(node)
     inner = {t for nodes in bodies.values() for n in nodes for t in n.output}
+    before = {n.name: n for n in untouched.graph.node} if untouched is not None else {}
     for b in inlined:
         original = _branch(ifs[b.node], b.branch)
         names = []
@@ -210,7 +213,6 @@ def restore_branches(quantized: onnx.ModelProto, frame: onnx.ModelProto, inlined
         body = helper.make_graph(bodies[b.node], original.name, [], outs,
                                  value_info=[v for v in quantized.graph.value_info if v.name in inner])
         other = BRANCHES[b.branch == "else_branch"]
-        before = {n.name: n for n in untouched.graph.node} if untouched is not None else {}
         for attr in ifs[b.node].attribute:
             if attr.name == b.branch:
                 attr.g.CopyFrom(body)
