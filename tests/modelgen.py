@@ -124,3 +124,54 @@ def detection_head_model(seed: int = 0, size: int = 16) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def recurrent_model(seed: int = 3) -> onnx.ModelProto:
+    """Weights inside loops, as exporters write them: x[1, 16] -> Loop ``loop`` (3 iterations) whose body
+    holds MatMul ``mm_loop`` (a body initializer) and an If ``pick`` on the iteration number with a MatMul in
+    each branch (``mm_then``, ``mm_else``) -> Scan ``scan`` over s[4, 1, 16] whose body's MatMul ``mm_scan``
+    reads ``w_scan``, an initializer of the main graph (outer scope)."""
+    rng = np.random.default_rng(seed)
+    f = TensorProto.FLOAT
+
+    def weight(name):
+        return _init(name, rng.normal(0, 0.25, (16, 16)).astype(np.float32))
+
+    branch = {}
+    for side in ("then", "else"):
+        branch[side] = helper.make_graph([helper.make_node("MatMul", ["z", f"w_{side}"], [f"b_{side}"], name=f"mm_{side}")],
+                                         side, [], [helper.make_tensor_value_info(f"b_{side}", f, [1, 16])],
+                                         [weight(f"w_{side}")])
+    loop_body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w_loop"], ["y"], name="mm_loop"),
+         helper.make_node("Tanh", ["y"], ["z"], name="tanh"),
+         helper.make_node("Greater", ["i", "zero"], ["later"], name="later"),
+         helper.make_node("If", ["later"], ["picked"], name="pick", then_branch=branch["then"],
+                          else_branch=branch["else"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going")],
+        "loop_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", f, [1, 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("picked", f, [1, 16])],
+        [weight("w_loop"), _init("zero", np.array(0, np.int64))])
+    scan_body = helper.make_graph(
+        [helper.make_node("MatMul", ["st", "w_scan"], ["p"], name="mm_scan"),
+         helper.make_node("Add", ["p", "carry"], ["carry_out"], name="accumulate"),
+         helper.make_node("Identity", ["carry_out"], ["seen"], name="emit")],
+        "scan_body",
+        [helper.make_tensor_value_info("carry", f, [1, 16]), helper.make_tensor_value_info("st", f, [1, 16])],
+        [helper.make_tensor_value_info("carry_out", f, [1, 16]), helper.make_tensor_value_info("seen", f, [1, 16])])
+    nodes = [helper.make_node("Loop", ["trips", "", "x"], ["h_final"], name="loop", body=loop_body),
+             helper.make_node("Scan", ["h_final", "s"], ["total", "steps"], name="scan", body=scan_body,
+                              num_scan_inputs=1)]
+    graph = helper.make_graph(
+        nodes, "recurrent",
+        [helper.make_tensor_value_info("x", f, [1, 16]), helper.make_tensor_value_info("s", f, [4, 1, 16])],
+        [helper.make_tensor_value_info("total", f, [1, 16]), helper.make_tensor_value_info("steps", f, [4, 1, 16])],
+        [_init("trips", np.array(3, np.int64)), weight("w_scan")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -68,12 +68,10 @@ def _branch(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
     return next(a.g for a in node.attribute if a.name == name)
 
 
-def weighted_ifs(model: onnx.ModelProto, with_tables: bool = False) -> list[onnx.NodeProto]:
-    """Top-level ``If`` nodes with a weight op directly in one of their branches (``with_tables``: a
-    Gather too, which DYNAMIC_QUANT quantizes)."""
-    ops = WEIGHT_OP_TYPES + (("Gather",) if with_tables else ())
+def weighted_ifs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Top-level ``If`` nodes with a weight op directly in one of their branches."""
     return [n for n in model.graph.node if n.op_type == "If" and n.name
-            and any(m.op_type in ops for b in BRANCHES.values() for m in _branch(n, b).node)]
+            and any(m.op_type in WEIGHT_OP_TYPES for b in BRANCHES.values() for m in _branch(n, b).node)]
 
 
 def branches_taken(model: onnx.ModelProto, ifs: list[onnx.NodeProto], feeds_of_rounds) -> dict[str, bool | None]:

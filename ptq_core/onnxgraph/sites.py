@@ -13,7 +13,7 @@ import onnx
 
 from ptq_core.errors import ModelError, did_you_mean
 from ptq_core.onnxgraph.load import default_opset, file_sha256, prepare_model
-from ptq_core.onnxgraph.walk import _attrs, node_label, subgraphs
+from ptq_core.onnxgraph.walk import _attrs, node_bodies, node_label, read_names
 
 
 # Which inputs of which op hold weights, and how to find their channel axis (docs/converter-lite.md §5.3,
@@ -88,7 +88,8 @@ class WeightSite:
     axis: int
     conv_like: bool
     users: int  # how many node inputs read this tensor
-    graph: str = ""  # "" for the main graph, else the subgraph's path ("If_0/then_branch"; see subgraphs())
+    graph: str = ""  # where the tensor lives: "" for the main graph, else the subgraph's path ("If_0/then_branch")
+    node_graph: str = ""  # where the node lives; differs from ``graph`` when a body reads an outer-scope weight
 
     @property
     def size(self) -> int:
@@ -118,24 +119,33 @@ class ModelInfo:
 def find_weight_sites(model: onnx.ModelProto, inside_subgraphs: bool = False) -> list[WeightSite]:
     """Every float initializer with ≥ 2 dims at a weight input of a known op, in node order.
 
-    ``inside_subgraphs``: also the weights that If/Loop/Scan bodies hold as their own initializers; their
-    nodes are named by path (``If_0/then_branch/MatMul_3``) and their site's ``graph`` says where.
+    ``inside_subgraphs``: also the weight inputs of nodes inside If/Loop/Scan bodies, at any depth, whether
+    the body holds the weight or reads it from an enclosing graph (exporters do both); their nodes are named
+    by path (``If_0/then_branch/MatMul_3``), ``graph`` says where the tensor lives and ``node_graph`` where
+    the node does. ``users`` counts the readers in the tensor's own graph and the bodies nested in it, so a
+    weight shared with a body counts as shared.
     """
-    graphs = [("", model.graph)] + (subgraphs(model.graph) if inside_subgraphs else [])
-    sites = []
-    for path, graph in graphs:
-        sites.extend(_graph_sites(graph, path))
+    sites: list[WeightSite] = []
+
+    def walk(graph: onnx.GraphProto, path: str, outer: dict[str, tuple[onnx.TensorProto, str, int]]) -> None:
+        reads = Counter(read_names(graph, count=True))
+        visible = {**outer, **{t.name: (t, path, reads[t.name]) for t in graph.initializer}}
+        sites.extend(_graph_sites(graph, path, visible))
+        if not inside_subgraphs:
+            return
+        for index, node in enumerate(graph.node):
+            for attr_name, body in node_bodies(node):
+                walk(body, f"{path + '/' if path else ''}{node_label(node, index)}/{attr_name}", visible)
+
+    walk(model.graph, "", {})
     return sites
 
 
-def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
-    inits = {t.name: t for t in graph.initializer}
+def _graph_sites(graph: onnx.GraphProto, path: str,
+                 inits: dict[str, tuple[onnx.TensorProto, str, int]]) -> list[WeightSite]:
+    """``inits``: every initializer the graph's nodes can read (its own and its enclosing graphs'), with
+    the path of the graph that holds it and how many inputs read it there and below."""
     graph_inputs = {i.name for i in graph.input}
-    users: Counter = Counter()
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                users[name] += 1
     sites = []
     for index, node in enumerate(graph.node):
         roles = WEIGHT_OPS.get(node.op_type)
@@ -146,9 +156,9 @@ def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
             if role.input_index >= len(node.input):
                 continue
             name = node.input[role.input_index]
-            tensor = inits.get(name)
-            if tensor is None:
+            if name not in inits:
                 continue
+            tensor, owner, users = inits[name]
             if name in graph_inputs:
                 continue  # an initializer overridable as an input is not a constant
             if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
@@ -169,8 +179,9 @@ def _graph_sites(graph: onnx.GraphProto, path: str) -> list[WeightSite]:
                     shape=shape,
                     axis=axis,
                     conv_like=role.conv_like,
-                    users=users[name],
-                    graph=path,
+                    users=users,
+                    graph=owner,
+                    node_graph=path,
                 )
             )
     return sites

@@ -47,6 +47,21 @@ def all_names(graph: onnx.GraphProto, taken: set[str] | None = None) -> set[str]
     return taken
 
 
+def read_names(graph: onnx.GraphProto, count: bool = False) -> list[str] | set[str]:
+    """The names the nodes of ``graph`` and of every body nested in it read (as a list with repeats when
+    ``count``: one entry per reading input); a tensor only a body reads is still in use."""
+    found: list[str] = []
+
+    def walk(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            found.extend(name for name in node.input if name)
+            for _, body in node_bodies(node):
+                walk(body)
+
+    walk(graph)
+    return found if count else set(found)
+
+
 def subgraphs(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.GraphProto]]:
     """Every graph nested in ``graph``'s nodes (If branches, Loop and Scan bodies, at any depth), with a
     stable path: ``<node name>/<attribute>`` (``If_0/then_branch``), nested paths joined by ``/``."""

@@ -19,15 +19,16 @@ from ptq_core.modes.dynamic.plan import (
 from ptq_core.modes.dynamic.rotation import hadamard
 from ptq_core.onnxgraph.cpu import get_form
 from ptq_core.onnxgraph.load import default_opset, set_metadata
+from ptq_core.onnxgraph.walk import read_names
 
 
 class _Emitter:
     """Builds the new nodes and initializers; every new name is checked against all existing ones."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int):
+    def __init__(self, graph: onnx.GraphProto, opset: int, reserved: frozenset[str] = frozenset()):
         self.graph = graph
         self.opset = opset
-        self.taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+        self.taken = {n.name for n in graph.node} | {t.name for t in graph.initializer} | set(reserved)
         self.taken |= {i.name for i in graph.input} | {o.name for o in graph.output}
         for n in graph.node:
             self.taken.update(n.input)
@@ -102,8 +103,11 @@ def matmul_scale_array(w: DynamicWeight, factor: float = 1.0) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(scale.reshape((1,) * len(batch) + (1, -1)), batch + (1, len(scale))))
 
 
-def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
-    """Return a copy of ``model`` with the planned nodes rewritten (int8 weights, run-time activation quantization)."""
+def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan, reserved: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """Return a copy of ``model`` with the planned nodes rewritten (int8 weights, run-time activation quantization).
+
+    ``reserved``: names no new node or tensor may take (a body's outer scopes, ptq_core.onnxgraph.scopes).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = default_opset(out)
@@ -115,7 +119,7 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
                            f"re-export the model with opset >= {MIN_OPSET}") from None
         opset = MIN_OPSET
     graph = out.graph
-    em = _Emitter(graph, opset)
+    em = _Emitter(graph, opset, reserved)
     todo = {d.node: d for d in plan.nodes}
     missing = sorted(set(todo) - {n.name for n in graph.node})
     if missing:
@@ -137,7 +141,7 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan) -> onnx.ModelProto:
         _unfusable_bias_adds(new_nodes, set(_outputs(graph, todo)), {t.name for t in graph.initializer})
     del graph.node[:]
     graph.node.extend(new_nodes)
-    still_used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    still_used = read_names(graph) | {o.name for o in graph.output}  # bodies may read a weight from outer scope
     dropped = {t.name for t in graph.initializer if t.name in replaced and t.name not in still_used}
     keep = [t for t in graph.initializer if t.name not in dropped]
     del graph.initializer[:]

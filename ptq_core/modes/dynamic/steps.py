@@ -19,37 +19,51 @@ def quantize_dynamic_model(model_path, cfg: QuantConfig):
     # silently change the next; a copy costs far less than the parse it replaces
     model = model_cache.prepared_copy(model_path)
     plan = plan_dynamic(model, cfg)
-    return quantize_if_bodies(plan, emit_dynamic(model, plan), cfg)
+    return quantize_bodies(plan, emit_dynamic(model, plan), cfg)
 
 
-def quantize_if_bodies(plan, quantized, cfg: QuantConfig):
-    """Both branches of each top-level If with weights, one at a time: DYNAMIC_QUANT needs no data, so
-    every branch is quantized, not only the one calibration would take. Each is inlined into the main
-    graph, planned and emitted there, and put back (ptq_core.onnxgraph.branches); its rows in the layer
-    table carry the branch's path (``If_0/then_branch/...``)."""
+def quantize_bodies(plan, quantized, cfg: QuantConfig):
+    """Every If branch and Loop/Scan body, at any depth, planned and emitted as a model of its own
+    (ptq_core.onnxgraph.scopes). DYNAMIC_QUANT needs no data, so both branches of an If are quantized,
+    not only the one calibration would take, and a loop body's weights serve every iteration alike. The
+    layer table names each row by its body's path (``If_0/then_branch/...``, ``Loop_0/body/...``)."""
     from dataclasses import replace
 
-    from ptq_core.modes.dynamic.emit import emit_dynamic
+    from ptq_core.modes.dynamic.emit import MIN_OPSET, emit_dynamic
     from ptq_core.modes.dynamic.plan import plan_dynamic
-    from ptq_core.onnxgraph.branches import (
-        BRANCHES,
-        inline_branches,
-        restore_branches,
-        weighted_ifs,
+    from ptq_core.onnxgraph.load import default_opset, set_metadata
+    from ptq_core.onnxgraph.scopes import (
+        as_model,
+        drop_unread_initializers,
+        outer_reads,
+        put_back,
+        scopes_deepest_first,
     )
+    from ptq_core.onnxgraph.walk import all_names, node_label
 
-    for name in [n.name for n in weighted_ifs(quantized, with_tables=True)]:
-        for taken in (True, False):
-            flat, inlined = inline_branches(quantized, {name: taken})
-            own = set(inlined[0].nodes)
-            sub = plan_dynamic(flat, cfg)
-            sub.nodes = [d for d in sub.nodes if d.node in own]
-            sub.decisions = [d for d in sub.decisions if d.node in own]
-            quantized = restore_branches(emit_dynamic(flat, sub), quantized, inlined)
-            path = f"{name}/{BRANCHES[taken]}/"
-            plan.decisions.extend(replace(d, node=path + d.node) for d in sub.decisions)
-            plan.nodes.extend(sub.nodes)
-            plan.weights.update(sub.weights)
+    borrowed_anywhere: set[str] = set()
+    for scope in scopes_deepest_first(quantized):
+        body = as_model(scope, quantized)
+        for index, node in enumerate(body.graph.node):
+            node.name = node_label(node, index)  # rows and new nodes need a name; a body's may have none
+        sub = plan_dynamic(body, cfg)
+        if sub.nodes and default_opset(quantized) < MIN_OPSET:  # the emitter would upgrade the body alone
+            why = f"model opset {default_opset(quantized)} is below {MIN_OPSET}: re-export it to quantize inside bodies"
+            sub.decisions = [replace(d, quantized=False, reason=why) if d.quantized else d for d in sub.decisions]
+            sub.nodes = []
+        plan.decisions.extend(replace(d, node=f"{scope.path}/{d.node}") for d in sub.decisions)
+        if not sub.nodes:
+            continue
+        borrowed = outer_reads(scope)
+        put_back(scope, emit_dynamic(body, sub, frozenset(all_names(quantized.graph))), borrowed)
+        borrowed_anywhere.update(borrowed)
+        plan.nodes.extend(sub.nodes)
+        plan.weights.update(sub.weights)
+    drop_unread_initializers(quantized, borrowed_anywhere)
+    if plan.written_form:
+        from ptq_core.onnxgraph.cpu import get_form
+
+        set_metadata(quantized, get_form(plan.written_form).metadata())
     return plan, quantized
 
 

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ptq_core.modes.weight.plan import QuantizedWeight, WeightPlan
 from ptq_core.onnxgraph.load import default_opset, upgrade_opset
-from ptq_core.onnxgraph.walk import all_names, node_label, subgraphs, unique_name
+from ptq_core.onnxgraph.walk import all_names, node_label, read_names, subgraphs, unique_name
 from ptq_core.quant import broadcast_shape
 from ptq_core.storage.decode_ops import decode_nodes
 
@@ -84,7 +84,9 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
     graph = out.graph
     bodies = dict(subgraphs(graph))
     taken = all_names(graph)
-    node_by_name = {n.name: n for n in graph.node}
+    node_at = {n.name: n for n in graph.node}  # main-graph nodes by name, body nodes by path
+    for path, body in bodies.items():
+        node_at.update((f"{path}/{node_label(n, k)}", n) for k, n in enumerate(body.node))
     base = "q"
     while any(name.startswith(base) for name in taken):  # no new name can collide with an old one
         base += "_"
@@ -98,10 +100,10 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
         nodes, inits, group_outputs = group_nodes(plan.group, f"{base}g_", opset)
         new_nodes.extend(nodes)
         new_inits.extend(inits)
-    readers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.name)
+    readers: dict[str, set[str]] = {}  # every reader, body nodes by path: a body may read a main-graph weight
+    for name, node in node_at.items():
+        for tensor in node.input:
+            readers.setdefault(tensor, set()).add(name)
     outputs = {o.name for o in graph.output}
     for index, qw in enumerate(plan.weights):
         # short prefixes: the decode chain repeats its prefix in every name it creates
@@ -112,21 +114,19 @@ def emit_weight_only(model: onnx.ModelProto, plan: WeightPlan) -> onnx.ModelProt
             nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
             new_nodes.extend(nodes)
             new_inits.extend(inits)
-            _rewire_body(bodies[qw.graph], qw, output)
+            _rewire(node_at, qw, output)
+            _drop_if_unread(bodies[qw.graph], qw.tensor)
             continue
         # the chain takes over the weight's own name when every reader is decoded (the float initializer
-        # goes): no renamed inputs, and no second long name stored twice per weight
+        # goes): no renamed inputs, and no second long name stored twice per weight; a body that reads the
+        # weight from the main graph then reads the decoded tensor without a change
         takes_name = readers.get(qw.tensor, set()) <= set(qw.nodes) and qw.tensor not in outputs
         output = qw.tensor if takes_name else unique_name(f"{qw.tensor}_dequant", taken)
         codes = group_outputs[qw.group_index] if qw.group_index is not None else None
         nodes, inits = _dequant_chain(qw, prefix, output, opset, codes)
         new_nodes.extend(nodes)
         new_inits.extend(inits)
-        for node_name in qw.nodes:
-            node = node_by_name[node_name]
-            for i, name in enumerate(node.input):
-                if name == qw.tensor:
-                    node.input[i] = output
+        _rewire(node_at, qw, output)
         replaced.add(qw.tensor)
     _install(graph, new_nodes, new_inits, replaced, outputs)
     out.producer_name = PRODUCER
@@ -138,7 +138,7 @@ def _install(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto], new_inits:
              replaced: set[str], outputs: set[str]) -> None:
     """Put the decode chains in front of the graph's nodes and drop the float weights nothing reads now."""
     decoded = {o for n in new_nodes for o in n.output}
-    still_used = {name for n in graph.node for name in n.input} - decoded
+    still_used = read_names(graph) - decoded  # a body reading the float weight from outer scope keeps it
     still_used |= outputs
     keep = [t for t in graph.initializer if t.name not in replaced or t.name in still_used]
     del graph.initializer[:]
@@ -154,20 +154,22 @@ def _install(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto], new_inits:
     _share_small_constants(graph, {t.name for t in new_inits})
 
 
-def _rewire_body(body: onnx.GraphProto, qw: QuantizedWeight, output: str) -> None:
-    """Point the body's readers of ``qw.tensor`` at the decoded outer-scope tensor; drop the body's float
-    initializer once nothing in the body reads it."""
-    wanted = {name[len(qw.graph) + 1:] for name in qw.nodes}  # node names may hold "/" themselves
-    for index, node in enumerate(body.node):
-        if node_label(node, index) in wanted:
-            for i, name in enumerate(node.input):
-                if name == qw.tensor:
-                    node.input[i] = output
-    still = any(qw.tensor in node.input for node in body.node) or any(o.name == qw.tensor for o in body.output)
-    if not still:
-        keep = [t for t in body.initializer if t.name != qw.tensor]
-        del body.initializer[:]
-        body.initializer.extend(keep)
+def _rewire(node_at: dict[str, onnx.NodeProto], qw: QuantizedWeight, output: str) -> None:
+    """Point the decoded nodes' inputs that read ``qw.tensor`` at ``output`` (a no-op when they are equal)."""
+    for node_name in qw.nodes:
+        node = node_at[node_name]
+        for i, name in enumerate(node.input):
+            if name == qw.tensor:
+                node.input[i] = output
+
+
+def _drop_if_unread(body: onnx.GraphProto, tensor: str) -> None:
+    """Drop a body's float initializer once nothing in the body, or in the bodies nested in it, reads it."""
+    if tensor in read_names(body) or any(o.name == tensor for o in body.output):
+        return
+    keep = [t for t in body.initializer if t.name != tensor]
+    del body.initializer[:]
+    body.initializer.extend(keep)
 
 
 def _share_small_constants(graph: onnx.GraphProto, new: set[str], limit: int = 256) -> None:

@@ -93,3 +93,34 @@ def test_the_flow_writes_the_same_model_as_the_direct_path(tmp_path):
     via_flow, direct = flow_and_direct(tmp_path, write_config(tmp_path / "w.cfg", W8))
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert sum(d.quantized for d in via_flow.layers) == 2
+
+
+def test_a_weight_a_scan_body_reads_from_the_main_graph_is_found_with_the_graph_it_lives_in():
+    from modelgen import recurrent_model
+
+    from ptq_core.onnxgraph.sites import find_weight_sites
+
+    sites = {s.node: s for s in find_weight_sites(recurrent_model(), inside_subgraphs=True)}
+    assert sorted(sites) == ["loop/body/mm_loop", "loop/body/pick/else_branch/mm_else",
+                             "loop/body/pick/then_branch/mm_then", "scan/body/mm_scan"]
+    scan = sites["scan/body/mm_scan"]
+    assert (scan.tensor, scan.graph, scan.node_graph, scan.axis, scan.users) == ("w_scan", "", "scan/body", 1, 1)
+    assert sites["loop/body/pick/then_branch/mm_then"].graph == "loop/body/pick/then_branch"
+
+
+def test_weights_in_loop_and_scan_bodies_and_ifs_nested_in_them_are_quantized(tmp_path):
+    from modelgen import recurrent_model
+
+    from ptqflow.api import convert
+
+    model = save(recurrent_model(), tmp_path / "rnn.onnx")
+    result = convert(model, write_config(tmp_path / "w.cfg", W8), tmp_path / "q", use_flow=False)
+    assert sum(d.quantized for d in result.layers) == 4
+    q = onnx.load(str(result.output_path))
+    onnx.checker.check_model(q, full_check=True)
+    assert "w_scan" not in {t.name for t in q.graph.initializer}  # read only by the Scan body: stored int8 too
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.normal(0, 1, (1, 16)).astype(np.float32), "s": rng.normal(0, 1, (4, 1, 16)).astype(np.float32)}
+    want, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0].ravel()
+                 for p in (model, result.output_path))
+    assert np.dot(want, got) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.999
