@@ -217,6 +217,23 @@ def _with_reasons(place, reasons: dict[str, str]):
     return replace(place, kept_float=kept)
 
 
+def body_rows(model: onnx.ModelProto) -> list[LayerDecision]:
+    """Rows for the weighted nodes left inside bodies (Loop/Scan bodies, Ifs nested in them, an If whose
+    rounds disagree): they stay FP32, and the summary says so instead of counting nothing."""
+    from ptq_core.onnxgraph.sites import find_weight_sites
+
+    rows = []
+    for site in find_weight_sites(model, inside_subgraphs=True):
+        if site.node_graph and site.op_type in COMPUTE_OPS:
+            size = site.size
+            rows.append(LayerDecision(
+                site.node, site.op_type, site.tensor, site.shape, False,
+                f"inside {site.node_graph}: FULL_QUANT calibrates the main graph and the If branches every round "
+                "takes; this body stays FP32 (DYNAMIC_QUANT and WEIGHT_QUANT quantize it)",
+                bytes_fp32=size * 4, bytes_stored=size * 4))
+    return rows
+
+
 def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDecision]:
     """Summary rows: every weighted node, int8 or kept FP32 with the reason."""
 
@@ -243,6 +260,7 @@ def full_decisions(model: onnx.ModelProto, plan: FullQuantPlan) -> list[LayerDec
             reason = plan.kept_float.get(node.name, "not in the int8 region")
             rows.append(LayerDecision(node.name, node.op_type, weight_name, shape, False, reason,
                                       bytes_fp32=size * 4, bytes_stored=size * 4))
+    rows += body_rows(model)
     weighted = {r.node for r in rows}
     for node in model.graph.node:  # nodes without weights that --max-drop kept FP32 (a Concat, an Add, ...)
         reason = plan.kept_float.get(node.name, "")
