@@ -276,9 +276,25 @@ def summarize_full(model_path, output_path, cfg: QuantConfig, info: ModelInfo, p
         model=str(model_path), output=str(output_path), quant_type="FULL_QUANT", bits=8,
         layers=full_decisions(prepared, plan), size_before=_fp32_size(model_path), size_after=_disk_size(output_path),
         output_cosine=cosine, cosine_inputs=source, notices=list(cfg.notices),
-        int8_form=plan.int8_form if plan.weights else None, facts=full_facts(cfg, info, inputs, plan),
+        int8_form=plan.int8_form if plan.weights else None,
+        facts=full_facts(cfg, info, inputs, plan) + accuracy_fact(cosine, source, max_drop),
         speed=speed, timings=timings, max_drop=max_drop,
     )
+
+
+#: below this output cosine a FULL_QUANT summary points at the accuracy bound (1 % of FP32)
+ACCURACY_HINT_BELOW = 0.99
+
+
+def accuracy_fact(cosine: float | None, source: str, max_drop: MaxDropResult | None) -> list[tuple[str, str]]:
+    """Where int8 cost more than 1 % of the output and the user set no bound, the summary says what would
+    bring it back, instead of leaving the number to speak for itself."""
+    if cosine is None or max_drop is not None or cosine >= ACCURACY_HINT_BELOW:
+        return []
+    return [("accuracy", f"output cosine {cosine:.4f} on {source.split(' (')[0]} is below {ACCURACY_HINT_BELOW}: "
+                         "--max-drop 0.01 ([ptqflow] max_drop=0.01) keeps the layers that cost the most FP32 until "
+                         "it is within 1 %; [common_quant_param] debug_info_save_path=<folder> reports where it "
+                         "went, layer by layer")]
 
 
 def already_quantized_text(info: ModelInfo) -> str:

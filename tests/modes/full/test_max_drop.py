@@ -209,3 +209,16 @@ def test_kept_nodes_with_weights_go_back_to_int8_when_the_bound_holds_without_th
     assert result.kept == ("b",) and final.quantized.doc_string == "b"
     assert [s.action for s in result.steps] == ["all int8", "keep first 1", "keep first 2", "give back a"]
     assert result.weights_int8_after == 1010 and result.weights_int8_before == 1020
+
+
+def test_a_summary_below_0_99_without_a_bound_says_how_to_get_it_back(head, tmp_path, capsys):
+    model, folder = head
+    cfg = write_config(tmp_path / "c.cfg", _text(folder))
+    assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
+                 "--no-flow"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "accuracy output cosine 0." in text and "is below 0.99: --max-drop 0.01" in text
+    bounded = write_config(tmp_path / "b.cfg", _text(folder, BOUND))
+    assert main(["convert", f"--modelFile={model}", f"--configFile={bounded}", f"--outputFile={tmp_path / 'b'}",
+                 "--no-flow"]) == 0
+    assert "--max-drop 0.01 (" not in " ".join(capsys.readouterr().out.split())  # bound set: nothing to suggest
