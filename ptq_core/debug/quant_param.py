@@ -36,8 +36,8 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 
 def _rows(node: str, op: str, tensor: str, dims: tuple[int, ...], scale, zp, bits: int, var=None, mean=None) -> list[dict]:
-    scale = np.atleast_1d(np.asarray(scale, np.float64))
-    zp = np.broadcast_to(np.atleast_1d(np.asarray(zp if zp is not None else 0)), scale.shape)
+    scale = np.asarray(scale, np.float64).reshape(-1)  # an LSTM's (directions, 4 * hidden): one row per channel
+    zp = np.broadcast_to(np.asarray(zp if zp is not None else 0).reshape(-1), scale.shape)
     var = np.broadcast_to(np.atleast_1d(np.asarray(1.0 if var is None else var, np.float32)), scale.shape)
     mean = np.broadcast_to(np.atleast_1d(np.asarray(0.0 if mean is None else mean, np.float32)), scale.shape)
     elements = int(np.prod(dims)) if dims and all(d >= 0 for d in dims) else -1
@@ -93,6 +93,7 @@ def dynamic_rows(origin: onnx.ModelProto, plan) -> list[dict]:
     order = {n.name: i for i, n in enumerate(origin.graph.node)}
     rows = []
     for dn in sorted(plan.nodes, key=lambda n: order.get(n.node, 0)):
-        w = plan.weights[dn.weight]
-        rows += _rows(dn.node, dn.op_type, w.tensor, tuple(w.codes.shape), w.scale, w.zero_point, 8)
+        for key in (dn.weight, dn.recurrence) if dn.recurrence else (dn.weight,):  # an LSTM has W and R
+            w = plan.weights[key]
+            rows += _rows(dn.node, dn.op_type, w.tensor, tuple(w.codes.shape), w.scale, w.zero_point, 8)
     return rows

@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from ptq_core.errors import PtqError
 from ptq_core.modes.dynamic.plan import (
     MATMUL_OPS,
+    RECURRENT_OPS,
     DynamicNode,
     DynamicPlan,
     DynamicWeight,
@@ -135,6 +136,8 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan, reserved: frozenset[
         replaced.update(node.input)  # the float weight, a Gemm's C: dropped below if nothing reads them now
         if d.op_type == "Gather":
             _emit_gather(em, new_nodes, node, w)
+        elif d.op_type in RECURRENT_OPS:
+            _emit_lstm(em, new_nodes, node, w, plan.weights[d.recurrence])
         else:
             _emit_matmul(em, new_nodes, node, d, w, plan.strategy)
     if plan.strategy == "ACWL":
@@ -152,6 +155,9 @@ def emit_dynamic(model: onnx.ModelProto, plan: DynamicPlan, reserved: frozenset[
     value_info = [v for v in graph.value_info if v.name not in dropped]
     del graph.value_info[:]
     graph.value_info.extend(value_info)
+    if any(d.op_type in RECURRENT_OPS for d in plan.nodes) and not any(
+            o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = PRODUCER
     out.producer_version = __import__("ptq_core").__version__
     if plan.written_form:
@@ -239,6 +245,26 @@ def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, st
     return em.row_quant[a]
 
 
+def _emit_lstm(em: _Emitter, out: list, node: onnx.NodeProto, w: DynamicWeight, r: DynamicWeight) -> None:
+    """LSTM -> com.microsoft DynamicQuantizeLSTM: int8 W and R in (directions, K, 4 * hidden), per gate-row
+    scales with zero points 0; the optional inputs (B, sequence_lens, initial_h, initial_c, P) as they were."""
+    params = []
+    for weight in (w, r):
+        codes = em.weight(weight)[0]
+        key = (weight.key, "lstm")
+        if key not in em.scale_names:
+            em.scale_names[key] = em.init(f"{weight.tensor}_scale", weight.scale)
+            zero = np.zeros(weight.scale.shape, np.int8)
+            em.scale_names[key + ("zp",)] = em.init(f"{weight.tensor}_zero_point", zero)
+        params.append((codes, em.scale_names[key], em.scale_names[key + ("zp",)]))
+    optional = [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]
+    inputs = [node.input[0], params[0][0], params[1][0], *optional, params[0][1], params[0][2], params[1][1],
+              params[1][2]]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
+    out.append(helper.make_node("DynamicQuantizeLSTM", inputs, list(node.output),
+                                name=em.name(f"{node.name}_quant"), domain=MS_DOMAIN, **attrs))
+
+
 def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, w: DynamicWeight, strategy: str) -> None:
     codes = em.weight(w)[0]
     a, y, n = node.input[0], node.output[0], node.name
@@ -283,6 +309,7 @@ def _emit_matmul(em: _Emitter, out: list, node: onnx.NodeProto, d: DynamicNode, 
 
 
 PRODUCER = "ptqflow"
+MS_DOMAIN = "com.microsoft"
 
 
 MIN_OPSET = 11  # DynamicQuantizeLinear

@@ -1,4 +1,4 @@
-"""DYNAMIC_QUANT's plan: which MatMul/Gemm/Gather weights become int8 and how (ALWC or ACWL, rotation),
+"""DYNAMIC_QUANT's plan: which MatMul/Gemm/Gather/LSTM weights become int8 and how (ALWC or ACWL, rotation),
 decided at convert time; activations are quantized at run time by what ``emit.py`` writes.
 
 The emitted model uses standard ONNX ops only (DynamicQuantizeLinear, QuantizeLinear, MatMulInteger,
@@ -27,6 +27,8 @@ from ptq_core.quant import cosine, quantize, weight_params
 STRATEGIES = ("ALWC", "ACWL")
 ACWL_WEIGHTS = ("per-channel", "per-layer")
 MATMUL_OPS = ("MatMul", "Gemm")
+RECURRENT_OPS = ("LSTM",)  # onnxruntime's DynamicQuantizeLSTM; GRU and RNN have no integer kernel there
+INTEGER_KERNEL_OPS = MATMUL_OPS + RECURRENT_OPS  # weights an integer GEMM reads: the int8 form applies
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class DynamicWeight:
 
     MatMul/Gemm (kind "matmul"): ``codes`` is B as (.., K, N), symmetric, ``zero_point`` None,
     ``axis`` rank-1 (per column) or None (per layer). Gather: the table as in the model,
-    ``zero_point`` int8 per slice along ``axis`` (the gather axis).
+    ``zero_point`` int8 per slice along ``axis`` (the gather axis). LSTM (kind "lstm"): W or R transposed to
+    (directions, K, 4 * hidden), as onnxruntime's DynamicQuantizeLSTM reads them, symmetric, ``scale``
+    (directions, 4 * hidden): one per gate row of each direction.
     """
 
     key: str
@@ -55,6 +59,8 @@ class DynamicWeight:
         """The float weight this stands for (float64), in the stored layout."""
         scale = self.scale.astype(np.float64)
         zp = self.zero_point.astype(np.float64) if self.zero_point is not None else np.zeros_like(scale)
+        if self.kind == "lstm":
+            return self.codes.astype(np.float64) * scale[:, None, :]
         if self.axis is None:
             return (self.codes.astype(np.float64) - zp[0]) * scale[0]
         shape = [1] * self.codes.ndim
@@ -67,12 +73,13 @@ class DynamicNode:
     """One node the emitter rewrites."""
 
     node: str
-    op_type: str  # MatMul | Gemm | Gather
-    weight: str  # key into DynamicPlan.weights
+    op_type: str  # MatMul | Gemm | Gather | LSTM
+    weight: str  # key into DynamicPlan.weights (an LSTM's W)
     trans_a: bool = False  # Gemm
     alpha: float = 1.0  # Gemm
     beta: float = 1.0  # Gemm
     rotation: int = 0  # Hadamard block on the reduction axis (0: none), ptq_core.modes.dynamic.rotation
+    recurrence: str = ""  # LSTM: key of R in DynamicPlan.weights
 
 
 @dataclass
@@ -86,7 +93,7 @@ class DynamicPlan(DecisionRows):
     @property
     def written_form(self) -> str | None:
         """The int8 form of the integer-kernel weights the model will hold; None when it holds none."""
-        return self.int8_form if any(d.op_type in MATMUL_OPS for d in self.nodes) else None
+        return self.int8_form if any(d.op_type in INTEGER_KERNEL_OPS for d in self.nodes) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +115,20 @@ def _not_a_site_reason(node: onnx.NodeProto, index: int, inits: dict, graph_inpu
     if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         return f"constant {onnx.TensorProto.DataType.Name(t.data_type).lower()} input, not a float weight"
     return f"{len(t.dims)}-D constant input (only weights with >= 2 dims are quantized)"
+
+
+def _lstm_not_quantized(node: onnx.NodeProto, w_site: WeightSite | None, r_site: WeightSite | None, inits: dict,
+                        skip: set) -> str | None:
+    """Why an LSTM stays FP32 (None: DynamicQuantizeLSTM takes it)."""
+    if node.name in skip:
+        return "skip_quant_node"
+    if w_site is None or r_site is None:
+        return "LSTM: W and R must both be constant weights for DynamicQuantizeLSTM; kept FP32"
+    if any(inits[s.tensor].data_type != onnx.TensorProto.FLOAT for s in (w_site, r_site)):
+        return "float16 LSTM weights: DynamicQuantizeLSTM needs float32; kept FP32"
+    if _attrs(node).get("layout", 0) != 0:
+        return "LSTM layout=1 (batch first): DynamicQuantizeLSTM takes layout 0 only; kept FP32"
+    return None
 
 
 class _Planner:
@@ -184,6 +205,39 @@ class _Planner:
 
         self.add(node, site, dyn, how, granularity, make)
 
+    def lstm(self, node: onnx.NodeProto, w_site: WeightSite, r_site: WeightSite) -> None:
+        """W and R int8, one symmetric scale per gate row and direction; X and the hidden state are
+        quantized per tensor at run time inside onnxruntime's DynamicQuantizeLSTM (under ACWL too)."""
+        how = ("int8 per-channel symmetric W and R (a scale per gate row and direction), uint8 per-tensor "
+               "input and hidden state at run time (com.microsoft DynamicQuantizeLSTM)")
+        keys = []
+        for site in (w_site, r_site):
+            key = f"{site.tensor}|lstm"
+            keys.append(key)
+
+            def make(site=site, key=key):
+                w = initializer_array(self.model, site.tensor).astype(np.float32)
+                check_finite_weight(w, site.tensor, node.name, node.op_type)
+                w = np.ascontiguousarray(w.transpose(0, 2, 1))  # (directions, K, 4 * hidden)
+                rows = w.transpose(0, 2, 1).reshape(-1, w.shape[1])  # one row per gate row and direction
+                params = weight_params(rows, 8, 0, symmetric=True, limits=self.form.clamp(-127, 127))
+                scale = params.scale.astype(np.float32).reshape(w.shape[0], w.shape[2])
+                codes = quantize(rows, params).reshape(w.shape[0], w.shape[2], w.shape[1]).transpose(0, 2, 1)
+                return DynamicWeight(key, site.tensor, "lstm", np.ascontiguousarray(codes), scale, None, 2), w
+
+            if key in self.plan.weights:
+                self.row(node, site, True, f"{how}; shares weight with {self.first_user[key]}", bits=8,
+                         granularity="per-channel", encoding="int8", bytes_fp32=0, bytes_stored=0,
+                         effective_bits=8.0)
+                continue
+            weight, original = make()
+            self.plan.weights[key] = weight
+            self.first_user[key] = node.name
+            self.row(node, site, True, how, bits=8, granularity="per-channel", encoding="int8",
+                     bytes_stored=weight.nbytes, effective_bits=8.0,
+                     weight_cosine=cosine(original, weight.dequantized()))
+        self.plan.nodes.append(DynamicNode(node.name, node.op_type, keys[0], recurrence=keys[1]))
+
     def gather(self, node: onnx.NodeProto, site: WeightSite) -> None:
         key = f"{site.tensor}|gather{site.axis}"
         how = f"int8 asymmetric table, one scale per slice on axis {site.axis}; rows dequantized after the lookup"
@@ -237,6 +291,15 @@ def plan_dynamic(model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str = "p
                 p.row(node, b_site, False, "float16 weight: run-time activation quantization needs float32")
             else:
                 p.matmul(node, b_site)
+        elif node.op_type in RECURRENT_OPS and sites:
+            w_site = next((s for s in sites if s.input_index == 1), None)
+            r_site = next((s for s in sites if s.input_index == 2), None)
+            why = _lstm_not_quantized(node, w_site, r_site, inits, skip)
+            if why:
+                for s in sites:
+                    p.row(node, s, False, why)
+            else:
+                p.lstm(node, w_site, r_site)
         elif node.op_type == "Gather":
             site = next((s for s in sites if s.input_index == 0), None)
             if site is None:
@@ -249,7 +312,7 @@ def plan_dynamic(model: onnx.ModelProto, cfg: QuantConfig, acwl_weight: str = "p
                 p.gather(node, site)
         else:
             for s in sites:
-                p.row(node, s, False, f"DYNAMIC_QUANT quantizes MatMul/Gemm/Gather only; {node.op_type} stays FP32")
+                p.row(node, s, False, f"DYNAMIC_QUANT quantizes MatMul/Gemm/Gather/LSTM only; {node.op_type} stays FP32")
     return p.plan
 
 
