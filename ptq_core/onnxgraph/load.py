@@ -192,11 +192,19 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
             _constants_to_initializers(body)
 
 
+def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights computed from constants by shape ops become initializers (ptq_core.onnxgraph.fold)."""
+    from ptq_core.onnxgraph.fold import fold_weight_chains as fold
+
+    return fold(model)
+
+
 def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:
     """Load and normalize a model the same way for analysis and emission (see :func:`load_model`)."""
     model = load_model(path, load_data)
     default_opset(model)
     constants_to_initializers(model)
+    fold_weight_chains(model)
     assign_node_names(model)
     return model
 
