@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.onnxgraph.walk import node_bodies, producers, read_names
+from ptq_core.onnxgraph.weight_roles import WEIGHT_OPS
 
 #: ops that only move, select or join values: folding them changes no number
 SHAPE_OPS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat", "Slice", "Identity", "Flatten",
@@ -23,8 +24,6 @@ SHAPE_OPS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat",
 
 def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold, in place, every constant chain that feeds a weight input; returns ``model``."""
-    from ptq_core.onnxgraph.sites import WEIGHT_OPS
-
     leaves: set[str] = set()  # initializers the chains read: dropped at the end where nothing else does
 
     def walk(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:

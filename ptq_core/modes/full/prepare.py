@@ -29,8 +29,9 @@ from ptq_core.modes.full.plan import (
 )
 from ptq_core.modes.full.targets import BIAS_CORRECTED_OPS, Target, get_target
 from ptq_core.onnxgraph.load import assign_node_names, prepare_model, upgrade_opset
-from ptq_core.onnxgraph.sites import WEIGHT_OPS, check_finite_weight
+from ptq_core.onnxgraph.sites import check_finite_weight
 from ptq_core.onnxgraph.walk import node_bodies
+from ptq_core.onnxgraph.weight_roles import WEIGHT_OPS
 from ptq_core.quant import round_half_away
 from ptq_core.stats.observer_base import ActivationRange
 

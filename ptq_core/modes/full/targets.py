@@ -48,7 +48,7 @@ import numpy as np
 
 from ptq_core.errors import PtqError, did_you_mean
 from ptq_core.onnxgraph.cpu import INT8_FORMS, Int8Form, get_form
-from ptq_core.onnxgraph.sites import _conv_transpose_axis, _gemm_b_axis
+from ptq_core.onnxgraph.weight_roles import _conv_transpose_axis, _gemm_b_axis
 from ptq_core.quant import encode_range, qrange, quantize, weight_params
 
 # Op families. A target picks from these; nothing else in the code lists op types.

@@ -25,7 +25,7 @@ from ptq_core.modes.full.plan import (
 )
 from ptq_core.modes.full.targets import TARGETS, get_target
 from ptq_core.onnxgraph.load import default_opset, upgrade_opset
-from ptq_core.onnxgraph.sites import WEIGHT_OPS
+from ptq_core.onnxgraph.weight_roles import WEIGHT_OPS
 from ptq_core.quant import cosine, round_half_away
 
 RNG = np.random.default_rng(7)
