@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/evaluate_digits.py out/digits_fixed8.onnx out/digits_mixed.onnx out/digits_int8.onnx
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # the quick loop (about half a minute): no Prefect servers, Dask clusters, CLI processes or multi-second tests
 test-quick: $(STAMP)

@@ -247,7 +247,7 @@ def test_sigkill_of_ptq_serve_leaves_no_server_behind(tmp_path):
 
 
 #: moments a conversion is interrupted at in the suite; the issue's 20: PTQ_INTERRUPT_MOMENTS=20 (make test-interrupts)
-MOMENTS = int(os.environ.get("PTQ_INTERRUPT_MOMENTS", "3"))
+MOMENTS = int(os.environ.get("PTQ_INTERRUPT_MOMENTS", "2"))
 
 
 @pytest.fixture()
