@@ -65,7 +65,8 @@ MODES = {
     "DYNAMIC_QUANT ACWL": "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\nmin_quant_weight_size=0\n"
                           "[dynamic_quant_param]\nquant_strategy=ACWL\n",
 }
-SILERO_SHAPES = "input:1,512;state:2,1,128"
+SILERO_SHAPES = "input:1,576;state:2,1,128"  # 64 samples of context + a 512-sample window, as silero's wrapper
+SILERO_WINDOW, SILERO_CONTEXT = 512, 64
 MINILM_SHAPES = "input_ids:1,128;attention_mask:1,128;token_type_ids:1,128"
 SHAPED = {"silero-vad": SILERO_SHAPES, "minilm": MINILM_SHAPES}  # also run with the shapes their docs give
 OCR = "image_to_format=BGR\nnormalize_mean=[127.5,127.5,127.5]\nnormalize_std=[127.5,127.5,127.5]\n"  # rapidocr's
@@ -260,7 +261,7 @@ def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], eval
     import zoo_peers
 
     silero = audio is not None
-    feeds = {"input": audio[None, :512], "state": np.zeros((2, 1, 128), np.float32)} if silero else evals[0]
+    feeds = next(silero_windows(audio, False)) if silero else evals[0]
     if silero and "sr" in [i.name for i in harness.make_session(model).get_inputs()]:
         feeds["sr"] = np.array(16000, np.int64)
     ref = speech_probabilities(str(model), audio) if silero else None
@@ -302,9 +303,9 @@ def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], eval
 
 
 def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], list[dict]]:
-    """FULL_QUANT cells of a silero-vad file, calibrated on the synthesized audio: every fourth 512-sample
-    window with the state the FP32 model carries to it (BIN files per input); returns the cells and the
-    calibration feeds (the peers calibrate on the same)."""
+    """FULL_QUANT cells of a silero-vad file, calibrated on the synthesized audio: every fourth window with
+    the state the FP32 model carries to it (BIN files per input); returns the cells and the calibration
+    feeds (the peers calibrate on the same)."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -312,10 +313,8 @@ def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], 
     root = WORK / "audio_calib" / model.stem
     state = np.zeros((2, 1, 128), np.float32)
     feeds = []
-    for k, start in enumerate(range(0, audio.size - 511, 512)):
-        f = {"input": audio[None, start:start + 512], "state": state}
-        if has_sr:
-            f["sr"] = np.array(16000, np.int64)
+    for k, f in enumerate(silero_windows(audio, has_sr)):
+        f = {**f, "state": state}
         if k % 4 == 0:
             feeds.append(f)
         state = s.run(None, f)[1]
@@ -340,28 +339,40 @@ def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], 
 
 
 def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
-    """Tones, a chirp, noise bursts and silence, as speech-like and non-speech material."""
+    """Tones, a chirp, noise bursts and silence (where a VAD says ~0), then 3 s of formant-synthesized
+    syllables (speech_synth.py; where silero-vad says up to ~0.7)."""
+    import speech_synth
+
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * rate)) / rate
     audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (t < 1)
     audio += 0.3 * np.sin(2 * np.pi * (300 + 900 * (t - 1)) * (t - 1)) * ((t >= 1) & (t < 2))
     audio += 0.2 * rng.normal(size=t.size) * ((t >= 2) & (t < 3)) * (np.sin(2 * np.pi * 4 * t) > 0)
     audio += 0.02 * rng.normal(size=t.size) * (t >= 3)
-    return audio.astype(np.float32)
+    return np.concatenate([audio, 0.5 * speech_synth.syllables(3.0, rate)]).astype(np.float32)
 
 
-def speech_probabilities(path: str, audio: np.ndarray, window: int = 512) -> np.ndarray:
+def silero_windows(audio: np.ndarray, with_sr: bool):
+    """silero-vad's inputs over ``audio`` as its own wrapper makes them: each 512-sample window behind the
+    64 samples before it (zeros at the start); the caller threads the state."""
+    context = np.zeros(SILERO_CONTEXT, np.float32)
+    for start in range(0, audio.size - SILERO_WINDOW + 1, SILERO_WINDOW):
+        window = audio[start:start + SILERO_WINDOW]
+        feeds = {"input": np.concatenate([context, window])[None], "state": np.zeros((2, 1, 128), np.float32)}
+        if with_sr:
+            feeds["sr"] = np.array(16000, np.int64)
+        yield feeds
+        context = window[-SILERO_CONTEXT:]
+
+
+def speech_probabilities(path: str, audio: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [i.name for i in s.get_inputs()]
     state = np.zeros((2, 1, 128), np.float32)
     probs = []
-    for start in range(0, audio.size - window + 1, window):
-        feeds = {"input": audio[None, start:start + window], "state": state}
-        if "sr" in names:
-            feeds["sr"] = np.array(16000, np.int64)
-        out, state = s.run(None, feeds)
+    for feeds in silero_windows(audio, "sr" in [i.name for i in s.get_inputs()]):
+        out, state = s.run(None, {**feeds, "state": state})
         probs.append(float(np.asarray(out).ravel()[0]))
     return np.array(probs)
 
