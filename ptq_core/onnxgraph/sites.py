@@ -13,7 +13,7 @@ import onnx
 
 from ptq_core.errors import ModelError, did_you_mean
 from ptq_core.onnxgraph.load import default_opset, file_sha256, prepare_model
-from ptq_core.onnxgraph.walk import _attrs, node_bodies, node_label, read_names
+from ptq_core.onnxgraph.walk import _attrs, node_bodies, node_label, read_names, subgraphs
 from ptq_core.onnxgraph.weight_roles import WEIGHT_OPS, _conv_transpose_axis
 
 
@@ -55,6 +55,7 @@ class ModelInfo:
     outputs: tuple[str, ...]
     float_bytes: int  # bytes of all float32 initializers
     quantized_ops: tuple[tuple[str, int], ...] = ()  # already-quantized constructs found: (what, count)
+    body_node_names: tuple[str, ...] = ()  # nodes inside If/Loop/Scan bodies, by path ("If_0/then_branch/mm")
 
 
 def find_weight_sites(model: onnx.ModelProto, inside_subgraphs: bool = False) -> list[WeightSite]:
@@ -162,6 +163,8 @@ def analyse_model(path: str | Path) -> ModelInfo:
         outputs=tuple(o.name for o in model.graph.output),
         float_bytes=float_bytes,
         quantized_ops=quantized_constructs(model),
+        body_node_names=tuple(f"{path}/{node_label(n, k)}" for path, body in subgraphs(model.graph)
+                              for k, n in enumerate(body.node)),
     )
 
 
@@ -184,13 +187,15 @@ def quantized_constructs(model: onnx.ModelProto) -> tuple[tuple[str, int], ...]:
 
 
 def check_skip_nodes(info: ModelInfo, skip: tuple[str, ...], source: str) -> None:
-    """An unknown name in skip_quant_node is an error listing the closest node names."""
-    names = set(info.node_names)
+    """An unknown name in skip_quant_node is an error listing the closest node names. A node inside an
+    If/Loop/Scan body is named by its path, as the layer table names it."""
+    known = info.node_names + info.body_node_names
+    names = set(known)
     for name in skip:
         if name not in names:
             raise ModelError(
                 f"{source}: [common_quant_param] skip_quant_node names {name!r}, which is not a node of "
-                f"{Path(info.path).name}{did_you_mean(name, info.node_names)}"
+                f"{Path(info.path).name}{did_you_mean(name, known)}"
             )
 
 

@@ -46,7 +46,7 @@ def quantize_bodies(plan, quantized, cfg: QuantConfig):
         body = as_model(scope, quantized)
         for index, node in enumerate(body.graph.node):
             node.name = node_label(node, index)  # rows and new nodes need a name; a body's may have none
-        sub = plan_dynamic(body, cfg)
+        sub = plan_dynamic(body, _skips_inside(cfg, scope.path))
         if sub.nodes and default_opset(quantized) < MIN_OPSET:  # the emitter would upgrade the body alone
             why = f"model opset {default_opset(quantized)} is below {MIN_OPSET}: re-export it to quantize inside bodies"
             sub.decisions = [replace(d, quantized=False, reason=why) if d.quantized else d for d in sub.decisions]
@@ -65,6 +65,15 @@ def quantize_bodies(plan, quantized, cfg: QuantConfig):
 
         set_metadata(quantized, get_form(plan.written_form).metadata())
     return plan, quantized
+
+
+def _skips_inside(cfg: QuantConfig, path: str) -> QuantConfig:
+    """``cfg`` with skip_quant_node as a body's own node names: the user names body nodes by path."""
+    from dataclasses import replace
+
+    prefix = path + "/"
+    local = tuple(name[len(prefix):] for name in cfg.common.skip_quant_node if name.startswith(prefix))
+    return replace(cfg, common_quant_param=replace(cfg.common, skip_quant_node=local))
 
 
 class DynamicSteps:

@@ -81,3 +81,27 @@ def test_the_flow_writes_the_same_loop_model_as_the_direct_path(tmp_path):
     via_flow = convert(model, cfg, tmp_path / "flow", use_flow=True)
     direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
+
+
+@pytest.mark.parametrize("quant_type", ["WEIGHT_QUANT", "DYNAMIC_QUANT"])
+def test_skip_quant_node_takes_a_body_node_by_its_path(tmp_path, quant_type):
+    from ptqflow.api import convert
+
+    model = save(recurrent_model(), tmp_path / "rnn.onnx")
+    cfg = write_config(tmp_path / "s.cfg", DYNAMIC.replace("DYNAMIC_QUANT", quant_type) +
+                       "skip_quant_node=loop/body/pick/then_branch/mm_then\n")
+    rows = {d.node: d for d in convert(model, cfg, tmp_path / "q", use_flow=False).layers}
+    assert not rows["loop/body/pick/then_branch/mm_then"].quantized
+    assert rows["loop/body/pick/then_branch/mm_then"].reason == "skip_quant_node"
+    assert rows["loop/body/pick/else_branch/mm_else"].quantized
+
+
+def test_an_unknown_body_path_in_skip_quant_node_names_the_closest_one(tmp_path, capsys):
+    from ptqflow.cli import main
+
+    model = save(recurrent_model(), tmp_path / "rnn.onnx")
+    cfg = write_config(tmp_path / "s.cfg", DYNAMIC + "skip_quant_node=loop/body/pick/then_branch/mm_thn\n")
+    assert main(["convert", f"--modelFile={model}", f"--configFile={cfg}", f"--outputFile={tmp_path / 'q'}",
+                 "--no-flow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean 'loop/body/pick/then_branch/mm_then'" in err
