@@ -339,8 +339,8 @@ def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], 
 
 
 def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
-    """Tones, a chirp, noise bursts and silence (where a VAD says ~0), then 3 s of formant-synthesized
-    syllables (speech_synth.py; where silero-vad says up to ~0.7)."""
+    """Tones, a chirp, noise bursts and silence (where a VAD says ~0), then 4 s of formant-synthesized
+    syllables (speech_synth.py; where silero-vad says 0.6-0.99 for most windows)."""
     import speech_synth
 
     rng = np.random.default_rng(0)
@@ -349,7 +349,7 @@ def silero_audio(seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
     audio += 0.3 * np.sin(2 * np.pi * (300 + 900 * (t - 1)) * (t - 1)) * ((t >= 1) & (t < 2))
     audio += 0.2 * rng.normal(size=t.size) * ((t >= 2) & (t < 3)) * (np.sin(2 * np.pi * 4 * t) > 0)
     audio += 0.02 * rng.normal(size=t.size) * (t >= 3)
-    return np.concatenate([audio, 0.5 * speech_synth.syllables(3.0, rate)]).astype(np.float32)
+    return np.concatenate([audio, 0.5 * speech_synth.syllables(4.0)]).astype(np.float32)
 
 
 def silero_windows(audio: np.ndarray, with_sr: bool):

@@ -42,8 +42,8 @@ def _gather_axis(attrs: dict, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _first_axis(attrs: dict, rank: int) -> int:
-    return 0
+def _gate_row_axis(attrs: dict, rank: int) -> int:
+    return 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
     "MatMul": (WeightRole(0, _matmul_a_axis, matmul_like=True), WeightRole(1, _matmul_b_axis, matmul_like=True)),
     "Gemm": (WeightRole(0, _gemm_a_axis, matmul_like=True), WeightRole(1, _gemm_b_axis, matmul_like=True)),
     "Gather": (WeightRole(0, _gather_axis),),
-    "LSTM": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
-    "GRU": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
-    "RNN": (WeightRole(1, _first_axis), WeightRole(2, _first_axis)),
+    # W and R are (directions, gates * hidden, K): one scale per gate row, shared by the directions of a
+    # bidirectional layer (a DequantizeLinear takes one axis); per direction alone would be per tensor
+    "LSTM": (WeightRole(1, _gate_row_axis), WeightRole(2, _gate_row_axis)),
+    "GRU": (WeightRole(1, _gate_row_axis), WeightRole(2, _gate_row_axis)),
+    "RNN": (WeightRole(1, _gate_row_axis), WeightRole(2, _gate_row_axis)),
 }

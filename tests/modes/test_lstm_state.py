@@ -80,3 +80,18 @@ def test_the_flow_writes_the_same_lstm_model_as_the_direct_path_in_every_mode(tm
     direct = convert(model, cfg, tmp_path / "direct", use_flow=False)
     assert via_flow.output_path.read_bytes() == direct.output_path.read_bytes()
     assert any(d.quantized for d in via_flow.layers)
+
+
+def test_weight_quant_gives_each_gate_row_of_an_lstm_its_own_scale(tmp_path):
+    """W and R are (directions, 4 * hidden, K): per direction alone would be one scale for the whole tensor."""
+    from ptq_core.onnxgraph.sites import find_weight_sites
+    from ptqflow.api import convert
+
+    sites = {s.tensor: s for s in find_weight_sites(lstm_model())}
+    assert (sites["W"].axis, sites["W"].channels, sites["R"].axis) == (1, 256, 1)
+    model = save(lstm_model(), tmp_path / "lstm.onnx")
+    cfg = write_config(tmp_path / "w.cfg", MODES["WEIGHT_QUANT"])
+    result = convert(model, cfg, tmp_path / "q", use_flow=False)
+    q = onnx.load(str(result.output_path))
+    scales = [numpy_helper.to_array(t) for t in q.graph.initializer if list(t.dims) == [1, 256, 1]]
+    assert len(scales) >= 2 and all(len(np.unique(s)) > 200 for s in scales)  # a scale per gate row, W and R

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptq_core.onnxgraph.fold import fold_weight_chains
 
-HIDDEN, INPUT = 16, 8
+HIDDEN, INPUT = 16, 12
 
 
 def torch_style_lstm(extra_reader: bool = False) -> onnx.ModelProto:
