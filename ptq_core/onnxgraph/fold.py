@@ -10,6 +10,8 @@ only they read go. Nothing else is folded: other constant subgraphs stay as expo
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -23,11 +25,19 @@ SHAPE_OPS = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Transpose", "Concat",
 
 
 def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold, in place, every constant chain that feeds a weight input; returns ``model``."""
-    leaves: set[str] = set()  # initializers the chains read: dropped at the end where nothing else does
+    """Fold, in place, every constant chain that feeds a weight input; returns ``model``.
 
-    def walk(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:
-        visible = {**outer, **{t.name: t for t in graph.initializer}}
+    The folded weight goes to the graph that holds the chain's largest initializer (the graph that held
+    the weight before), and chains that compute the same bytes there share one initializer:
+    silero-vad computes each LSTM weight in both branches of an inner ``If`` from one tensor of the outer
+    branch, and a copy per branch would double those weights.
+    """
+    leaves: set[str] = set()  # initializers the chains read: dropped at the end where nothing else does
+    placed: dict[tuple[int, str], str] = {}  # (owner graph, value digest) -> the initializer holding it
+
+    def walk(graph: onnx.GraphProto, outer: dict[str, tuple[onnx.TensorProto, onnx.GraphProto, int]],
+             depth: int) -> None:
+        visible = {**outer, **{t.name: (t, graph, depth) for t in graph.initializer}}
         made_by = producers(graph.node)
         chains: list[onnx.NodeProto] = []
         folded: set[str] = set()
@@ -41,22 +51,32 @@ def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
                 chain = _constant_chain(name, made_by, visible)
                 if not chain:
                     continue
-                value = _evaluate(model, chain, name, visible)
+                sources = sorted({i for n in chain for i in n.input if i in visible})
+                value = _evaluate(model, chain, name, {i: visible[i][0] for i in sources})
                 if value is None or value.dtype not in (np.float32, np.float16) or value.ndim < 2:
                     continue
                 tensor = numpy_helper.from_array(value, name)
-                graph.initializer.append(tensor)
-                visible[name] = tensor
+                # where the weight itself lives (the largest source), not the chain's small index constants
+                biggest = max(sources, key=lambda i: (int(np.prod(visible[i][0].dims)), -visible[i][2]))
+                owner, owner_depth = visible[biggest][1], visible[biggest][2]
+                digest = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode() + value.tobytes()).hexdigest()
+                key = (id(owner), digest)
+                if key in placed:  # the same bytes already hold a weight there: read that one
+                    node.input[role.input_index] = placed[key]
+                else:
+                    owner.initializer.append(tensor)
+                    placed[key] = name
+                    visible[name] = (tensor, owner, owner_depth)
                 chains.extend(chain)
                 folded.add(name)
-                leaves.update(i for n in chain for i in n.input if i in visible and i != name)
+                leaves.update(sources)
         if chains:
             _drop_dead(graph, {n.output[0] for n in chains}, folded)
         for node in graph.node:
             for _, body in node_bodies(node):
-                walk(body, visible)
+                walk(body, visible, depth + 1)
 
-    walk(model.graph, {})
+    walk(model.graph, {}, 0)
     if leaves:
         from ptq_core.onnxgraph.scopes import drop_unread_initializers
 
@@ -87,15 +107,15 @@ def _constant_chain(name: str, made_by: dict, visible: dict) -> list[onnx.NodePr
     return chain
 
 
-def _evaluate(model: onnx.ModelProto, chain: list[onnx.NodeProto], name: str, visible: dict) -> np.ndarray | None:
-    """``name``'s value from a model of only the chain, run by onnx's reference evaluator."""
+def _evaluate(model: onnx.ModelProto, chain: list[onnx.NodeProto], name: str,
+              sources: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """``name``'s value from a model of only the chain and its ``sources``, run by onnx's reference evaluator."""
     from onnx.reference import ReferenceEvaluator
 
-    inputs = {i for n in chain for i in n.input if i in visible}
     order = {id(n): k for k, n in enumerate(chain)}
     nodes = sorted(chain, key=lambda n: -order[id(n)])  # discovered from the output back: reverse it
     graph = helper.make_graph([_copy(n) for n in nodes], "fold", [], [onnx.ValueInfoProto(name=name)],
-                              [visible[i] for i in sorted(inputs)])
+                              [sources[i] for i in sorted(sources)])
     small = helper.make_model(graph, opset_imports=list(model.opset_import))
     small.ir_version = model.ir_version
     try:

@@ -85,3 +85,43 @@ def test_every_data_free_mode_quantizes_the_folded_lstm(tmp_path, quant_type):
     want, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
                  for p in (path, result.output_path))
     assert np.dot(want, got) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.999
+
+
+def test_the_same_weight_folded_in_both_branches_of_an_if_is_stored_once_where_its_source_was():
+    """Both branches compute the LSTM weight from one outer tensor (silero-vad's inner If): one folded
+    initializer in the outer graph, read by both branches, and the source goes."""
+    lstm = torch_style_lstm()
+    chain = [n for n in lstm.graph.node if n.op_type != "LSTM"]
+    small = [t for t in lstm.graph.initializer if t.name not in ("w_ih", "w_hh")]
+    branches = {}
+    for side in ("then", "else"):
+        nodes = [onnx.NodeProto() for _ in chain]
+        for copy, node in zip(nodes, chain):
+            copy.CopyFrom(node)
+            copy.name = f"{side}_{node.name}"
+            copy.output[0] = f"{side}_{node.output[0]}"
+            copy.input[:] = [f"{side}_{i}" if i.endswith(("_g0", "_g1", "_g2", "_g3", "_2d")) else i
+                             for i in node.input]
+        lstm_node = helper.make_node("LSTM", ["x", f"{side}_W", f"{side}_R"], ["", f"{side}_h"], name=f"{side}_rnn",
+                                     hidden_size=HIDDEN)
+        branches[side] = helper.make_graph(nodes + [lstm_node], side, [],
+                                           [helper.make_tensor_value_info(f"{side}_h", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["h"], name="pick", then_branch=branches["then"],
+                          else_branch=branches["else"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, INPUT]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [t for t in lstm.graph.initializer if t.name in ("w_ih", "w_hh")] + small)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    x = np.random.default_rng(2).normal(0, 1, (5, 1, INPUT)).astype(np.float32)
+    want = [ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "flag": np.array(f)})[0] for f in (True, False)]
+    folded = fold_weight_chains(model)
+    big = [t.name for t in folded.graph.initializer if len(t.dims) == 3]
+    assert sorted(big) in (["else_R", "else_W"], ["then_R", "then_W"])  # once each, outside; w_ih, w_hh gone
+    assert all(len(b.g.initializer) == 0 for b in folded.graph.node[0].attribute)
+    session = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"])
+    for f, w in zip((True, False), want):
+        np.testing.assert_array_equal(session.run(None, {"x": x, "flag": np.array(f)})[0], w)
