@@ -10,7 +10,9 @@ same numbers as the integer kernels up to rounding, and free to take per-channel
 cannot. The variants separate the sources of error:
 
 * as emitted (float-simulated);
-* weights only: every activation Q/DQ pair removed;
+* weights only: every activation Q/DQ pair removed. Its int32 biases still carry bias correction, which
+  compensates the *activation* rounding the variant no longer does, so a second row puts back the FP32
+  biases (requantized with the same scales): that one is the weights' own cost;
 * per-channel activations at depthwise-conv inputs: each such input is multiplied by a per-channel factor
   that brings every channel to the tensor's largest range before its Q/DQ, and divided back after (a
   channel's range from the FP32 model on 8 calibration pages);
@@ -65,6 +67,31 @@ def weights_only(q: onnx.ModelProto) -> onnx.ModelProto:
         n.input[:] = [back.get(x, x) for x in n.input]
     del m.graph.node[:]
     m.graph.node.extend(keep)
+    return m
+
+
+def fp32_biases(q: onnx.ModelProto, work: Path) -> onnx.ModelProto:
+    """``q`` with every Conv's int32 bias re-derived from the FP32 bias (onnxruntime's basic optimizations
+    fold BatchNormalization as the tool's preparation does), undoing bias correction."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(work / "layout_fp32_folded.onnx")
+    ort.InferenceSession(str(MODEL), so, providers=["CPUExecutionProvider"])
+    fp = onnx.load(so.optimized_model_filepath)
+    fp_bias = {n.name: n.input[2] for n in fp.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    fp_inits = {t.name: numpy_helper.to_array(t) for t in fp.graph.initializer}
+    m = onnx.ModelProto()
+    m.CopyFrom(q)
+    made_by = {o: n for n in m.graph.node for o in n.output}
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        dq = made_by.get(n.input[2]) if n.op_type == "Conv" and len(n.input) > 2 else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and n.name in fp_bias:
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            codes = np.round(fp_inits[fp_bias[n.name]].astype(np.float64) / scale).astype(np.int32)
+            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(codes, dq.input[0]))
     return m
 
 
@@ -126,7 +153,11 @@ def main() -> None:
     ref = [session(MODEL).run(None, f) for f in evals]
     q = onnx.load(str(ALL_INT8))
     rows = [("every layer int8, as emitted", len([n for n in q.graph.node if n.op_type == "Conv"]), score(q, evals, ref)),
-            ("weights only (activation Q/DQ removed)", 0, score(weights_only(q), evals, ref))]
+            ("weights only (activation Q/DQ removed)", 0, score(weights_only(q), evals, ref)),
+            ("weights only, FP32 biases (no bias correction)", 0,
+             score(weights_only(fp32_biases(q, ALL_INT8.parent)), evals, ref)),
+            ("every layer int8, FP32 biases (no bias correction)", 102, score(fp32_biases(q, ALL_INT8.parent), evals,
+                                                                               ref))]
     for label, depthwise in (("per-channel activations at depthwise-conv inputs", True),
                              ("per-channel activations at every conv input", False)):
         variant, n = per_channel_inputs(q, calib[:8], depthwise)
