@@ -3,9 +3,9 @@
 PyTorch writes an LSTM's W as ``Unsqueeze(Concat(Slice(weight_ih, ...), ...))``: the gates reordered from
 its i, f, g, o to ONNX's i, o, f, c. The weight is a constant, but no initializer holds it, so a quantizer
 that looks for initializers at weight inputs finds nothing (silero-vad's four LSTMs). Here every weight
-input (``sites.WEIGHT_OPS``) that a chain of shape-only ops computes from initializers alone becomes an
-initializer of its own graph, evaluated by onnx's reference runtime; the chain's nodes and the initializers
-only they read go. Nothing else is folded: other constant subgraphs stay as exported.
+input (``weight_roles.WEIGHT_OPS``) that a chain of shape-only ops computes from initializers alone becomes
+an initializer, evaluated by onnx's reference runtime; the chain's nodes and the initializers only they
+read go. Nothing else is folded: other constant subgraphs stay as exported.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ptq_core.onnxgraph.scopes import drop_unread_initializers
 from ptq_core.onnxgraph.walk import node_bodies, producers, read_names
 from ptq_core.onnxgraph.weight_roles import WEIGHT_OPS
 
@@ -78,8 +79,6 @@ def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
 
     walk(model.graph, {}, 0)
     if leaves:
-        from ptq_core.onnxgraph.scopes import drop_unread_initializers
-
         drop_unread_initializers(model, leaves)
     return model
 

@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from ptq_core.errors import ModelError
+from ptq_core.onnxgraph.fold import fold_weight_chains
 from ptq_core.onnxgraph.walk import graph_at, node_bodies
 
 
@@ -190,13 +191,6 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     for node in graph.node:  # after the rebuild: references into the old node list would be stale copies
         for _, body in node_bodies(node):
             _constants_to_initializers(body)
-
-
-def fold_weight_chains(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Weights computed from constants by shape ops become initializers (ptq_core.onnxgraph.fold)."""
-    from ptq_core.onnxgraph.fold import fold_weight_chains as fold
-
-    return fold(model)
 
 
 def prepare_model(path: str | Path, load_data: bool = True) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ptq_core.onnxgraph.walk import node_bodies, node_label
+from ptq_core.onnxgraph.walk import node_bodies, node_label, read_names, subgraphs
 
 
 @dataclass
@@ -71,10 +71,11 @@ def put_back(scope: Scope, rewritten: onnx.ModelProto, borrowed: list[str]) -> N
     initializers are left to their own scope, even where the pass kept them."""
     graph = rewritten.graph
     body = scope.graph
+    outer = set(borrowed)
     del body.node[:]
     body.node.extend(graph.node)
     del body.initializer[:]
-    body.initializer.extend(t for t in graph.initializer if t.name not in set(borrowed))
+    body.initializer.extend(t for t in graph.initializer if t.name not in outer)
     del body.value_info[:]
     body.value_info.extend(graph.value_info)
 
@@ -82,16 +83,8 @@ def put_back(scope: Scope, rewritten: onnx.ModelProto, borrowed: list[str]) -> N
 def drop_unread_initializers(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Remove from every scope the initializers among ``candidates`` that no node anywhere reads and no
     graph outputs (outer weights a body pass replaced with int8 ones)."""
-    read: set[str] = set()
-
-    def reads(graph: onnx.GraphProto) -> None:
-        read.update(o.name for o in graph.output)
-        for node in graph.node:
-            read.update(node.input)
-            for _, body in node_bodies(node):
-                reads(body)
-
-    reads(model.graph)
+    graphs = [model.graph] + [g for _, g in subgraphs(model.graph)]
+    read = read_names(model.graph) | {o.name for g in graphs for o in g.output}  # a body may output one as is
 
     def prune(graph: onnx.GraphProto) -> None:
         keep = [t for t in graph.initializer if t.name not in candidates or t.name in read]

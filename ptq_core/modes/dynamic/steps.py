@@ -42,13 +42,14 @@ def quantize_bodies(plan, quantized, cfg: QuantConfig):
     from ptq_core.onnxgraph.walk import all_names, node_label
 
     borrowed_anywhere: set[str] = set()
+    opset = default_opset(quantized)
     for scope in scopes_deepest_first(quantized):
         body = as_model(scope, quantized)
         for index, node in enumerate(body.graph.node):
             node.name = node_label(node, index)  # rows and new nodes need a name; a body's may have none
         sub = plan_dynamic(body, _skips_inside(cfg, scope.path))
-        if sub.nodes and default_opset(quantized) < MIN_OPSET:  # the emitter would upgrade the body alone
-            why = f"model opset {default_opset(quantized)} is below {MIN_OPSET}: re-export it to quantize inside bodies"
+        if sub.nodes and opset < MIN_OPSET:  # the emitter would upgrade the body alone
+            why = f"model opset {opset} is below {MIN_OPSET}: re-export it to quantize inside bodies"
             sub.decisions = [replace(d, quantized=False, reason=why) if d.quantized else d for d in sub.decisions]
             sub.nodes = []
         plan.decisions.extend(replace(d, node=f"{scope.path}/{d.node}") for d in sub.decisions)

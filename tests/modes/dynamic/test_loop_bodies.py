@@ -105,3 +105,14 @@ def test_an_unknown_body_path_in_skip_quant_node_names_the_closest_one(tmp_path,
                  "--no-flow"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean 'loop/body/pick/then_branch/mm_then'" in err
+
+
+def test_below_opset_11_body_matmuls_stay_fp32_and_say_why(tmp_path):
+    from ptqflow.api import convert
+
+    old = recurrent_model()
+    old.opset_import[0].version = 10  # no DynamicQuantizeLinear; the bodies cannot be upgraded on their own
+    model = save(old, tmp_path / "rnn10.onnx")
+    rows = convert(model, write_config(tmp_path / "d.cfg", DYNAMIC), tmp_path / "q", use_flow=False).layers
+    assert sorted(d.node for d in rows) == BODY_MATMULS
+    assert all(not d.quantized and d.reason.startswith("model opset 10 is below 11") for d in rows)
