@@ -148,7 +148,7 @@ def max_drop_lines(md) -> list[tuple[str, str]]:
         ("max_drop", f"bound {md.bound:g}: output drop {md.drop_before:.4g} -> {md.drop_after:.4g} "
                      f"(cosine {md.cosine_before:.6f} -> {md.cosine_after:.6f} over {md.eval_rounds} "
                      f"calibration rounds), {state} the bound"),
-        ("max_drop kept FP32", f"{len(kept)} of {md.candidates} int8 nodes" + (f": {names}" if kept else "")),
+        ("max_drop kept FP32", f"{len(kept)} of {md.candidates} candidate nodes" + (f": {names}" if kept else "")),
         ("max_drop cost", f"{100 * md.int8_weight_fraction:.1f} % of quantizable weight parameters still int8; "
                           f"model {md.size_before / 1024:,.1f} -> {md.size_after / 1024:,.1f} KiB, "
                           f"batch-1 latency {md.ms_before:.3f} -> {md.ms_after:.3f} ms"),

@@ -310,7 +310,8 @@ class Evaluator:
 
 def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, bound: float,
                       rebuild: Callable[[tuple[str, ...], dict[str, str]], Build],
-                      latency: Callable[[onnx.ModelProto], float] | None = None) -> tuple[MaxDropResult, Build]:
+                      latency: Callable[[onnx.ModelProto], float] | None = None,
+                      stored: Sequence[str] = ()) -> tuple[MaxDropResult, Build]:
     """Keep the worst nodes of ``base`` in FP32 until ``1 - cosine <= bound``; returns the report and the build.
 
     ``rebuild(extra_skip, reasons)`` re-places Q/DQ with ``extra_skip`` kept FP32 (reasons for the
@@ -318,10 +319,15 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
     worst-first prefix is found, each kept node that has weights is tried back in int8, largest
     first, and stays int8 when the bound still holds (the ranking is greedy; this keeps more
     weights in int8 for a few more builds).
+
+    ``stored``: nodes that compute in FP32 (the latency guard's) but whose weights ``base`` stores as
+    8-bit codes. Their weight error is part of the model's drop, so they are candidates too; keeping
+    one means keeping its float weights.
     """
     evaluator = Evaluator(fp32, rounds)
-    candidates = list(base.place.nodes)
+    candidates = list(base.place.nodes) + [n for n in stored if n not in base.place.nodes]
     trials = _Trials(evaluator, rebuild, bound, base)
+    trials.stored = set(stored) - set(base.place.nodes)
     damage_rounds = [r.index for r in list(rounds)[:DAMAGE_ROUNDS]]
     ranking: list[NodeDamage] = []
     kept: tuple[str, ...] = ()
@@ -366,6 +372,7 @@ class _Trials:
         self.order: list[str] = []
         self.rank_of: dict[str, int] = {}
         self.damage: dict[str, NodeDamage] = {}
+        self.stored: set[str] = set()  # FP32-compute nodes with 8-bit stored weights: kept = float weights
 
     def _ok(self, cos: float) -> bool:
         return 1.0 - cos <= self.bound + TOLERANCE
@@ -386,7 +393,11 @@ class _Trials:
             d = self.damage.get(node)
             part = "worst part's " if d and d.op_type == "Concat" else ""
             what = f"{part}output cosine {d.cosine:.4f} in the int8 model" if d else "not measured"
-            out[node] = (f"max_drop: kept FP32 (rank {self.rank_of[node]}, {what}; int8 model's drop "
+            kept = "kept FP32 ("
+            if node in self.stored:  # the guard keeps it FP32 for speed; the loop keeps its float weights
+                kept, what = "float weights kept (FP32 for speed; ", what.replace("in the int8 model",
+                                                                                   "with 8-bit stored weights")
+            out[node] = (f"max_drop: {kept}rank {self.rank_of[node]}, {what}; int8 model's drop "
                          f"{drop0:.4g} > {self.bound:g})")
         return out
 

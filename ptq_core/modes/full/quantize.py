@@ -123,10 +123,11 @@ class FullRun:
         plan, diffs, quantized = self.finish(self.place)
         plan, diffs, quantized = self.guard_whole_model(plan, diffs, quantized)
         self.lap("latency_guard_s")
+        quantized = self.as_written(plan, quantized)
         max_drop = None
         if self.cfg.ptqflow.max_drop is not None:
             plan, diffs, quantized, max_drop = self.keep_within_max_drop(plan, diffs, quantized)
-        quantized = self.store_and_compact(plan, quantized)
+        quantized = self.compact(quantized)
         if self.branches.inlined:
             from ptq_core.onnxgraph.load import upgrade_opset
 
@@ -273,24 +274,36 @@ class FullRun:
             kept = _with_reasons(place_qdq(self.model, self.target, skip=self.skip + extra), demoted)
             kept = replace(kept, kept_float={**kept.kept_float, **reasons})
             self.collect_missing(kept)  # a tensor that was inside the int8 region now borders it
-            return Build(kept, *self.finish(kept))
+            new_plan, new_diffs, emitted = self.finish(kept)
+            # the loop judges the model as it will be written: a node the guard keeps FP32 for speed has
+            # 8-bit stored weights unless the loop keeps its float weights too
+            return Build(kept, new_plan, new_diffs, self.as_written(new_plan, emitted, float_weights=set(extra)))
 
         report, build = keep_until_within(self.model, Build(self.place, plan, diffs, quantized), self.rounds,
                                           self.cfg.ptqflow.max_drop, rebuild,
-                                          latency=lambda m: median_latency_ms(m, self.feeds0, runs=30))
+                                          latency=lambda m: median_latency_ms(m, self.feeds0, runs=30),
+                                          stored=tuple(plan.stored_weights))
         self.place = build.place
         self.lap("max_drop_s")
         return build.plan, build.diffs, build.quantized, report
 
-    def store_and_compact(self, plan, quantized):
-        """Kept nodes' weights as 8-bit codes, the graph without redundant bytes, the guard's CPU named."""
+    def as_written(self, plan, quantized, float_weights: set[str] = frozenset()):
+        """``quantized`` with the weights of the nodes the guard keeps FP32 for speed stored as 8-bit codes
+        (FP32 for speed, not accuracy), except ``float_weights``, which ``--max-drop`` keeps float."""
         speed = self.speed
-        if speed is not None and speed["demoted"]:  # FP32 for speed, not accuracy: 8-bit storage all the same
-            from ptq_core.modes.full.kept_weights import store_kept_weights
+        if speed is None or not speed["demoted"]:
+            return quantized
+        from ptq_core.modes.full.kept_weights import store_kept_weights
 
-            quantized, stored = store_kept_weights(quantized, set(speed["demoted"]) - set(plan.nodes), self.cfg)
-            plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
-            self.lap("emit_s")
+        nodes = set(speed["demoted"]) - set(plan.nodes) - set(float_weights)
+        quantized, stored = store_kept_weights(quantized, nodes, self.cfg)
+        plan.stored_weights = {s.node: (s.bytes_stored, s.weight_cosine) for s in stored}
+        self.lap("emit_s")
+        return quantized
+
+    def compact(self, quantized):
+        """The graph without redundant bytes, the guard's CPU named."""
+        speed = self.speed
         from ptq_core.onnxgraph.compact import compact_model
 
         compact_model(quantized)
