@@ -70,7 +70,7 @@ class _Emitter:
         if w.key in self.weight_names:
             return self.weight_names[w.key]
         base = w.tensor + ("_T" if w.key.endswith("T") else "")
-        codes = self.init(f"{base}_int8", w.codes)
+        codes = self.init(f"{base}_{w.codes.dtype.name}", w.codes)  # _int8, or _uint8 (an LSTM, portable form)
         scale = zp = None
         if w.kind == "gather":  # (C, 1, .., 1): the gathered scales broadcast over the gathered slices
             shape = (len(w.scale),) + (1,) * (w.codes.ndim - 1 - w.axis)
@@ -246,15 +246,16 @@ def _acwl_activation(em: _Emitter, out: list, a: str, tag: str) -> tuple[str, st
 
 
 def _emit_lstm(em: _Emitter, out: list, node: onnx.NodeProto, w: DynamicWeight, r: DynamicWeight) -> None:
-    """LSTM -> com.microsoft DynamicQuantizeLSTM: int8 W and R in (directions, K, 4 * hidden), per gate-row
-    scales with zero points 0; the optional inputs (B, sequence_lens, initial_h, initial_c, P) as they were."""
+    """LSTM -> com.microsoft DynamicQuantizeLSTM: W and R in (directions, K, 4 * hidden), per gate-row
+    scales and zero points (uint8 around 128 in the portable form, int8 around 0 otherwise); the optional
+    inputs (B, sequence_lens, initial_h, initial_c, P) as they were."""
     params = []
     for weight in (w, r):
         codes = em.weight(weight)[0]
         key = (weight.key, "lstm")
         if key not in em.scale_names:
             em.scale_names[key] = em.init(f"{weight.tensor}_scale", weight.scale)
-            zero = np.zeros(weight.scale.shape, np.int8)
+            zero = weight.zero_point if weight.zero_point is not None else np.zeros(weight.scale.shape, np.int8)
             em.scale_names[key + ("zp",)] = em.init(f"{weight.tensor}_zero_point", zero)
         params.append((codes, em.scale_names[key], em.scale_names[key + ("zp",)]))
     optional = [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]

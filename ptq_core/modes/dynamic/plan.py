@@ -28,6 +28,7 @@ STRATEGIES = ("ALWC", "ACWL")
 ACWL_WEIGHTS = ("per-channel", "per-layer")
 MATMUL_OPS = ("MatMul", "Gemm")
 RECURRENT_OPS = ("LSTM",)  # onnxruntime's DynamicQuantizeLSTM; GRU and RNN have no integer kernel there
+LSTM_ZERO_POINT = 128  # portable form: LSTM weights as uint8 around 128 (u8 x u8 kernel, see ``lstm``)
 INTEGER_KERNEL_OPS = MATMUL_OPS + RECURRENT_OPS  # weights an integer GEMM reads: the int8 form applies
 
 
@@ -39,7 +40,8 @@ class DynamicWeight:
     ``axis`` rank-1 (per column) or None (per layer). Gather: the table as in the model,
     ``zero_point`` int8 per slice along ``axis`` (the gather axis). LSTM (kind "lstm"): W or R transposed to
     (directions, K, 4 * hidden), as onnxruntime's DynamicQuantizeLSTM reads them, symmetric, ``scale``
-    (directions, 4 * hidden): one per gate row of each direction.
+    (directions, 4 * hidden): one per gate row of each direction; in the portable form uint8 codes with
+    ``zero_point`` 128 (directions, 4 * hidden), else int8 codes and ``zero_point`` None.
     """
 
     key: str
@@ -60,7 +62,7 @@ class DynamicWeight:
         scale = self.scale.astype(np.float64)
         zp = self.zero_point.astype(np.float64) if self.zero_point is not None else np.zeros_like(scale)
         if self.kind == "lstm":
-            return self.codes.astype(np.float64) * scale[:, None, :]
+            return (self.codes.astype(np.float64) - zp[:, None, :]) * scale[:, None, :]
         if self.axis is None:
             return (self.codes.astype(np.float64) - zp[0]) * scale[0]
         shape = [1] * self.codes.ndim
@@ -206,10 +208,20 @@ class _Planner:
         self.add(node, site, dyn, how, granularity, make)
 
     def lstm(self, node: onnx.NodeProto, w_site: WeightSite, r_site: WeightSite) -> None:
-        """W and R int8, one symmetric scale per gate row and direction; X and the hidden state are
-        quantized per tensor at run time inside onnxruntime's DynamicQuantizeLSTM (under ACWL too)."""
-        how = ("int8 per-channel symmetric W and R (a scale per gate row and direction), uint8 per-tensor "
-               "input and hidden state at run time (com.microsoft DynamicQuantizeLSTM)")
+        """W and R on the full symmetric 8-bit grid [-127, 127], one scale per gate row and direction; X and
+        the hidden state are quantized per tensor at run time inside onnxruntime's DynamicQuantizeLSTM (under
+        ACWL too).
+
+        In the portable form the codes are stored as uint8 with zero point 128: the kernel then runs MLAS's
+        u8 x u8 GEMM, which widens both operands to 16 bits and cannot saturate on any CPU, so the weights
+        keep the whole 8-bit grid instead of the [-64, 64] that u8 x s8 kernels need without VNNI
+        (docs/int8-portability.md). An LSTM's GEMMs are small, so that kernel's lower peak speed costs
+        little, and halving the weight step halves the weight error (silero-vad: docs/dynamic-quant.md)."""
+        unsigned = self.form.weight_limit is not None
+        how = (("uint8 W and R with zero point 128 (the full symmetric 8-bit grid, exact on every CPU)"
+                if unsigned else "int8 per-channel symmetric W and R") +
+               " with a scale per gate row and direction, uint8 per-tensor input and hidden state at run time "
+               "(com.microsoft DynamicQuantizeLSTM)")
         keys = []
         for site in (w_site, r_site):
             key = f"{site.tensor}|lstm"
@@ -220,10 +232,15 @@ class _Planner:
                 check_finite_weight(w, site.tensor, node.name, node.op_type)
                 w = np.ascontiguousarray(w.transpose(0, 2, 1))  # (directions, K, 4 * hidden)
                 rows = w.transpose(0, 2, 1).reshape(-1, w.shape[1])  # one row per gate row and direction
-                params = weight_params(rows, 8, 0, symmetric=True, limits=self.form.clamp(-127, 127))
+                params = weight_params(rows, 8, 0, symmetric=True,
+                                       limits=(-127, 127) if unsigned else self.form.clamp(-127, 127))
                 scale = params.scale.astype(np.float32).reshape(w.shape[0], w.shape[2])
                 codes = quantize(rows, params).reshape(w.shape[0], w.shape[2], w.shape[1]).transpose(0, 2, 1)
-                return DynamicWeight(key, site.tensor, "lstm", np.ascontiguousarray(codes), scale, None, 2), w
+                zero_point = None
+                if unsigned:
+                    codes = (codes.astype(np.int16) + LSTM_ZERO_POINT).astype(np.uint8)
+                    zero_point = np.full(scale.shape, LSTM_ZERO_POINT, np.uint8)
+                return DynamicWeight(key, site.tensor, "lstm", np.ascontiguousarray(codes), scale, zero_point, 2), w
 
             if key in self.plan.weights:
                 self.row(node, site, True, f"{how}; shares weight with {self.first_user[key]}", bits=8,

@@ -1,6 +1,7 @@
-"""DYNAMIC_QUANT of an LSTM: W and R stored int8 for onnxruntime's DynamicQuantizeLSTM (directions x K x
-4*hidden, one scale per gate row and direction), exact on every CPU in the portable form, and close to FP32
-in both directions; an LSTM the kernel cannot take stays FP32 with the reason."""
+"""DYNAMIC_QUANT of an LSTM: W and R stored 8-bit for onnxruntime's DynamicQuantizeLSTM (directions x K x
+4*hidden, one scale per gate row and direction): in the portable form uint8 around 128 (the full grid, exact on
+every CPU), in the vnni form int8 around 0; close to FP32 in every direction; an LSTM the kernel cannot take
+stays FP32 with the reason."""
 
 import numpy as np
 import onnx
@@ -39,17 +40,46 @@ def convert(tmp_path, model):
     return path, api_convert(path, write_config(tmp_path / "d.cfg", DYNAMIC), tmp_path / "q", use_flow=False)
 
 
-def test_an_lstm_becomes_dynamic_quantize_lstm_with_int8_w_and_r_in_its_layout(tmp_path):
+def test_an_lstm_becomes_dynamic_quantize_lstm_with_uint8_w_and_r_around_128_in_its_layout(tmp_path):
     _, result = convert(tmp_path, lstm())
     q = onnx.load(str(result.output_path))
     (node,) = q.graph.node
     assert (node.op_type, node.domain) == ("DynamicQuantizeLSTM", "com.microsoft")
     inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     w, r = inits[node.input[1]], inits[node.input[2]]
-    assert w.dtype == r.dtype == np.int8 and w.shape == (1, INPUT, 4 * HIDDEN) and r.shape == (1, HIDDEN, 4 * HIDDEN)
-    assert inits[node.input[8]].shape == (1, 4 * HIDDEN) and not inits[node.input[9]].any()  # scales, zero points
-    assert np.abs(w).max() <= 64 and np.abs(r).max() <= 64  # the portable int8 form: exact on AVX2 as on VNNI
+    assert w.dtype == r.dtype == np.uint8 and w.shape == (1, INPUT, 4 * HIDDEN) and r.shape == (1, HIDDEN, 4 * HIDDEN)
+    for codes, scale, zero in ((w, node.input[8], node.input[9]), (r, node.input[10], node.input[11])):
+        assert inits[scale].shape == (1, 4 * HIDDEN) and (inits[zero] == 128).all()
+        # the portable form keeps the whole symmetric 8-bit grid: every gate row reaches +-127 around 128
+        assert (np.abs(codes.astype(int) - 128).max(axis=1) == 127).all()
     assert [d.quantized for d in result.layers] == [True, True]
+
+
+def test_the_vnni_form_stores_int8_lstm_weights_around_0(tmp_path):
+    from ptqflow.api import convert as api_convert
+
+    path = save(lstm(), tmp_path / "lstm.onnx")
+    cfg = write_config(tmp_path / "v.cfg", DYNAMIC + "[ptqflow]\nint8_form=vnni\n")
+    q = onnx.load(str(api_convert(path, cfg, tmp_path / "q", use_flow=False).output_path))
+    (node,) = q.graph.node
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert inits[node.input[1]].dtype == np.int8 and not inits[node.input[9]].any()
+    assert np.abs(inits[node.input[1]]).max() == 127
+
+
+def test_uint8_lstm_weights_do_not_saturate_where_int8_pairs_would(tmp_path):
+    """Each gate row: a pair of weights at the top of the grid, then four at minus half of it, and every input
+    at the top of its range. u8 x s8 kernels without VNNI clip the first pair's sum (255 * 127 * 2 > 32767):
+    the vnni form is off by 0.86 on an AVX2 CPU. The u8 x u8 kernel the portable form uses cannot clip."""
+    model = lstm()
+    row = np.resize(np.array([0.5, 0.5, -0.25, -0.25, -0.25, -0.25], np.float32), INPUT)
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    w.CopyFrom(numpy_helper.from_array(np.tile(row, (1, 4 * HIDDEN, 1)), "W"))
+    path, result = convert(tmp_path, model)
+    x = np.full((STEPS, 1, INPUT), 2.0, np.float32)
+    want, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                 for p in (path, result.output_path))
+    assert np.abs(want - got).max() < 0.1
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
