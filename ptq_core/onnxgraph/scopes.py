@@ -99,3 +99,67 @@ def drop_unread_initializers(model: onnx.ModelProto, candidates: set[str]) -> No
                 prune(body)
 
     prune(model.graph)
+
+
+def hoist_shared_initializers(model: onnx.ModelProto) -> int:
+    """Initializers with the same contents in two or more bodies of one graph's nodes (both branches of an
+    If quantizing one outer weight each for itself) move up into that graph, once; the bodies read it from
+    there. Deepest graphs first, so a copy can climb further when its new graph's siblings hold it too.
+    Returns the number of copies removed.
+
+    Only a tensor whose name is defined nowhere else in the model moves (every name a body pass writes is
+    such a name), and never one its body lists as an input or outputs as is: renaming those would change
+    the body's signature.
+    """
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    graphs = [model.graph] + [g for _, g in subgraphs(model.graph)]
+    defined = Counter(name for g in graphs for name in
+                      [t.name for t in g.initializer] + [i.name for i in g.input] +
+                      [o for n in g.node for o in n.output])
+    removed = 0
+
+    def content(t: onnx.TensorProto) -> tuple:
+        return t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal removed
+        bodies = [body for node in graph.node for _, body in node_bodies(node)]
+        for body in bodies:
+            visit(body)
+        if len(bodies) < 2:
+            return
+        groups: dict[tuple, list[tuple[onnx.GraphProto, onnx.TensorProto]]] = {}
+        for body in bodies:
+            fixed = {i.name for i in body.input} | {o.name for o in body.output}
+            for t in body.initializer:
+                if defined[t.name] == 1 and t.name not in fixed:
+                    groups.setdefault(content(t), []).append((body, t))
+        for members in groups.values():
+            if len({id(body) for body, _ in members}) < 2:
+                continue
+            keep = onnx.TensorProto()
+            keep.CopyFrom(members[0][1])
+            rename = {t.name: keep.name for _, t in members}
+            for body in {id(b): b for b, _ in members}.values():
+                kept = [t for t in body.initializer if t.name not in rename]
+                removed += len(body.initializer) - len(kept)
+                del body.initializer[:]
+                body.initializer.extend(kept)
+                _rename_reads(body, rename)
+            graph.initializer.append(keep)
+            removed -= 1
+
+    visit(model.graph)
+    return removed
+
+
+def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+        for _, body in node_bodies(node):
+            _rename_reads(body, rename)

@@ -35,6 +35,7 @@ def quantize_bodies(plan, quantized, cfg: QuantConfig):
     from ptq_core.onnxgraph.scopes import (
         as_model,
         drop_unread_initializers,
+        hoist_shared_initializers,
         outer_reads,
         put_back,
         scopes_deepest_first,
@@ -61,6 +62,8 @@ def quantize_bodies(plan, quantized, cfg: QuantConfig):
         plan.nodes.extend(sub.nodes)
         plan.weights.update(sub.weights)
     drop_unread_initializers(quantized, borrowed_anywhere)
+    if borrowed_anywhere:  # sibling bodies that quantized one outer weight each hold identical codes
+        hoist_shared_initializers(quantized)
     if plan.written_form:
         from ptq_core.onnxgraph.cpu import get_form
 
