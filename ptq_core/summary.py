@@ -59,7 +59,8 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
         ref = reference_inputs(cfg, info, inputs)
         before = model_cache.reference_outputs(model_path, kind, ref.feeds,
                                                lambda: run(make_session(str(model_path), lean=lean), ref.feeds))
-        return output_cosine(before, run(make_session(str(output_path), lean=lean), ref.feeds)), ref.source
+        return (output_cosine(before, run(make_session(str(output_path), lean=lean), ref.feeds)),
+                ref.source + few_values_note(before, info.outputs))
     from ptq_core.data.probe_inputs import candidates, needs_shape_hint
     from ptq_core.errors import ModelError
 
@@ -83,13 +84,28 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
         if largest is not None:
             silent.append((cand.source, largest))
             continue
-        return output_cosine(before, run(make_session(str(output_path), lean=lean), cand.feeds)), cand.source
+        return (output_cosine(before, run(make_session(str(output_path), lean=lean), cand.feeds)),
+                cand.source + few_values_note(before, info.outputs))
     if silent:
         return None, (f"not measured: on {silent[0][0]} every FP32 output is ~0 (largest |value| "
                       f"{silent[0][1]:.3g}), so a cosine would say nothing; calibration data gives one")
     hint = needs_shape_hint(info.inputs, inputs.shape_map)
     return None, (f"not measured: the FP32 model ran on none of {len(failures)} generated input sets "
                   f"(onnxruntime: {failures[0][:160]})" + (f"; give --inputShape={hint}" if hint else ""))
+
+
+FEW_VALUES = 3  # a float output with this many values or fewer: its cosine says little (1 value: only the sign)
+
+
+def few_values_note(outputs: list[np.ndarray], names: tuple[str, ...]) -> str:
+    """What the output cosine cannot see: a float output with only a few values (a VAD's speech probability,
+    a classifier's single logit), whose cosine is 1 whenever the signs agree; '' when there is none."""
+    few = [(name, int(np.asarray(o).size)) for name, o in zip(names, outputs)
+           if np.issubdtype(np.asarray(o).dtype, np.floating) and 0 < np.asarray(o).size <= FEW_VALUES]
+    if not few:
+        return ""
+    listed = ", ".join(f"'{name}' ({n} value{'s' if n > 1 else ''})" for name, n in few)
+    return f"; blind to {listed}: a cosine of so few values hardly moves, compare them on your own data"
 
 
 def silent_outputs(outputs: list[np.ndarray]) -> float | None:

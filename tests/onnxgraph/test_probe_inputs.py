@@ -142,3 +142,25 @@ def test_an_audio_window_with_a_state_input_is_probed_at_512_samples_and_batch_1
     proc = convert(save(model, tmp_path / "vad.onnx"), write_config(tmp_path / "c.cfg", W8), tmp_path / "q")
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "x:1,512; state:2,1,8" in text and "not measured" not in text
+
+
+def probability_head() -> onnx.ModelProto:
+    """x[1, 32] -> MatMul -> y [1, 32] and p = Sigmoid(ReduceMean(y)) [1, 1]: a VAD-style one-value output."""
+    w = numpy_helper.from_array(np.random.default_rng(4).normal(0, 0.2, (32, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("ReduceMean", ["y"], ["m"], name="mean", axes=[1], keepdims=1),
+             helper.make_node("Sigmoid", ["m"], ["p"], name="prob")]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32]),
+                               helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_the_summary_says_the_cosine_is_blind_to_a_one_value_output(tmp_path):
+    model = save(probability_head(), tmp_path / "head.onnx")
+    proc = convert(model, write_config(tmp_path / "c.cfg", W8), tmp_path / "q")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "blind to 'p' (1 value)" in text and "'y'" not in text
