@@ -38,6 +38,7 @@ from ptq_core.onnxgraph.walk import producers
 DAMAGE_ROUNDS = 8  # rounds used for the per-node damage pass (the first ones, in calibration order)
 FP32_CACHE_BYTES = 256 << 20  # FP32 reference outputs are kept in memory up to this size, else recomputed
 TOLERANCE = 1e-9  # cosines of identical outputs can miss 1.0 by rounding; a bound of 0 is met by FP32
+SLOWER_THAN_FP32 = 1.05  # the loop's model is said to be slower than FP32 beyond this ratio (timing noise)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class MaxDropResult:
     ms_before: float  # batch-1 median latency without / with the loop
     ms_after: float
     notes: tuple[str, ...] = ()
+    ms_fp32: float = 0.0  # the FP32 model, timed as the two above
 
     @property
     def int8_weight_fraction(self) -> float:
@@ -346,6 +348,12 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
                             "took the whole int8 region with them (the model is FP32)")
     w_before, w_after = weight_params(base.plan), weight_params(final.plan)
     ms_before = latency(base.quantized) if latency else 0.0
+    ms_after = latency(final.quantized) if latency and kept else ms_before
+    ms_fp32 = latency(fp32) if latency and kept else 0.0
+    if kept and ms_after > SLOWER_THAN_FP32 * ms_fp32 > 0:
+        trials.notes.append(f"with the kept nodes the model is slower than FP32 on this CPU ({ms_after:.3f} vs "
+                            f"{ms_fp32:.3f} ms at batch 1): int8 regions cut into pieces pay for their Q/DQ "
+                            "edges; where size is the aim, WEIGHT_QUANT keeps FP32 speed")
     result = MaxDropResult(
         bound=bound, reached=reached, candidates=len(candidates), kept=tuple(kept),
         cosine_before=trials.cosines[()], cosine_after=cos_after,
@@ -353,8 +361,7 @@ def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, boun
         ranking=tuple(ranking), steps=tuple(trials.steps),
         weights_int8_before=w_before, weights_int8_after=w_after,
         size_before=base.quantized.ByteSize(), size_after=final.quantized.ByteSize(),
-        ms_before=ms_before, ms_after=latency(final.quantized) if latency and kept else ms_before,
-        notes=tuple(trials.notes),
+        ms_before=ms_before, ms_after=ms_after, notes=tuple(trials.notes), ms_fp32=ms_fp32,
     )
     return result, final
 

@@ -222,3 +222,17 @@ def test_a_summary_below_0_99_without_a_bound_says_how_to_get_it_back(head, tmp_
     assert main(["convert", f"--modelFile={model}", f"--configFile={bounded}", f"--outputFile={tmp_path / 'b'}",
                  "--no-flow"]) == 0
     assert "--max-drop 0.01 (" not in " ".join(capsys.readouterr().out.split())  # bound set: nothing to suggest
+
+
+@pytest.mark.parametrize("int8_ms, said", [(2.0, True), (0.5, False)])
+def test_a_kept_model_slower_than_fp32_is_said_to_be(head, tmp_path, monkeypatch, int8_ms, said):
+    from ptq_core.onnxgraph import timing
+
+    def fake_latency(model, feeds, runs=60, warmup=10):  # FP32 1 ms; a model with Q/DQ pairs int8_ms
+        return int8_ms if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else 1.0
+
+    monkeypatch.setattr(timing, "median_latency_ms", fake_latency)
+    model, folder = head
+    md = quantize_full(model, _cfg(folder, BOUND), InputOptions(), tmp_path / "work").max_drop
+    assert md.kept and md.ms_fp32 == 1.0 and md.ms_after == int8_ms
+    assert any("slower than FP32 on this CPU (2.000 vs 1.000 ms" in n for n in md.notes) == said
