@@ -108,7 +108,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
             KeySpec("dequant_strategy", "enum", "DEFAULT", ("ON_THE_FLY",),
                     doc="ON_THE_FLY (Ascend runtime dequant); parsed, not supported for ONNX output."),
             KeySpec("quant_strategy", "enum", "MAX_MIN", ("MAX_MIN", "GPTQ"),
-                    doc="Weight rounding: MAX_MIN rounds to nearest; GPTQ (MatMul/Gemm, needs calibration data, "
+                    doc="Weight rounding: MAX_MIN rounds to nearest; GPTQ (MatMul/Gemm/Conv, needs calibration data, "
                         "bit_num 2-8, or 0: GPTQ on each tensor's mixed-bit step) feeds each column's error "
                         "forward (docs/gptq.md)."),
             KeySpec("max_segments", "int", 1, doc="FSE chunk count (Ascend); parsed, unused for ONNX."),

@@ -252,6 +252,11 @@ def why_not_gptq(site) -> str:
     """The summary's reason a weight (a ``WeightSite``) was rounded to nearest under quant_strategy=GPTQ."""
     if site.graph:
         return "GPTQ: weights inside If/Loop/Scan bodies are rounded to nearest"
+    if site.op_type == "Conv":
+        from ptq_core.modes.weight.conv_patches import MAX_COLUMNS
+
+        return (f"GPTQ rounds the weights of Convs with group 1, an activation input and at most {MAX_COLUMNS} "
+                "input features per output channel; rounded to nearest")
     if site.op_type not in GPTQ_OPS:
-        return f"GPTQ applies to MatMul and Gemm; {site.op_type} rounded to nearest"
+        return f"GPTQ applies to MatMul, Gemm and Conv; {site.op_type} rounded to nearest"
     return "GPTQ: the weight is not input B of a MatMul/Gemm fed by an activation; rounded to nearest"

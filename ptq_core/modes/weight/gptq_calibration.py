@@ -1,9 +1,11 @@
 """GPTQ's calibration pass (docs/gptq.md): the Hessian of the input of every MatMul/Gemm whose weight
-GPTQ rounds, collected by the activation-statistics machinery (serially, on Dask, or on a remote
-scheduler) from the same calibration rounds FULL_QUANT reads.
+GPTQ rounds, and of the input patches of every Conv (``conv_patches``), collected by the
+activation-statistics machinery (serially, on Dask, or on a remote scheduler) from the same calibration
+rounds FULL_QUANT reads.
 
 Only what GPTQ can use is collected: a weight at input B of a MatMul or Gemm in the main graph, whose
-A input is an activation with the contraction along its last axis (Gemm without ``transA``). A weight
+A input is an activation with the contraction along its last axis (Gemm without ``transA``), and a Conv
+weight as ``conv_patches`` says. A weight
 several nodes read gets the Hessian of all their inputs together (the sum of their output errors is
 what its rounding should minimise). Other weights are rounded to nearest, and the summary says why.
 """
@@ -74,13 +76,17 @@ def collect_hessians(model_path: str, cfg, inputs, work_dir: Path, collector=Non
     ``collector`` has ``collect.collect_serial``'s signature (the flow passes its Dask one); ``rounds`` are
     the preprocessed calibration rounds when the caller has them already."""
     from ptq_core.modes.full.pipeline import calibration_rounds, collect_statistics
+    from ptq_core.modes.weight.conv_patches import with_conv_patches
     from ptq_core.modes.weight.plan import skip_reason
     from ptq_core.onnxgraph import cache as model_cache
     from ptq_core.onnxgraph.sites import find_weight_sites
     from ptq_core.stats import collect
 
     model = model_cache.prepared_model(model_path, load_data=True)
-    wanted = gptq_inputs(model, [s for s in find_weight_sites(model) if skip_reason(s, cfg) is None])
+    sites = [s for s in find_weight_sites(model) if skip_reason(s, cfg) is None]
+    wanted = gptq_inputs(model, sites)
+    model, conv_wanted = with_conv_patches(model, sites)  # a Conv's Hessian is over its input patches
+    wanted.update(conv_wanted)
     if not wanted:
         return {}
     if rounds is None:

@@ -127,7 +127,9 @@ GROUPED_OPS = ("MatMul", "Gemm", "Gather")
 
 def _hessian_fits(hessian: np.ndarray, site: WeightSite) -> bool:
     """The Hessian is over the weight's input features (an activation whose last axis is not the
-    contraction, e.g. a broadcast MatMul, gives one of another size)."""
+    contraction, e.g. a broadcast MatMul, gives one of another size); a Conv's over its patch columns."""
+    if site.op_type == "Conv":
+        return len(site.shape) >= 3 and hessian.shape == (int(np.prod(site.shape[1:])),) * 2
     return len(site.shape) == 2 and hessian.shape == (site.shape[1 - site.axis],) * 2
 
 
@@ -153,13 +155,15 @@ def _gptq(w: np.ndarray, site: WeightSite, bits: int, axis: int | None, cfg: Qua
     from ptq_core.modes.weight.gptq import gptq_or_nearest
     from ptq_core.quant import code_dtype, cosine, qrange
 
-    rows = np.moveaxis(w, site.axis, 0)  # [output channels, input features]: a MatMul/Gemm weight is 2-D
+    moved = np.moveaxis(w, site.axis, 0)
+    rows = moved.reshape(moved.shape[0], -1)  # [output channels, input features]; a Conv's: C·k1·k2 columns
     coded = gptq_or_nearest(rows.astype(np.float64), hessian, bits, per_row=axis is not None)
-    codes = np.moveaxis(coded.codes, 0, site.axis).astype(code_dtype(*qrange(bits)))
+    codes = np.moveaxis(coded.codes.reshape(moved.shape), 0, site.axis).astype(code_dtype(*qrange(bits)))
     keep = slice(None) if axis is not None else slice(0, 1)
     zp, scale = coded.zero_point[keep, 0], coded.scale[keep, 0]
     enc = encode_fixed(codes, bits, zp, enable_encode=cfg.common.enable_encode)
-    return enc, zp.astype(np.float32), scale.astype(np.float32), None, cosine(w, np.moveaxis(coded.dequantized(), 0, site.axis))
+    decoded = np.moveaxis(coded.dequantized().reshape(moved.shape), 0, site.axis)
+    return enc, zp.astype(np.float32), scale.astype(np.float32), None, cosine(w, decoded)
 
 
 def _grouped_mixed(w: np.ndarray, site: WeightSite, group: int, target: float, hessian) -> _Coded:
@@ -196,12 +200,13 @@ def _mixed_gptq(w: np.ndarray, site: WeightSite, result: MixedBitResult, hessian
     Decoded as ``codes * step``: no whole-tensor variance correction, which would move what GPTQ minimised."""
     from ptq_core.modes.weight.gptq import gptq_on_step, row_errors
 
-    rows = np.moveaxis(w, site.axis, 0).astype(np.float64)
+    moved = np.moveaxis(w, site.axis, 0)
+    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)  # a Conv's: C·k1·k2 columns
     step = np.float32(result.scale)
     ours = gptq_on_step(rows, hessian, result.scale)
     nearest = np.floor(rows.astype(np.float32) / step + np.float32(0.5)).astype(np.int32)
     keep = row_errors(rows - ours * float(step), hessian) <= row_errors(rows - nearest * float(step), hessian)
-    codes = np.where(keep[:, None], ours, nearest)
+    codes = np.where(keep[:, None], ours, nearest).reshape(moved.shape)
     plain = MixedBitResult(result.scale, 1.0, 0.0, result.error, result.iterations, result.converged)
     return _mixed(w, plain, np.moveaxis(codes, 0, site.axis))
 
