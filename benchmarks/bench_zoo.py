@@ -302,10 +302,9 @@ def peer_cells(name: str, model: Path, rows: list[dict], calib: list[dict], eval
     return out
 
 
-def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], list[dict]]:
-    """FULL_QUANT cells of a silero-vad file, calibrated on the synthesized audio: every fourth window with
-    the state the FP32 model carries to it (BIN files per input); returns the cells and the calibration
-    feeds (the peers calibrate on the same)."""
+def silero_calibration(model: Path, audio: np.ndarray) -> tuple[str, list[dict]]:
+    """Every fourth window of the synthesized audio with the state the FP32 model carries to it, as BIN files
+    per input: the ``[data_preprocess_param]`` section and the feeds."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -323,11 +322,18 @@ def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], 
             (root / key).mkdir(parents=True, exist_ok=True)
             value.tofile(root / key / f"{i:03d}.bin")
     paths = ",".join(f"{k}:{root / k}" for k in feeds[0])
+    return (f"[data_preprocess_param]\ncalibrate_path={paths}\ncalibrate_size={len(feeds)}\ninput_type=BIN\n",
+            feeds)
+
+
+def silero_full(name: str, model: Path, audio: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """FULL_QUANT cells of a silero-vad file, calibrated on the synthesized audio (``silero_calibration``);
+    returns the cells and the calibration feeds (the peers calibrate on the same)."""
+    data, feeds = silero_calibration(model, audio)
     ref = speech_probabilities(str(model), audio)
     rows = []
     for method in ("MAX_MIN", "KL"):
-        text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n[data_preprocess_param]\n"
-                f"calibrate_path={paths}\ncalibrate_size={len(feeds)}\ninput_type=BIN\n"
+        text = ("[common_quant_param]\nquant_type=FULL_QUANT\nbit_num=8\n" + data +
                 f"[full_quant_param]\nactivation_quant_method={method}\nper_channel=true\nbias_correction=true\n")
         print(f"  {name} FULL_QUANT {method} ...", flush=True)
         row = {"model": name, "mode": f"FULL_QUANT {method}, guard on", "input_shape": SILERO_SHAPES,
