@@ -29,13 +29,14 @@ WEIGHT = ("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num={bits}\nmin_qu
 DYNAMIC = "[common_quant_param]\nquant_type=DYNAMIC_QUANT\nbit_num=8\n"
 
 
-def convert(cfg_text: str, tag: str) -> Path:
+def convert(cfg_text: str, tag: str, shapes: str = "") -> Path:
     folder = bench_zoo.WORK / "silero_bits"
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / f"{tag}.cfg"
     cfg.write_text(cfg_text)
     proc = subprocess.run([str(bench_zoo.PTQ), "convert", f"--modelFile={MODEL}", f"--configFile={cfg}",
-                           f"--outputFile={folder / tag}", "--no-flow"], capture_output=True, text=True, timeout=600)
+                           f"--outputFile={folder / tag}", "--no-flow", *([f"--inputShape={shapes}"] if shapes else [])],
+                          capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise SystemExit(f"{tag}: {proc.stderr.strip().splitlines()[-1]}")
     return folder / f"{tag}.onnx"
@@ -73,7 +74,7 @@ def main() -> None:
     gptq = "[weight_quant_param]\nquant_strategy=GPTQ\n" + data
     for bits in (8, 10):
         measure(f"WEIGHT_QUANT {bits} bit GPTQ (63 calibration windows), every layer",
-                convert(WEIGHT.format(bits=bits) + gptq, f"w{bits}_gptq"))
+                convert(WEIGHT.format(bits=bits) + gptq, f"w{bits}_gptq", bench_zoo.SILERO_SHAPES))
     measure("DYNAMIC_QUANT ALWC (LSTM W and R 8-bit, convs FP32)", convert(DYNAMIC, "dynamic"))
     nodes = [s.node for s in find_weight_sites(prepare_model(MODEL), inside_subgraphs=True)]
     for k, node in enumerate(dict.fromkeys(nodes)):
