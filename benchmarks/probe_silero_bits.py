@@ -4,7 +4,7 @@
 
 On the zoo's audio (tones, a chirp, noise, then formant-synthesized syllables; bench_zoo.silero_audio),
 silero_vad_16k_op15.onnx converted by ``ptq convert --no-flow`` with WEIGHT_QUANT at 8, 10, 12 and 16 bits,
-with GPTQ at 8 and 10 bits (calibrated on every fourth window), with DYNAMIC_QUANT (ALWC), and with
+with GPTQ at 4 and 8 bits (calibrated on every fourth window), with DYNAMIC_QUANT (ALWC), and with
 WEIGHT_QUANT 8 on one layer at a time (``skip_quant_node`` keeps the others FP32): the speech probability's
 max and mean difference from FP32 over the 16 ms windows, and how many windows' speech/non-speech decision
 (p > 0.5) flips. First, the FP32 model's own noise floor: the same audio as 16-bit PCM, and with noise 80 dB
@@ -72,7 +72,7 @@ def main() -> None:
         measure(f"WEIGHT_QUANT {bits} bit, every layer", convert(WEIGHT.format(bits=bits), f"w{bits}"))
     data, _ = bench_zoo.silero_calibration(MODEL, audio)
     gptq = "[weight_quant_param]\nquant_strategy=GPTQ\n" + data
-    for bits in (8, 10):
+    for bits in (4, 8):  # GPTQ takes 2-8 bits
         measure(f"WEIGHT_QUANT {bits} bit GPTQ (63 calibration windows), every layer",
                 convert(WEIGHT.format(bits=bits) + gptq, f"w{bits}_gptq", bench_zoo.SILERO_SHAPES))
     measure("DYNAMIC_QUANT ALWC (LSTM W and R 8-bit, convs FP32)", convert(DYNAMIC, "dynamic"))
