@@ -212,12 +212,9 @@ def run_debug(cfg, origin: onnx.ModelProto, quant: onnx.ModelProto, rounds: list
 
 
 def title_for(cfg, model_path) -> str:
-    """The page's title: which model, which mode and config, and when (several reports are often open at once)."""
-    from datetime import datetime, timezone
-
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{Path(str(model_path)).name}: {cfg.common.quant_type} debug report ({Path(str(cfg.source)).name}, "
-            f"{when})")
+    """The page's title: which model, which mode and config (several reports are often open at once). No
+    clock time: the same inputs give byte-identical reports (a minute in the title made them differ)."""
+    return f"{Path(str(model_path)).name}: {cfg.common.quant_type} debug report ({Path(str(cfg.source)).name})"
 
 
 def debug_models(cfg, model_path, output_path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
