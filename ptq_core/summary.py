@@ -94,12 +94,11 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
                   f"(onnxruntime: {failures[0][:160]})" + (f"; give --inputShape={hint}" if hint else ""))
 
 
-FEW_VALUES = 3  # a float output with this many values or fewer: its cosine says little (1 value: only the sign)
-
-
 def few_values_note(outputs: list[np.ndarray], names: tuple[str, ...]) -> str:
     """What the output cosine cannot see: a float output with only a few values (a VAD's speech probability,
     a classifier's single logit), whose cosine is 1 whenever the signs agree; '' when there is none."""
+    from ptq_core.onnxgraph.session import FEW_VALUES
+
     few = [(name, int(np.asarray(o).size)) for name, o in zip(names, outputs)
            if np.issubdtype(np.asarray(o).dtype, np.floating) and 0 < np.asarray(o).size <= FEW_VALUES]
     if not few:

@@ -181,6 +181,39 @@ def run(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise ModelError(f"onnxruntime failed to run the model: {first}") from None
 
 
+FEW_VALUES = 3  # a float output with this many values or fewer: its cosine on one input says little (1: the sign)
+
+
+class PooledOutputCosine:
+    """Mean output cosine over many inputs, where an output of ``FEW_VALUES`` values or fewer (a VAD's speech
+    probability, a single logit) is scored once, by the cosine of its values from every input together:
+    per input its cosine is 1 whenever the signs agree, so a mean of those would never see it move. Other
+    outputs get the mean of their per-input cosines, as ``output_cosine`` gives them."""
+
+    def __init__(self) -> None:
+        self._sums: dict[int, float] = {}
+        self._few: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self._inputs = 0
+
+    def add(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> None:
+        for j, (a, b) in enumerate(zip(reference, candidate)):
+            a, b = np.asarray(a), np.asarray(b)
+            if not np.issubdtype(a.dtype, np.floating):
+                continue
+            if 0 < a.size <= FEW_VALUES:
+                ref, got = self._few.setdefault(j, ([], []))
+                ref.append(a.astype(np.float64).ravel())
+                got.append(b.astype(np.float64).ravel())
+            else:
+                self._sums[j] = self._sums.get(j, 0.0) + cosine(a, b)
+        self._inputs += 1
+
+    def value(self) -> float:
+        values = [total / self._inputs for total in self._sums.values()]
+        values += [cosine(np.concatenate(ref), np.concatenate(got)) for ref, got in self._few.values()]
+        return float(np.mean(values)) if values else 1.0
+
+
 def output_cosine(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
     """Mean over model outputs of the cosine similarity (auto_tune's objective)."""
     values = [cosine(a, b) for a, b in zip(reference, candidate) if np.issubdtype(np.asarray(a).dtype, np.floating)]

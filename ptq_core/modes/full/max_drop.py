@@ -300,14 +300,16 @@ class Evaluator:
         return out
 
     def cosine(self, model: onnx.ModelProto) -> float:
-        from ptq_core.onnxgraph.session import make_session, output_cosine
+        """Mean output cosine over the rounds; an output of a few values (a speech probability) is scored
+        over its values from every round together (``session.PooledOutputCosine``)."""
+        from ptq_core.onnxgraph.session import PooledOutputCosine, make_session
 
         session = make_session(model)
-        total = 0.0
+        pooled = PooledOutputCosine()
         for k, rnd in enumerate(self.rounds):
             feeds = rnd.feeds()
-            total += output_cosine(self._reference(k, feeds), session.run(None, feeds))
-        return total / max(1, len(self.rounds))
+            pooled.add(self._reference(k, feeds), session.run(None, feeds))
+        return pooled.value()
 
 
 def keep_until_within(fp32: onnx.ModelProto, base: Build, rounds: Sequence, bound: float,
