@@ -31,7 +31,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Ctrl-C at 20 random moments of a conversion (the suite interrupts 4): one line and exit 130 each, within 5 s
+# Ctrl-C at 20 random moments of a conversion (the suite interrupts 2): one line and exit 130 each, within 5 s
 test-interrupts: $(STAMP)
 	PTQ_INTERRUPT_MOMENTS=20 $(BIN)/python -m pytest -q tests/service/test_interrupt.py -k random_moments
 
