@@ -97,10 +97,9 @@ def measured_cosine(model_path, output_path, cfg: QuantConfig, info: ModelInfo, 
 def few_values_note(outputs: list[np.ndarray], names: tuple[str, ...]) -> str:
     """What the output cosine cannot see: a float output with only a few values (a VAD's speech probability,
     a classifier's single logit), whose cosine is 1 whenever the signs agree; '' when there is none."""
-    from ptq_core.onnxgraph.session import FEW_VALUES
+    from ptq_core.onnxgraph.session import has_few_values
 
-    few = [(name, int(np.asarray(o).size)) for name, o in zip(names, outputs)
-           if np.issubdtype(np.asarray(o).dtype, np.floating) and 0 < np.asarray(o).size <= FEW_VALUES]
+    few = [(name, int(np.asarray(o).size)) for name, o in zip(names, outputs) if has_few_values(o)]
     if not few:
         return ""
     listed = ", ".join(f"'{name}' ({n} value{'s' if n > 1 else ''})" for name, n in few)

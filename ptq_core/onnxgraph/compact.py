@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx
 
-from ptq_core.onnxgraph.walk import node_bodies, subgraphs
+from ptq_core.onnxgraph.walk import every_graph, node_bodies
 
 ONES = "all ones"
 ZEROS = "all zeros"
@@ -66,7 +66,7 @@ def _is_default(attr: onnx.AttributeProto, default: object) -> bool:
 
 def drop_default_attributes(model: onnx.ModelProto) -> None:
     """Remove attributes of standard ops that hold the spec's default, in every graph of ``model``."""
-    for graph in [model.graph] + [g for _, g in subgraphs(model.graph)]:
+    for graph in every_graph(model.graph):
         for node in graph.node:
             defaults = DEFAULT_ATTRIBUTES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if not defaults:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ptq_core.onnxgraph.walk import node_bodies, node_label, read_names, subgraphs
+from ptq_core.onnxgraph.walk import every_graph, node_bodies, node_label, read_names
 
 
 @dataclass
@@ -83,8 +83,7 @@ def put_back(scope: Scope, rewritten: onnx.ModelProto, borrowed: list[str]) -> N
 def drop_unread_initializers(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Remove from every scope the initializers among ``candidates`` that no node anywhere reads and no
     graph outputs (outer weights a body pass replaced with int8 ones)."""
-    graphs = [model.graph] + [g for _, g in subgraphs(model.graph)]
-    read = read_names(model.graph) | {o.name for g in graphs for o in g.output}  # a body may output one as is
+    read = read_names(model.graph) | {o.name for g in every_graph(model.graph) for o in g.output}  # output as is
 
     def prune(graph: onnx.GraphProto) -> None:
         keep = [t for t in graph.initializer if t.name not in candidates or t.name in read]
@@ -101,11 +100,10 @@ def drop_unread_initializers(model: onnx.ModelProto, candidates: set[str]) -> No
     prune(model.graph)
 
 
-def hoist_shared_initializers(model: onnx.ModelProto) -> int:
+def hoist_shared_initializers(model: onnx.ModelProto) -> None:
     """Initializers with the same contents in two or more bodies of one graph's nodes (both branches of an
     If quantizing one outer weight each for itself) move up into that graph, once; the bodies read it from
     there. Deepest graphs first, so a copy can climb further when its new graph's siblings hold it too.
-    Returns the number of copies removed.
 
     Only a tensor whose name is defined nowhere else in the model moves (every name a body pass writes is
     such a name), and never one its body lists as an input or outputs as is: renaming those would change
@@ -115,17 +113,14 @@ def hoist_shared_initializers(model: onnx.ModelProto) -> int:
 
     from onnx import numpy_helper
 
-    graphs = [model.graph] + [g for _, g in subgraphs(model.graph)]
-    defined = Counter(name for g in graphs for name in
+    defined = Counter(name for g in every_graph(model.graph) for name in
                       [t.name for t in g.initializer] + [i.name for i in g.input] +
                       [o for n in g.node for o in n.output])
-    removed = 0
 
     def content(t: onnx.TensorProto) -> tuple:
         return t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()
 
     def visit(graph: onnx.GraphProto) -> None:
-        nonlocal removed
         bodies = [body for node in graph.node for _, body in node_bodies(node)]
         for body in bodies:
             visit(body)
@@ -145,15 +140,12 @@ def hoist_shared_initializers(model: onnx.ModelProto) -> int:
             rename = {t.name: keep.name for _, t in members}
             for body in {id(b): b for b, _ in members}.values():
                 kept = [t for t in body.initializer if t.name not in rename]
-                removed += len(body.initializer) - len(kept)
                 del body.initializer[:]
                 body.initializer.extend(kept)
                 _rename_reads(body, rename)
             graph.initializer.append(keep)
-            removed -= 1
 
     visit(model.graph)
-    return removed
 
 
 def _rename_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:

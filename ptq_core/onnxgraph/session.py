@@ -184,6 +184,12 @@ def run(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 FEW_VALUES = 3  # a float output with this many values or fewer: its cosine on one input says little (1: the sign)
 
 
+def has_few_values(output) -> bool:
+    """A float output of ``FEW_VALUES`` values or fewer, whose cosine on one input is little more than its sign."""
+    a = np.asarray(output)
+    return np.issubdtype(a.dtype, np.floating) and 0 < a.size <= FEW_VALUES
+
+
 class PooledOutputCosine:
     """Mean output cosine over many inputs, where an output of ``FEW_VALUES`` values or fewer (a VAD's speech
     probability, a single logit) is scored once, by the cosine of its values from every input together:
@@ -200,7 +206,7 @@ class PooledOutputCosine:
             a, b = np.asarray(a), np.asarray(b)
             if not np.issubdtype(a.dtype, np.floating):
                 continue
-            if 0 < a.size <= FEW_VALUES:
+            if has_few_values(a):
                 ref, got = self._few.setdefault(j, ([], []))
                 ref.append(a.astype(np.float64).ravel())
                 got.append(b.astype(np.float64).ravel())

@@ -74,6 +74,11 @@ def subgraphs(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.
     return found
 
 
+def every_graph(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every graph nested in it, outermost first."""
+    return [graph] + [body for _, body in subgraphs(graph)]
+
+
 def graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
     """The graph a WeightSite's ``graph`` path names ("" = the main graph)."""
     if not path:

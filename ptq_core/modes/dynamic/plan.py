@@ -232,8 +232,7 @@ class _Planner:
                 check_finite_weight(w, site.tensor, node.name, node.op_type)
                 w = np.ascontiguousarray(w.transpose(0, 2, 1))  # (directions, K, 4 * hidden)
                 rows = w.transpose(0, 2, 1).reshape(-1, w.shape[1])  # one row per gate row and direction
-                params = weight_params(rows, 8, 0, symmetric=True,
-                                       limits=(-127, 127) if unsigned else self.form.clamp(-127, 127))
+                params = weight_params(rows, 8, 0, symmetric=True, limits=(-127, 127))  # either form: full grid
                 scale = params.scale.astype(np.float32).reshape(w.shape[0], w.shape[2])
                 codes = quantize(rows, params).reshape(w.shape[0], w.shape[2], w.shape[1]).transpose(0, 2, 1)
                 zero_point = None

@@ -8,8 +8,9 @@ column order (channel-major, then kernel positions row-major), and a Transpose t
 The one-hot kernels copy values exactly, and a depthwise Conv costs C·K multiplies per output position, so
 the pass stays cheap where an explicit im2col GEMM would not.
 
-Only Convs with ``group`` = 1 qualify (a grouped Conv's output channels see different inputs), with their
-weight and bias constant and at most ``MAX_COLUMNS`` columns (the Hessian is columns² float64 values).
+Only Convs in the main graph with ``group`` = 1 qualify (a grouped Conv's output channels see different
+inputs), with an activation input and at most ``MAX_COLUMNS`` columns (the Hessian is columns² float64
+values); ``gptq.why_not_gptq`` says so for the others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ptq_core.onnxgraph.sites import WeightSite
-from ptq_core.onnxgraph.walk import all_names
+from ptq_core.onnxgraph.walk import all_names, unique_name
 
 MAX_COLUMNS = 4608  # C·k1·k2 (512 channels of a 3x3 kernel): a 170 MiB float64 Hessian at most
 GEOMETRY = ("strides", "pads", "dilations", "auto_pad")  # attributes the patch Conv copies
@@ -29,19 +30,11 @@ def conv_columns(site: WeightSite) -> int:
     return int(np.prod(site.shape[1:]))
 
 
-def why_not_conv(node: onnx.NodeProto | None, site: WeightSite, inits: set[str]) -> str | None:
-    """Why a Conv weight gets no Hessian (None: it gets one)."""
-    if node is None or site.input_index != 1 or len(site.shape) < 3:
-        return "GPTQ: the weight is not input W of a Conv in the main graph; rounded to nearest"
+def qualifies(node: onnx.NodeProto, site: WeightSite, inits: set[str]) -> bool:
+    """A Conv weight whose Hessian can be collected as patches (see the module docstring)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("group", 1) != 1:
-        return "GPTQ applies to Convs with group 1 (a grouped Conv's channels see different inputs); rounded to nearest"
-    if node.input[0] in inits:
-        return "GPTQ: the Conv's input is a constant; rounded to nearest"
-    if conv_columns(site) > MAX_COLUMNS:
-        return (f"GPTQ: {conv_columns(site)} input features per output channel exceed {MAX_COLUMNS}; "
-                "rounded to nearest")
-    return None
+    return (site.input_index == 1 and len(site.shape) >= 3 and attrs.get("group", 1) == 1
+            and node.input[0] not in inits and conv_columns(site) <= MAX_COLUMNS)
 
 
 def one_hot_kernels(channels: int, kernel: tuple[int, ...]) -> np.ndarray:
@@ -65,14 +58,14 @@ def with_conv_patches(model: onnx.ModelProto, sites: list[WeightSite]) -> tuple[
     kernels: dict[tuple, str] = {}
     for site in sites:
         node = nodes.get(site.node) if not site.graph and site.op_type == "Conv" else None
-        if node is None or why_not_conv(node, site, inits) is not None:
+        if node is None or not qualifies(node, site, inits):
             continue
         channels, kernel = int(site.shape[1]), tuple(int(d) for d in site.shape[2:])
         key = (channels, kernel)
         if key not in kernels:
-            kernels[key] = _fresh(f"ptq_gptq_onehot_{channels}x{'x'.join(map(str, kernel))}", taken)
+            kernels[key] = unique_name(f"ptq_gptq_onehot_{channels}x{'x'.join(map(str, kernel))}", taken)
             added_inits.append(numpy_helper.from_array(one_hot_kernels(channels, kernel), kernels[key]))
-        patches, rows = _fresh(f"{node.name}_gptq_patches", taken), _fresh(f"{node.name}_gptq_rows", taken)
+        patches, rows = unique_name(f"{node.name}_gptq_patches", taken), unique_name(f"{node.name}_gptq_rows", taken)
         geometry = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in GEOMETRY}
         added_nodes.append(helper.make_node("Conv", [node.input[0], kernels[key]], [patches], name=patches,
                                             group=channels, kernel_shape=list(kernel), **geometry))
@@ -87,11 +80,3 @@ def with_conv_patches(model: onnx.ModelProto, sites: list[WeightSite]) -> tuple[
     out.graph.node.extend(added_nodes)
     out.graph.initializer.extend(added_inits)
     return out, {w: tuple(names) for w, names in wanted.items()}
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name

@@ -129,7 +129,9 @@ def _hessian_fits(hessian: np.ndarray, site: WeightSite) -> bool:
     """The Hessian is over the weight's input features (an activation whose last axis is not the
     contraction, e.g. a broadcast MatMul, gives one of another size); a Conv's over its patch columns."""
     if site.op_type == "Conv":
-        return len(site.shape) >= 3 and hessian.shape == (int(np.prod(site.shape[1:])),) * 2
+        from ptq_core.modes.weight.conv_patches import conv_columns
+
+        return len(site.shape) >= 3 and hessian.shape == (conv_columns(site),) * 2
     return len(site.shape) == 2 and hessian.shape == (site.shape[1 - site.axis],) * 2
 
 
